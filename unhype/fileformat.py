@@ -1,0 +1,179 @@
+"""The UnHype file: one .safetensors with the hypernetwork tensors and self-describing metadata.
+
+Loading checks the header, the metadata and every tensor name and shape before any module is
+built, and never unpickles anything. Metadata also carries ModelSpec keys so model-hosting sites
+can show what the file is.
+"""
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .hypernet import HyperNetConfig, HyperNetwork
+from .network import BASE_ARCHITECTURES, NetworkInfo, UnHypeNetwork
+from .targets import Target
+
+FORMAT_NAME = "unhype"
+FORMAT_VERSION = 1
+IMPLEMENTATION_URL = "https://github.com/unhype/comfyui-unhype"
+
+
+class UnHypeFileError(ValueError):
+    """A file that cannot be used as an UnHype network, with the reason and the way out."""
+
+
+def concepts_digest(concepts: list[str]) -> str:
+    """Stable fingerprint of a concept list, for authors who do not publish the list itself."""
+    joined = "\n".join(sorted(c.strip().lower() for c in concepts))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def _metadata(network: UnHypeNetwork) -> dict[str, str]:
+    info = network.info
+    date = info.training.get("date") or datetime.now(UTC).isoformat(timespec="seconds")
+    return {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "unhype.base_arch": info.base_arch,
+        "unhype.target_preset": info.target_preset,
+        "unhype.embedding": json.dumps(
+            {"source": info.embedding_source, "dim": network.config.embed_dim}
+        ),
+        "unhype.config": json.dumps(network.config.to_dict()),
+        "unhype.targets": json.dumps([t.to_dict() for t in network.targets]),
+        "unhype.training": json.dumps(info.training),
+        "unhype.activation_reference": json.dumps(info.activation_reference),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{BASE_ARCHITECTURES[info.base_arch]}/unhype",
+        "modelspec.implementation": IMPLEMENTATION_URL,
+        "modelspec.title": info.title,
+        "modelspec.description": info.description
+        or f"UnHype concept-erasure hypernetwork ({network.config.variant}, rank "
+        f"{network.config.rank}, {len(network.targets)} layers)",
+        "modelspec.date": date,
+        "modelspec.tags": "unhype,concept-erasure,unlearning,hypernetwork,dynamic-lora",
+    }
+
+
+def save_unhype(path: str, network: UnHypeNetwork, dtype: torch.dtype = torch.float32) -> None:
+    """Write atomically (temp file + rename), so an interrupted save never leaves a broken file."""
+    tensors = {
+        name: value.detach().to("cpu", dtype).contiguous()
+        for name, value in network.module.state_dict().items()
+    }
+    temporary = f"{path}.partial-write"
+    save_file(tensors, temporary, metadata=_metadata(network))
+    os.replace(temporary, path)
+
+
+def _looks_like_lora(names: list[str]) -> bool:
+    markers = ("lora_up", "lora_down", "lora_A", "lora_B", ".alpha", "lokr", "hada_")
+    return any(marker in name for name in names for marker in markers)
+
+
+def _parse(metadata: dict, key: str):
+    if key not in metadata:
+        raise UnHypeFileError(f"metadata key {key!r} is missing")
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as error:
+        raise UnHypeFileError(f"metadata key {key!r} is not valid JSON: {error}") from None
+
+
+def read_header(path: str) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """Metadata and tensor shapes, validated as an UnHype file, without loading any tensor."""
+    if not os.path.isfile(path):
+        raise UnHypeFileError(f"{path}: no such file")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            shapes = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own and OS errors for broken files
+        raise UnHypeFileError(
+            f"{path}: not a readable .safetensors file ({error}); it may be truncated or "
+            "corrupt: download it again"
+        ) from None
+    if metadata.get("format") != FORMAT_NAME:
+        if _looks_like_lora(list(shapes)):
+            raise UnHypeFileError(
+                f"{path}: this is an ordinary LoRA, not an UnHype network: load it with "
+                "ComfyUI's LoRA loader instead"
+            )
+        raise UnHypeFileError(
+            f"{path}: not an UnHype network (its metadata has no 'format: {FORMAT_NAME}')"
+        )
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError:
+        raise UnHypeFileError(f"{path}: format_version is missing or not a number") from None
+    if version > FORMAT_VERSION or version < 1:
+        raise UnHypeFileError(
+            f"{path}: UnHype format version {version}, but this pack reads up to "
+            f"{FORMAT_VERSION}: update the UnHype node pack"
+        )
+    return metadata, shapes
+
+
+def _network_skeleton(path: str, metadata: dict) -> UnHypeNetwork:
+    try:
+        config = HyperNetConfig.from_dict(_parse(metadata, "unhype.config"))
+        targets = [Target.from_dict(t) for t in _parse(metadata, "unhype.targets")]
+        embedding = _parse(metadata, "unhype.embedding")
+        reference = _parse(metadata, "unhype.activation_reference")
+        info = NetworkInfo(
+            base_arch=metadata.get("unhype.base_arch", ""),
+            target_preset=metadata.get("unhype.target_preset", ""),
+            embedding_source=str(embedding.get("source", "")),
+            title=metadata.get("modelspec.title", ""),
+            description=metadata.get("modelspec.description", ""),
+            training=_parse(metadata, "unhype.training"),
+            activation_reference=float(reference) if reference is not None else None,
+        )
+        if int(embedding.get("dim", -1)) != config.embed_dim:
+            raise ValueError(
+                f"embedding dim {embedding.get('dim')} disagrees with config {config.embed_dim}"
+            )
+    except UnHypeFileError as error:
+        raise UnHypeFileError(f"{path}: {error}") from None
+    except (ValueError, TypeError, KeyError) as error:
+        raise UnHypeFileError(f"{path}: invalid UnHype metadata: {error}") from None
+    if not targets:
+        raise UnHypeFileError(f"{path}: invalid UnHype metadata: the target list is empty")
+    with torch.device("meta"):
+        module = HyperNetwork(config, targets)
+    return UnHypeNetwork(config, targets, info, module)
+
+
+def load_unhype(path: str, device: str | torch.device = "cpu") -> UnHypeNetwork:
+    """Validate everything, then build the network in float32 on `device`."""
+    metadata, shapes = read_header(path)
+    skeleton = _network_skeleton(path, metadata)
+    expected = {name: list(t.shape) for name, t in skeleton.module.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [n for n in expected if n in shapes and shapes[n] != expected[n]]
+    if missing or unexpected or wrong:
+        details = [f"missing tensors {missing[:5]}"] if missing else []
+        details += [f"unexpected tensors {unexpected[:5]}"] if unexpected else []
+        details += [
+            f"{n} is {shapes[n]}, the metadata implies {expected[n]}" for n in wrong[:5]
+        ]
+        raise UnHypeFileError(
+            f"{path}: tensors disagree with the metadata: " + "; ".join(details)
+        )
+    state = {}
+    with safe_open(path, framework="pt") as handle:
+        for name in expected:
+            tensor = handle.get_tensor(name)
+            if not torch.isfinite(tensor).all():
+                raise UnHypeFileError(f"{path}: tensor {name} contains NaN or infinity")
+            state[name] = tensor.float()
+    module = HyperNetwork(skeleton.config, skeleton.targets)
+    module.load_state_dict(state, strict=True)
+    module.requires_grad_(False).eval()
+    return UnHypeNetwork(skeleton.config, skeleton.targets, skeleton.info, module.to(device))

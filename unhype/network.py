@@ -1,0 +1,73 @@
+"""An UnHype network as users handle it: the hypernetwork plus what it is for and how it was made."""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .hypernet import Factors, HyperNetConfig, HyperNetwork, lora_norm
+from .targets import Target
+
+#: Model families a network can be made for, with their ModelSpec architecture names.
+BASE_ARCHITECTURES = {
+    "sd1": "stable-diffusion-v1",
+    "sd2": "stable-diffusion-v2",
+    "sdxl": "stable-diffusion-xl-v1-base",
+    "flux": "flux-1-dev",
+    "proving-ground": "unhype-proving-ground",
+}
+
+
+@dataclass
+class NetworkInfo:
+    """Everything about a network that is not a tensor; saved as file metadata."""
+
+    base_arch: str
+    target_preset: str
+    embedding_source: str = "CLIP-L pooled (final-layer-normed end-of-text state)"
+    title: str = "UnHype network"
+    description: str = ""
+    training: dict = field(default_factory=dict)
+    #: LoRA norm of the strongest erase prompt seen in training: activation 1.0 in reports.
+    activation_reference: float | None = None
+
+    def __post_init__(self):
+        if self.base_arch not in BASE_ARCHITECTURES:
+            raise ValueError(
+                f"base architecture {self.base_arch!r} is not one of {sorted(BASE_ARCHITECTURES)}"
+            )
+
+
+class UnHypeNetwork:
+    """Hypernetwork + config + targets + info; produces per-prompt LoRA factors."""
+
+    def __init__(self, config: HyperNetConfig, targets: list[Target], info: NetworkInfo,
+                 module: HyperNetwork | None = None):
+        self.config, self.targets, self.info = config, list(targets), info
+        self.module = module if module is not None else HyperNetwork(config, self.targets)
+
+    @torch.no_grad()
+    def factors(self, embeddings: torch.Tensor, s: float | None = None) -> Factors:
+        """Inference factors (s = T unless given), float32, on the network's device."""
+        device = next(self.module.parameters()).device
+        return self.module(embeddings.to(device, torch.float32), s)
+
+    @torch.no_grad()
+    def activation(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """How strongly each prompt triggers the network, 0..1 against the training reference.
+
+        Without a reference (an untrained network) the raw LoRA norm is returned.
+        """
+        norms = lora_norm(self.factors(embeddings)).cpu()
+        if not self.info.activation_reference:
+            return norms
+        return (norms / self.info.activation_reference).clamp(0.0, 1.0)
+
+    def to(self, device) -> "UnHypeNetwork":
+        self.module.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"UnHypeNetwork({self.info.title!r}, {self.info.base_arch}, "
+            f"{len(self.targets)} targets, rank {self.config.rank}, {self.config.variant})"
+        )

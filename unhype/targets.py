@@ -1,0 +1,151 @@
+"""Which Linear layers of a diffusion model get a dynamic LoRA, by ComfyUI module name.
+
+A target names a Linear relative to the diffusion model (ComfyUI's `model.diffusion_model`) and,
+for fused projections such as Flux's `qkv`, the slice of its output the LoRA may touch.
+Presets are name patterns, so one preset covers every size of a family (SD1 and SD2 share one).
+"""
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    in_features: int
+    out_features: int
+    out_slice: tuple[int, int] | None = None
+
+    @property
+    def delta_features(self) -> int:
+        """Width of the LoRA output: the slice when there is one, else the whole output."""
+        if self.out_slice is None:
+            return self.out_features
+        return self.out_slice[1] - self.out_slice[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "out_slice": list(self.out_slice) if self.out_slice else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Target":
+        out_slice = data.get("out_slice")
+        target = cls(
+            name=str(data["name"]),
+            in_features=int(data["in_features"]),
+            out_features=int(data["out_features"]),
+            out_slice=(int(out_slice[0]), int(out_slice[1])) if out_slice else None,
+        )
+        if target.out_slice and not 0 <= target.out_slice[0] < target.out_slice[1] <= (
+            target.out_features
+        ):
+            raise ValueError(f"target {target.name}: slice {target.out_slice} is outside its output")
+        return target
+
+
+def _whole(linear: nn.Module) -> tuple[int, int] | None:
+    return None
+
+
+def _value_third(linear: nn.Module) -> tuple[int, int]:
+    """The v part of a fused q,k,v projection: the last of three equal thirds."""
+    width = linear.out_features // 3
+    return (2 * width, 3 * width)
+
+
+def _value_of_fused_single(linear: nn.Module) -> tuple[int, int]:
+    """Flux single blocks fuse q,k,v and the MLP input in `linear1`: v is the third hidden-wide slice."""
+    width = linear.in_features
+    return (2 * width, 3 * width)
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    rules: tuple[tuple[str, object], ...]
+
+
+_CROSS_KV = ((r"(^|\.)attn2\.to_[kv]$", _whole),)
+PRESETS: dict[str, Preset] = {
+    "sd-cross-kv": Preset(
+        "SD1.x/SD2 cross-attention key and value (the paper's choice)", _CROSS_KV
+    ),
+    "sd-all-attn": Preset(
+        "SD1.x/SD2 every attention projection (q, k, v, out) in self- and cross-attention",
+        ((r"(^|\.)attn[12]\.to_(q|k|v|out\.0)$", _whole),),
+    ),
+    "sdxl-cross-kv": Preset("SDXL cross-attention key and value", _CROSS_KV),
+    "flux-value-out": Preset(
+        "Flux value projections (v slice of fused qkv / linear1) and image attention output",
+        (
+            (r"^double_blocks\.\d+\.(img|txt)_attn\.qkv$", _value_third),
+            (r"^double_blocks\.\d+\.img_attn\.proj$", _whole),
+            (r"^single_blocks\.\d+\.linear1$", _value_of_fused_single),
+        ),
+    ),
+}
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return hasattr(module, "in_features") and hasattr(module, "out_features")
+
+
+def targets_from_preset(model: nn.Module, preset: str) -> list[Target]:
+    """Every Linear of `model` the preset selects, in module order, with its shape."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown target preset {preset!r}; choose one of {sorted(PRESETS)}")
+    targets = []
+    for name, module in model.named_modules():
+        if not _is_linear(module):
+            continue
+        for pattern, slicer in PRESETS[preset].rules:
+            if re.search(pattern, name):
+                targets.append(
+                    Target(name, module.in_features, module.out_features, slicer(module))
+                )
+                break
+    if not targets:
+        raise ValueError(
+            f"target preset {preset!r} ({PRESETS[preset].description}) matches no Linear layer "
+            f"of this {type(model).__name__}: is it the right model family?"
+        )
+    return targets
+
+
+class TargetMismatchError(ValueError):
+    """The model lacks some targets or has them with other shapes."""
+
+
+def resolve_targets(model: nn.Module, targets: list[Target]) -> dict[str, nn.Module]:
+    """Map each target to its module, checking all of them before failing once with every problem."""
+    modules, problems = {}, []
+    for target in targets:
+        try:
+            module = model.get_submodule(target.name)
+        except AttributeError:
+            problems.append(f"missing: {target.name}")
+            continue
+        if not _is_linear(module):
+            problems.append(f"not a Linear: {target.name} is a {type(module).__name__}")
+            continue
+        found = (module.in_features, module.out_features)
+        if found != (target.in_features, target.out_features):
+            problems.append(
+                f"shape: {target.name} is {found[0]}->{found[1]}, "
+                f"the network expects {target.in_features}->{target.out_features}"
+            )
+            continue
+        modules[target.name] = module
+    if problems:
+        shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
+        raise TargetMismatchError(
+            f"{len(problems)} of {len(targets)} UnHype targets do not fit this "
+            f"{type(model).__name__}:\n  " + "\n  ".join(shown)
+        )
+    return modules
