@@ -67,8 +67,13 @@ def save_unhype(path: str, network: UnHypeNetwork, dtype: torch.dtype = torch.fl
         for name, value in network.module.state_dict().items()
     }
     temporary = f"{path}.partial-write"
-    save_file(tensors, temporary, metadata=_metadata(network))
-    os.replace(temporary, path)
+    try:
+        save_file(tensors, temporary, metadata=_metadata(network))
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def _looks_like_lora(names: list[str]) -> bool:

@@ -101,7 +101,10 @@ class PaperGenerator(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(down(features), up(features)) for down, up in zip(self.down_heads, self.up_heads)]
+        return [
+            (down(features), up(features))
+            for down, up in zip(self.down_heads, self.up_heads, strict=True)
+        ]
 
 
 class CompactGenerator(nn.Module):
@@ -157,11 +160,11 @@ class HyperNetwork(nn.Module):
             self.register_buffer(f"down0_{index}", start / math.sqrt(config.rank))
 
     def forward(self, embeddings: torch.Tensor, s: float | torch.Tensor | None = None) -> Factors:
-        rows = embeddings.shape[0]
         if embeddings.ndim != 2 or embeddings.shape[1] != self.config.embed_dim:
             raise ValueError(
                 f"expected embeddings [rows, {self.config.embed_dim}], got {list(embeddings.shape)}"
             )
+        rows = embeddings.shape[0]
         if s is None:
             s = self.config.trajectory_length
         s = torch.as_tensor(s, dtype=torch.float32, device=embeddings.device).expand(rows)
@@ -171,7 +174,7 @@ class HyperNetwork(nn.Module):
         )
         r, factors = self.config.rank, {}
         for index, (target, (down_raw, up_raw)) in enumerate(
-            zip(self.targets, self.generator(features))
+            zip(self.targets, self.generator(features), strict=True)
         ):
             f = fraction[:, None, None]
             alpha = self.config.alpha0 + fraction[:, None, None] * self.alpha[index]

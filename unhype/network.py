@@ -1,4 +1,4 @@
-"""An UnHype network as users handle it: the hypernetwork plus what it is for and how it was made."""
+"""An UnHype network as users handle it: the hypernetwork, what it is for, how it was made."""
 
 from dataclasses import dataclass, field
 

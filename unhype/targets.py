@@ -45,7 +45,9 @@ class Target:
         if target.out_slice and not 0 <= target.out_slice[0] < target.out_slice[1] <= (
             target.out_features
         ):
-            raise ValueError(f"target {target.name}: slice {target.out_slice} is outside its output")
+            raise ValueError(
+                f"target {target.name}: slice {target.out_slice} is outside its output"
+            )
         return target
 
 
@@ -60,7 +62,7 @@ def _value_third(linear: nn.Module) -> tuple[int, int]:
 
 
 def _value_of_fused_single(linear: nn.Module) -> tuple[int, int]:
-    """Flux single blocks fuse q,k,v and the MLP input in `linear1`: v is the third hidden-wide slice."""
+    """Flux single blocks fuse q,k,v and the MLP input in `linear1`: v is the third hidden slice."""
     width = linear.in_features
     return (2 * width, 3 * width)
 
@@ -123,7 +125,7 @@ class TargetMismatchError(ValueError):
 
 
 def resolve_targets(model: nn.Module, targets: list[Target]) -> dict[str, nn.Module]:
-    """Map each target to its module, checking all of them before failing once with every problem."""
+    """Map each target to its module; check all of them, then fail once listing every problem."""
     modules, problems = {}, []
     for target in targets:
         try:
@@ -143,7 +145,9 @@ def resolve_targets(model: nn.Module, targets: list[Target]) -> dict[str, nn.Mod
             continue
         modules[target.name] = module
     if problems:
-        shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
+        shown = problems[:12]
+        if len(problems) > 12:
+            shown.append(f"... and {len(problems) - 12} more")
         raise TargetMismatchError(
             f"{len(problems)} of {len(targets)} UnHype targets do not fit this "
             f"{type(model).__name__}:\n  " + "\n  ".join(shown)
