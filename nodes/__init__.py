@@ -1,0 +1,17 @@
+"""The UnHype nodes. NODES lists (class name, display name, class) for every node."""
+
+from . import apply, conditioner, loader
+
+NODES = [
+    ("UnHypeLoader", "UnHype Loader", loader.UnHypeLoader),
+    ("UnHypeConditioner", "UnHype Conditioner", conditioner.UnHypeConditioner),
+    ("UnHypeTextEncode", "UnHype Text Encode", conditioner.UnHypeTextEncode),
+    ("ApplyDynamicLoRA", "Apply Dynamic LoRA", apply.ApplyDynamicLoRA),
+]
+
+# The trainer (nodes/trainer.py) adds itself here:
+#   from . import trainer
+#   NODES.append(("UnHypeTrainer", "UnHype Trainer", trainer.UnHypeTrainer))
+
+NODE_CLASS_MAPPINGS = {name: cls for name, _, cls in NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {name: display for name, display, _ in NODES}

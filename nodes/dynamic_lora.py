@@ -1,0 +1,136 @@
+"""Sampling-time glue: the APPLY_MODEL wrapper that gives every batch row its own UnHype LoRA.
+
+The Conditioner packs each conditioning entry's pooled embedding as `[flag, pooled...]` under
+the `model_conds` key below. ComfyUI repeats it to the entry's rows, concatenates it row-aligned
+with x when it batches conds (positive and negative together) and hands it to APPLY_MODEL
+wrappers as a keyword argument. The wrapper turns each distinct embedding into LoRA factors
+once (LRU cache), selects the rows that get a LoRA and runs the model inside `row_lora`, whose
+forward hooks are removed when the call returns or raises. Nothing here imports ComfyUI.
+"""
+
+import copy
+import threading
+from collections import OrderedDict
+
+import torch
+
+from ..unhype import row_lora
+from ..unhype.hypernet import RowFactors
+
+EMBEDDING_KEY = "unhype_embedding"
+WRAPPER_KEY = "unhype"
+MODES = ("conditional only", "all rows")
+UNCOND = 1  # value of transformer_options["cond_or_uncond"] for the negative chunk
+
+
+def pack_embedding(pooled: torch.Tensor) -> torch.Tensor:
+    """[1, D] pooled vector -> [1, 1 + D] float32 row: a 1.0 flag, then the vector."""
+    pooled = pooled.detach().reshape(1, -1).to("cpu", torch.float32)
+    return torch.cat([torch.ones(1, 1), pooled], dim=1)
+
+
+def select_rows(embedding: torch.Tensor, mode: str, cond_or_uncond) -> torch.Tensor:
+    """Indices of the rows that get a LoRA: flagged rows, minus negative chunks in "conditional only"."""
+    selected = embedding[:, 0].float() > 0.5
+    if mode == "conditional only" and cond_or_uncond:
+        rows, chunks = embedding.shape[0], len(cond_or_uncond)
+        if rows % chunks:
+            raise RuntimeError(
+                f"UnHype: a batch of {rows} rows cannot be split into the {chunks} chunks "
+                f"ComfyUI announced ({list(cond_or_uncond)})"
+            )
+        per_chunk = rows // chunks
+        keep = torch.tensor([c != UNCOND for c in cond_or_uncond], device=selected.device)
+        selected = selected & keep.repeat_interleave(per_chunk)
+    return selected.nonzero().flatten().cpu()
+
+
+class DynamicLoRA:
+    """State behind one Apply Dynamic LoRA node: network, strength, mode and the factor caches.
+
+    Safe to share between ModelPatcher clones and threads (multi-GPU runs clones in threads):
+    all mutable state is behind one lock and the shared UnHypeNetwork is never modified.
+    """
+
+    def __init__(self, network, strength: float, mode: str, cache_size: int = 32):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.network, self.strength, self.mode = network, float(strength), mode
+        self.cache_size = cache_size
+        self.hypernet_calls = 0  # number of hypernetwork forwards, for tests and benchmarks
+        self._lock = threading.Lock()
+        self._modules: dict[str, torch.nn.Module] = {}
+        self._factors: OrderedDict = OrderedDict()  # (device, bytes) -> {name: RowFactors [1,...]}
+        self._last = None  # (key tuple, dtype) -> stacked factors of the last batch
+
+    def _module_on(self, device: torch.device) -> torch.nn.Module:
+        key = str(device)
+        if key not in self._modules:
+            module = self.network.module
+            if next(module.parameters()).device != device:
+                module = copy.deepcopy(module).to(device)  # a private copy; the shared one stays put
+            self._modules[key] = module
+        return self._modules[key]
+
+    def factors_for(self, embeddings: torch.Tensor, device: torch.device, dtype) -> dict:
+        """Stacked per-row factors for pooled embeddings [R, D], each distinct one computed once."""
+        host = embeddings.detach().to("cpu", torch.float32).contiguous()
+        keys = tuple((str(device), row.numpy().tobytes()) for row in host)
+        with self._lock:
+            if self._last is not None and self._last[0] == (keys, dtype):
+                return self._last[1]
+            missing = [i for i, k in enumerate(keys) if k not in self._factors]
+            unique = list(dict.fromkeys(keys[i] for i in missing))
+            if unique:
+                first = {k: keys.index(k) for k in unique}
+                batch = host[[first[k] for k in unique]].to(device)
+                with torch.no_grad():
+                    computed = self._module_on(device)(batch)
+                self.hypernet_calls += 1
+                for j, key in enumerate(unique):
+                    self._factors[key] = {
+                        name: RowFactors(f.down[j : j + 1], f.up[j : j + 1])
+                        for name, f in computed.items()
+                    }
+            for key in keys:
+                self._factors.move_to_end(key)
+            parts = [self._factors[k] for k in keys]
+            stacked = {
+                name: RowFactors(
+                    torch.cat([p[name].down for p in parts]).to(dtype),
+                    torch.cat([p[name].up for p in parts]).to(dtype),
+                )
+                for name in parts[0]
+            }
+            while len(self._factors) > max(self.cache_size, len(set(keys))):
+                self._factors.popitem(last=False)
+            self._last = ((keys, dtype), stacked)
+            return stacked
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
+                 transformer_options={}, **kwargs):
+        embedding = kwargs.get(EMBEDDING_KEY)
+        if embedding is None or self.strength == 0.0:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        config = self.network.config
+        if embedding.ndim != 2 or embedding.shape[1] != config.embed_dim + 1:
+            raise RuntimeError(
+                f"UnHype: the conditioning carries {embedding.shape[-1] - 1}-d embeddings but the "
+                f"network given to Apply Dynamic LoRA reads {config.embed_dim}-d ones: use the same "
+                "kind of network in UnHype Conditioner and Apply Dynamic LoRA"
+            )
+        if embedding.shape[0] != x.shape[0]:
+            raise RuntimeError(
+                f"UnHype: {embedding.shape[0]} embedding rows for a batch of {x.shape[0]} rows"
+            )
+        rows = select_rows(embedding, self.mode, transformer_options.get("cond_or_uncond"))
+        if rows.numel() == 0:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        base_model = executor.class_obj
+        root = base_model.diffusion_model
+        dtype = base_model.get_dtype_inference() if hasattr(base_model, "get_dtype_inference") \
+            else x.dtype
+        factors = self.factors_for(embedding[rows.to(embedding.device), 1:], x.device, dtype)
+        with row_lora(root, self.network.targets, factors, rows=rows,
+                      scale=self.strength, norm_cap=config.norm_cap):
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

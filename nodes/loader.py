@@ -1,0 +1,96 @@
+"""UnHype Loader: a file from the `unhype` model folder -> UNHYPE (an unhype.UnHypeNetwork)."""
+
+import os
+import threading
+from collections import OrderedDict
+
+import folder_paths
+
+from ..unhype import UnHypeFileError, load_unhype
+
+FOLDER = "unhype"
+EXTENSIONS = {".safetensors"}
+
+
+def register_model_folder() -> None:
+    """Add models/unhype, keeping folders that extra_model_paths.yaml registered before us."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    if FOLDER in folder_paths.folder_names_and_paths:
+        paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
+        paths = list(paths)
+        if default not in paths:
+            paths.insert(0, default)
+        # add_model_folder_path creates the entry with an empty set, which means "every file"
+        extensions = set(extensions) | EXTENSIONS if extensions else set(EXTENSIONS)
+    else:
+        paths, extensions = [default], set(EXTENSIONS)
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, extensions)
+
+
+register_model_folder()
+
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 4
+_LOCK = threading.Lock()
+
+
+def _file_key(path: str) -> tuple:
+    stat = os.stat(path)
+    return (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+def load_cached(path: str):
+    """Load (or reuse) a network; a rewritten file (new mtime or size) is loaded again."""
+    key = _file_key(path)
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    network = load_unhype(path)
+    with _LOCK:
+        _CACHE[key] = network
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return network
+
+
+def _full_path(name: str) -> str:
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None:
+        folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+        raise FileNotFoundError(f"UnHype Loader: {name!r} not found in the unhype folders ({folders})")
+    return path
+
+
+class UnHypeLoader:
+    DESCRIPTION = (
+        "Loads an UnHype concept-erasure hypernetwork (.safetensors) from models/unhype. "
+        "Connect it to UnHype Conditioner and Apply Dynamic LoRA."
+    )
+    CATEGORY = "UnHype"
+    RETURN_TYPES = ("UNHYPE",)
+    RETURN_NAMES = ("unhype",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "unhype_name": (
+                    folder_paths.get_filename_list(FOLDER),
+                    {"tooltip": "An UnHype network in models/unhype."},
+                ),
+            }
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, unhype_name):
+        path = folder_paths.get_full_path(FOLDER, unhype_name)
+        return repr(_file_key(path)) if path else unhype_name
+
+    def load(self, unhype_name):
+        path = _full_path(unhype_name)
+        try:
+            return (load_cached(path),)
+        except UnHypeFileError as error:
+            raise ValueError(f"UnHype Loader: {error}") from None

@@ -1,0 +1,99 @@
+"""Shared pieces of the inference-node tests (tests/test_nodes_*.py): the in-process host, tiny
+UnHype networks for tiny models, an independent merged-weight reference and direct model calls."""
+
+import copy
+import sys
+
+import pytest
+import torch
+
+import comfy_host as ch
+
+_HOST = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _unhype_host(comfy, unhype_pack):
+    """Every test module that imports this helper runs against conftest's in-process ComfyUI."""
+    _HOST.update(ns=comfy, pack=unhype_pack, core=sys.modules[unhype_pack.__name__ + ".unhype"])
+    return _HOST
+
+
+def host():
+    """(ComfyUI namespace, pack module, the pack's own unhype core)."""
+    return _HOST["ns"], _HOST["pack"], _HOST["core"]
+
+
+def node(name):
+    return host()[1].NODE_CLASS_MAPPINGS[name]
+
+
+def make_network(diffusion_model, preset="sd-cross-kv", embed_dim=64, seed=0, std=0.05,
+                 base_arch="sd1", norm_cap=None, rank=2, hidden=16):
+    """A small random UnHype network for `diffusion_model` whose generated LoRAs are not zero."""
+    core = host()[2]
+    targets = core.targets_from_preset(diffusion_model, preset)
+    config = core.HyperNetConfig(embed_dim=embed_dim, rank=rank, hidden=hidden, norm_cap=norm_cap,
+                                 seed=seed)
+    network = core.UnHypeNetwork(config, targets, core.NetworkInfo(base_arch, preset))
+    gen = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for p in network.module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    network.module.requires_grad_(False).eval()
+    return network
+
+
+def merged_reference(base_model, network, embedding, strength, extra_deltas=None):
+    """An independent copy of `base_model` (a comfy BaseModel) with W + strength·up@down merged
+    for one pooled embedding [1, D] (and optional extra {module name: delta} merged too)."""
+    ref = copy.copy(base_model)  # the BaseModel shell; its model_config cannot be deep-copied
+    ref._modules = dict(base_model._modules)
+    ref._modules["diffusion_model"] = copy.deepcopy(base_model.diffusion_model)
+    factors = network.factors(embedding.reshape(1, -1))
+    root = ref.diffusion_model
+    with torch.no_grad():
+        for target in network.targets:
+            f = factors[target.name]
+            delta = (f.up[0].double() @ f.down[0].double()) * strength
+            if target.out_slice is not None:
+                full = torch.zeros(target.out_features, target.in_features, dtype=torch.float64)
+                full[target.out_slice[0]:target.out_slice[1]] = delta
+                delta = full
+            weight = root.get_submodule(target.name).weight
+            weight.copy_((weight.double() + delta).to(weight.dtype))
+        for name, delta in (extra_deltas or {}).items():
+            weight = root.get_submodule(name).weight
+            weight.copy_((weight.double() + delta.double()).to(weight.dtype))
+    return ref
+
+
+def call_model(patcher, x, sigma, context, embedding=None, cond_or_uncond=None, **extra):
+    """One apply_model call of the patcher's BaseModel with the patcher's wrappers, as
+    calc_cond_batch makes it (cond_or_uncond and the row-aligned embedding kwarg included)."""
+    ns = host()[0]
+    options = {"wrappers": ns.comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)}
+    if cond_or_uncond is not None:
+        options["cond_or_uncond"] = list(cond_or_uncond)
+    kwargs = dict(extra)
+    if embedding is not None:
+        kwargs["unhype_embedding"] = embedding
+    with torch.no_grad():
+        return patcher.model.apply_model(x, sigma, c_crossattn=context,
+                                         transformer_options=options, **kwargs)
+
+
+def packed(pooled, flag=1.0):
+    return torch.cat([torch.full((pooled.shape[0], 1), flag), pooled.float()], dim=1)
+
+
+def hooks_left(module):
+    return [name for name, m in module.named_modules()
+            if m._forward_hooks or m._forward_pre_hooks]
+
+
+def dynamic_state(patcher):
+    """The DynamicLoRA objects an Apply Dynamic LoRA node put on this patcher."""
+    ns = host()[0]
+    key = ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL
+    return patcher.get_wrappers(key, "unhype")

@@ -1,0 +1,261 @@
+"""Inference nodes in-process on tiny random models built with ComfyUI's own classes."""
+
+import pytest
+import torch
+
+import comfy_host as ch
+from _nodes_helpers import (_unhype_host, call_model, dynamic_state,  # noqa: F401
+                            hooks_left, host, make_network, merged_reference, node, packed)
+
+pytestmark = pytest.mark.host
+
+D = 64  # pooled width of the tiny prompts (= the tiny UNet's context width)
+
+
+@pytest.fixture(scope="module")
+def tiny(_unhype_host):
+    return ch.build_tiny_sd1_model(host()[0], seed=0)
+
+
+@pytest.fixture(scope="module")
+def network(tiny):
+    return make_network(tiny.model.diffusion_model, embed_dim=D, seed=1)
+
+
+def batch(rows=3, seed=0, size=8):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 4, size, size, generator=gen)
+    sigma = torch.full((rows,), 2.0)
+    context = torch.randn(rows, 77, D, generator=gen)
+    pooled = torch.randn(rows, D, generator=gen)
+    return x, sigma, context, pooled
+
+
+def apply(model, network, strength=1.0, mode="conditional only"):
+    return node("ApplyDynamicLoRA")().apply(model, network, strength, mode)[0]
+
+
+def reference_row(tiny, network, row, x, sigma, context, pooled, strength):
+    ref = merged_reference(tiny.model, network, pooled[row:row + 1], strength)
+    with torch.no_grad():
+        return ref.apply_model(x[row:row + 1], sigma[row:row + 1],
+                               c_crossattn=context[row:row + 1])
+
+
+@pytest.mark.parametrize("mode", ["conditional only", "all rows"])
+def test_mixed_batch_rows_match_merged_reference(tiny, network, mode):
+    """Two prompts + a negative in ONE call: each row equals its own merged-weight model."""
+    x, sigma, context, pooled = batch()
+    patched = apply(tiny, network, 0.7, mode)
+    # chunk order as calc_cond_batch may give it: negative first, then the two positives
+    out = call_model(patched, x, sigma, context, packed(pooled), cond_or_uncond=[1, 0, 0])
+    base = call_model(tiny, x, sigma, context)
+    for row in (1, 2):
+        expected = reference_row(tiny, network, row, x, sigma, context, pooled, 0.7)
+        torch.testing.assert_close(out[row:row + 1], expected, rtol=1e-4, atol=1e-5)
+        assert (out[row] - base[row]).abs().max() > 1e-3  # the LoRA does something
+    if mode == "conditional only":
+        assert torch.equal(out[0], base[0])  # the negative runs the base model, bit for bit
+    else:
+        expected = reference_row(tiny, network, 0, x, sigma, context, pooled, 0.7)
+        torch.testing.assert_close(out[0:1], expected, rtol=1e-4, atol=1e-5)
+    assert hooks_left(tiny.model) == []
+
+
+def test_batch_of_two_per_chunk(tiny, network):
+    """Chunks of B=2 rows (batch-2 latent): uncond chunk rows untouched, cond rows own LoRA."""
+    x, sigma, context, pooled = batch(rows=4, seed=3)
+    patched = apply(tiny, network)
+    out = call_model(patched, x, sigma, context, packed(pooled), cond_or_uncond=[0, 1])
+    base = call_model(tiny, x, sigma, context)
+    assert torch.equal(out[2:], base[2:])
+    for row in (0, 1):
+        expected = reference_row(tiny, network, row, x, sigma, context, pooled, 1.0)
+        torch.testing.assert_close(out[row:row + 1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rows_without_unhype_data_are_base(tiny, network):
+    x, sigma, context, pooled = batch()
+    patched = apply(tiny, network, mode="all rows")
+    base = call_model(tiny, x, sigma, context)
+    assert torch.equal(call_model(patched, x, sigma, context), base)  # no key at all
+    emb = packed(pooled)
+    emb[1, 0] = 0.0  # flag off on row 1
+    out = call_model(patched, x, sigma, context, emb, cond_or_uncond=[0, 0, 0])
+    assert torch.equal(out[1], base[1])
+    assert not torch.equal(out[0], base[0])
+
+
+def test_no_hooks_left_after_exception(tiny, network):
+    x, sigma, context, pooled = batch()
+    patched = apply(tiny, network, mode="all rows")
+    wrong_context = torch.randn(3, 77, D + 1)  # fails inside attn2 while the hooks are attached
+    with pytest.raises(Exception):
+        call_model(patched, x, sigma, wrong_context, packed(pooled), cond_or_uncond=[0, 0, 0])
+    assert hooks_left(tiny.model) == []
+
+
+def test_apply_does_not_touch_the_input_model(tiny, network):
+    before = {k: list(v) for k, v in tiny.wrappers.items()}
+    patched = apply(tiny, network)
+    assert patched is not tiny
+    assert {k: list(v) for k, v in tiny.wrappers.items()} == before
+    assert len(dynamic_state(patched)) == 1
+
+
+def test_conditioner_packs_embedding_without_mutating(network):
+    pooled = torch.randn(1, D)
+    cond = [[torch.randn(1, 154, D), {"pooled_output": pooled, "strength": 0.5,
+                                      "model_conds": {"other": "x"}}],
+            [torch.randn(1, 77, D), {"pooled_output": pooled * 2}]]
+    snapshot = [dict(e[1]) for e in cond]
+    out = node("UnHypeConditioner")().condition(cond, network)
+    result, report = out["result"]
+    assert out["ui"] == {"text": [report]}
+    assert [dict(e[1]) for e in cond] == snapshot  # input dicts untouched
+    assert "unhype_embedding" not in cond[0][1]["model_conds"]
+    for entry, source in zip(result, (pooled, pooled * 2)):
+        emb = entry[1]["model_conds"]["unhype_embedding"].cond
+        assert emb.shape == (1, D + 1) and emb.dtype == torch.float32
+        assert emb[0, 0] == 1.0 and torch.equal(emb[:, 1:], source)
+        assert torch.equal(entry[1]["pooled_output"], source)  # the model's own input unchanged
+    assert result[0][1]["model_conds"]["other"] == "x" and result[0][1]["strength"] == 0.5
+    lines = report.splitlines()
+    assert len(lines) == 3 and "entry 1" in lines[1] and "long prompt" in lines[1]
+    assert "UnHype Text Encode" in lines[1] and "long prompt" not in lines[2]
+
+
+def test_conditioner_errors_name_both_sides(network):
+    sdxl_like = [[torch.randn(1, 77, 2048), {"pooled_output": torch.randn(1, 1280)}]]
+    with pytest.raises(ValueError) as error:
+        node("UnHypeConditioner")().condition(sdxl_like, network)
+    message = str(error.value)
+    assert "UnHype Conditioner" in message and "64-d" in message and "1280-d" in message
+    assert "SDXL" in message
+    with pytest.raises(ValueError, match="no pooled_output"):
+        node("UnHypeConditioner")().condition([[torch.randn(1, 77, D), {}]], network)
+
+
+def test_mismatched_model_is_a_clear_error(network):
+    ns = host()[0]
+    other = ch.build_tiny_sd1_model(ns, seed=0, unet_config={"context_dim": 96})
+    with pytest.raises(ValueError) as error:
+        apply(other, network)
+    message = str(error.value)
+    assert "Apply Dynamic LoRA" in message and "sd1" in message and "SD15" in message
+    assert "attn2.to_k" in message and "64" in message and "96" in message
+
+
+def conditioned(network, seed):
+    pos = ch.make_cond(context_dim=D, seed=seed)
+    neg = ch.make_cond(context_dim=D, seed=seed + 1)
+    run = node("UnHypeConditioner")().condition
+    return run(pos, network)["result"][0], run(neg, network)["result"][0]
+
+
+class CallLog:
+    """An APPLY_MODEL wrapper that records each model call's rows and chunk order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options,
+                 **kwargs):
+        self.calls.append((x.shape[0], list(transformer_options.get("cond_or_uncond", [])),
+                           "unhype_embedding" in kwargs))
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+def test_full_sample_cond_and_uncond_in_one_call(tiny, network):
+    ns = host()[0]
+    pos, neg = conditioned(network, seed=10)
+    base = ch.sample_steps(ns, tiny, pos, neg, steps=3)
+    patched = apply(tiny, network, 1.0, "conditional only")
+    log = CallLog()
+    patched.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "log", log)
+    calls = []
+    state = dynamic_state(patched)[0]
+    handle = state.network.module.register_forward_hook(
+        lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        out = ch.sample_steps(ns, patched, pos, neg, steps=3)
+    finally:
+        handle.remove()
+    assert torch.isfinite(out).all() and not torch.equal(out, base)
+    assert len(log.calls) == 3  # one model call per step: cond and uncond batched together
+    assert all(rows == 2 and sorted(order) == [0, 1] and has for rows, order, has in log.calls)
+    assert calls == [1]  # one hypernetwork pass for the one conditional prompt, not one per step
+    assert hooks_left(tiny.model) == []
+    # the original patcher still samples exactly as before
+    assert torch.equal(ch.sample_steps(ns, tiny, pos, neg, steps=3), base)
+
+
+def test_factors_once_per_distinct_embedding_all_rows(tiny, network):
+    ns = host()[0]
+    pos, neg = conditioned(network, seed=20)
+    patched = apply(tiny, network, 1.0, "all rows")
+    state = dynamic_state(patched)[0]
+    rows = []
+    handle = state.network.module.register_forward_hook(
+        lambda m, args, out: rows.append(args[0].shape[0]))
+    try:
+        ch.sample_steps(ns, patched, pos, neg, steps=4)
+        ch.sample_steps(ns, patched, pos, neg, steps=2, seed=5)  # same prompts, new run: cached
+    finally:
+        handle.remove()
+    assert rows == [2] and state.hypernet_calls == 1
+
+
+def test_clone_isolation_with_sibling_branch(tiny, network):
+    """A sibling clone of the same checkpoint (another branch of the graph) is unaffected."""
+    ns = host()[0]
+    pos, neg = conditioned(network, seed=30)
+    sibling = tiny.clone()
+    before = ch.sample_steps(ns, sibling, pos, neg, steps=2)
+    patched = apply(tiny, network, 2.0, "all rows")
+    ch.sample_steps(ns, patched, pos, neg, steps=2)
+    assert torch.equal(ch.sample_steps(ns, sibling, pos, neg, steps=2), before)
+
+
+def lora_state_dict(tiny, name, seed=7, rank=2):
+    """A kohya-style LoRA on one Linear of the tiny UNet and its merged delta."""
+    module = tiny.model.diffusion_model.get_submodule(name)
+    gen = torch.Generator().manual_seed(seed)
+    up = torch.randn(module.out_features, rank, generator=gen) * 0.3
+    down = torch.randn(rank, module.in_features, generator=gen) * 0.3
+    key = "lora_unet_" + name.replace(".", "_")
+    sd = {f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down,
+          f"{key}.alpha": torch.tensor(float(rank))}
+    return sd, up @ down
+
+
+@pytest.mark.parametrize("order", ["lora first", "lora after"])
+def test_composes_with_ordinary_lora(tiny, network, order):
+    ns = host()[0]
+    name = "input_blocks.1.1.transformer_blocks.0.attn2.to_k"
+    sd, delta = lora_state_dict(tiny, name)
+    if order == "lora first":
+        with_lora = ns.sd.load_lora_for_models(tiny, None, sd, 1.0, 0.0)[0]
+        patched = apply(with_lora, network, 0.8, "all rows")
+    else:
+        patched = ns.sd.load_lora_for_models(apply(tiny, network, 0.8, "all rows"), None, sd,
+                                             1.0, 0.0)[0]
+    assert len(dynamic_state(patched)) == 1
+    ns.model_management.load_models_gpu([patched])  # patches the LoRA into the weights
+    try:
+        x, sigma, context, pooled = batch(rows=2, seed=4)
+        out = call_model(patched, x, sigma, context, packed(pooled), cond_or_uncond=[0, 0])
+    finally:
+        ns.model_management.unload_all_models()
+    for row in (0, 1):
+        ref = merged_reference(tiny.model, network, pooled[row:row + 1], 0.8, {name: delta})
+        with torch.no_grad():
+            expected = ref.apply_model(x[row:row + 1], sigma[row:row + 1],
+                                       c_crossattn=context[row:row + 1])
+        torch.testing.assert_close(out[row:row + 1], expected, rtol=1e-4, atol=1e-5)
+    # after unloading, the shared module is back to the base weights
+    base = call_model(tiny, *batch(rows=2, seed=4)[:3])
+    ref0 = merged_reference(tiny.model, network, torch.zeros(1, D), 0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(base, ref0.apply_model(*batch(rows=2, seed=4)[:2],
+                                                          c_crossattn=batch(rows=2, seed=4)[2]))
