@@ -72,8 +72,8 @@ Factors = dict[str, RowFactors]
 
 
 def fourier_features(fraction: torch.Tensor, dim: int) -> torch.Tensor:
-    """sin/cos of s/T at octave frequencies, so the heads can bend sharply along the trajectory."""
-    freqs = math.pi * 2.0 ** torch.arange(dim // 2, device=fraction.device, dtype=fraction.dtype)
+    """sin/cos of s/T at 1..dim/2 half-turns: smooth in s, so neighbouring steps share features."""
+    freqs = math.pi * torch.arange(1, dim // 2 + 1, device=fraction.device, dtype=fraction.dtype)
     angles = fraction[:, None] * freqs
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
@@ -92,10 +92,11 @@ class PaperGenerator(nn.Module):
     def __init__(self, config: HyperNetConfig, targets: list[Target]):
         super().__init__()
         width, r = config.embed_dim + config.fourier_dim, config.rank
+        # Zero-initialised last layers: training starts from "no change along the trajectory"
+        # (delta 0 and A = A0 for every s), so no early steps go to undoing a random init.
         self.down_heads = nn.ModuleList(
-            _mlp(width, config.hidden, t.in_features * r) for t in targets
+            _mlp(width, config.hidden, t.in_features * r, zero_last=True) for t in targets
         )
-        # Zero-initialised up heads: the generated delta starts at 0 for every s, not only s = 0.
         self.up_heads = nn.ModuleList(
             _mlp(width, config.hidden, t.delta_features * r, zero_last=True) for t in targets
         )
@@ -128,7 +129,7 @@ class CompactGenerator(nn.Module):
         self.shape_index = [shapes.index((t.in_features, t.delta_features)) for t in targets]
         self.down_heads = nn.ModuleList(nn.Linear(config.compact_code, i * r) for i, _ in shapes)
         self.up_heads = nn.ModuleList(nn.Linear(config.compact_code, o * r) for _, o in shapes)
-        for head in self.up_heads:
+        for head in [*self.down_heads, *self.up_heads]:
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 

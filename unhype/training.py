@@ -190,7 +190,7 @@ class Trainer:
         rate = self.config.removal_step
         moved = {n: RowFactors((following[n].down - now[n].down) / rate,
                                (following[n].up - now[n].up) / rate) for n in now}
-        return _factor_mse(moved, descent), float(esd)
+        return _factor_mse(moved, descent), float(esd.detach())
 
     def _retention_loss(self) -> torch.Tensor:
         prompts = self.config.retain_prompts
@@ -206,7 +206,7 @@ class Trainer:
         return _factor_mse(self.module(embeddings, s), untouched)
 
     def _optimise(self, name: str, loss: torch.Tensor) -> None:
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             raise TrainingDivergedError(
                 f"the {name} loss became non-finite at step {self.step + 1}; lower the learning "
                 "rate or eta. The last checkpoint is kept"
@@ -229,7 +229,8 @@ class Trainer:
             retention = self.config.retain_weight * self._retention_loss()
             self._optimise("retention", retention)
         self.step += 1
-        return {"removal": float(removal), "esd": esd, "retention": float(retention)}
+        return {"removal": float(removal.detach()), "esd": esd,
+                "retention": float(retention.detach())}
 
     @torch.no_grad()
     def activation(self, prompts: list[str]) -> torch.Tensor:

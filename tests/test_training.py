@@ -1,0 +1,160 @@
+"""The core trainer on a small real denoiser: erasure happens, nothing is lost, runs repeat."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_denoiser import ToyDenoiser  # noqa: E402
+
+import unhype  # noqa: E402
+from unhype.prompts import Concept, builtin_retain_prompts  # noqa: E402
+from unhype.training import TrainConfig, Trainer, TrainingDivergedError  # noqa: E402
+
+TEMPLATES = ["a photo of {}", "{}", "a {} in a field"]
+
+
+def make_trainer(objective="trajectory", steps=40, seed=0, denoiser=None, **overrides):
+    denoiser = denoiser or ToyDenoiser()
+    targets = unhype.targets_from_preset(denoiser.lora_root, "sd-cross-kv")
+    settings = dict(objective=objective, steps=steps, learning_rate=3e-3, removal_step=1.0,
+                    seed=seed, log_every=10, checkpoint_every=10, xt_cache_size=4)
+    settings.update(overrides)
+    config = TrainConfig([Concept("zebra", "")], builtin_retain_prompts()[:40], TEMPLATES,
+                         **settings)
+    net_config = unhype.HyperNetConfig(embed_dim=16, rank=2, hidden=32, trajectory_length=20)
+    info = unhype.NetworkInfo("proving-ground", "sd-cross-kv", title="toy")
+    return Trainer(denoiser, net_config, targets, info, config)
+
+
+def esd_loss_at(trainer, s):
+    x_t = torch.randn(16, 8, generator=torch.Generator().manual_seed(123))
+    t = torch.rand(16, generator=torch.Generator().manual_seed(321))
+    prompt = "a photo of zebra"
+    target = trainer._esd_target(x_t, t, prompt, "")
+    with torch.no_grad():
+        factors = trainer.module(trainer._embed([prompt]), s)
+        return float(trainer._esd_loss(factors, x_t, t, prompt, target))
+
+
+def test_direct_objective_erases_the_concept_and_spares_retain_prompts():
+    trainer = make_trainer("direct", steps=1000, xt_cache_size=0)
+    before = esd_loss_at(trainer, 20)
+    trainer.run()
+    after = esd_loss_at(trainer, 20)
+    assert after < 0.2 * before, (before, after)
+    erase = trainer.activation(["a photo of zebra", "zebra", "a zebra in a field"]).mean()
+    retain = trainer.activation(builtin_retain_prompts()[:40]).mean()
+    assert erase > 3 * retain, (float(erase), float(retain))
+
+
+def test_trajectory_objective_learns_the_descent_path():
+    """Removal alone: following the learned trajectory to s = T lowers the ESD loss.
+
+    With the retention term on this toy's strongly overlapping prompts the trajectory form does
+    not separate erase from retain prompts within a CI-sized budget (see README, Training).
+    """
+    trainer = make_trainer("trajectory", steps=300, xt_cache_size=0, retain_weight=0.0)
+    before = esd_loss_at(trainer, 20)
+    trainer.run()
+    after = esd_loss_at(trainer, 20)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_resume_continues_to_the_same_result(tmp_path):
+    uninterrupted = make_trainer(steps=30)
+    uninterrupted.run()
+
+    checkpoint = str(tmp_path / "run.ckpt.safetensors")
+    first = make_trainer(steps=30)
+
+    def cancel_at_17(progress):
+        if progress.step == 17:
+            raise KeyboardInterrupt("user pressed cancel")
+
+    with pytest.raises(KeyboardInterrupt):
+        first.run(checkpoint, on_progress=cancel_at_17)
+    resumed = make_trainer(steps=30)
+    resumed.load_checkpoint(checkpoint)
+    assert resumed.step == 17
+    resumed.run(checkpoint)
+    for name, value in uninterrupted.module.state_dict().items():
+        assert torch.equal(value, resumed.module.state_dict()[name]), name
+    assert [h["removal"] for h in resumed.history] == [h["removal"] for h in uninterrupted.history]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    checkpoint = str(tmp_path / "run.ckpt.safetensors")
+    make_trainer(steps=3).run(checkpoint)
+    other = make_trainer(steps=3, eta=2.0)
+    with pytest.raises(ValueError, match="other training settings"):
+        other.load_checkpoint(checkpoint)
+
+
+def test_same_seed_same_network_other_seed_other_network():
+    runs = [make_trainer(steps=8, seed=seed) for seed in (1, 1, 2)]
+    for run in runs:
+        run.run()
+    states = [run.module.state_dict() for run in runs]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+class ExplodingDenoiser(ToyDenoiser):
+    """Turns every prediction into NaN once `explode_after` predictions have been made."""
+
+    def __init__(self, explode_after):
+        super().__init__()
+        self.calls, self.explode_after = 0, explode_after
+
+    def predict(self, x_t, t, prompts):
+        self.calls += 1
+        out = super().predict(x_t, t, prompts)
+        return out * float("nan") if self.calls > self.explode_after else out
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    checkpoint = str(tmp_path / "run.ckpt.safetensors")
+    trainer = make_trainer(steps=50, denoiser=ExplodingDenoiser(explode_after=3 * 25),
+                           checkpoint_every=10)
+    with pytest.raises(TrainingDivergedError, match="non-finite"):
+        trainer.run(checkpoint)
+    restored = make_trainer(steps=50)
+    restored.load_checkpoint(checkpoint)
+    assert restored.step == 20
+    assert all(torch.isfinite(v).all() for v in restored.module.state_dict().values())
+
+
+def test_xt_cache_reuses_samples():
+    cached = make_trainer(steps=20, xt_cache_size=4)
+    cached.run()
+    fresh = make_trainer(steps=20, xt_cache_size=0)
+    fresh.run()
+    assert cached.xt_samplings == 4
+    assert fresh.xt_samplings == 20
+
+
+@pytest.mark.parametrize("hide", [False, True])
+def test_trained_file_has_full_metadata(tmp_path, hide):
+    trainer = make_trainer(steps=5, hide_concepts=hide)
+    result = trainer.run()
+    path = str(tmp_path / "zebra.safetensors")
+    unhype.save_unhype(path, result.network)
+    loaded = unhype.load_unhype(path)
+    training = loaded.info.training
+    assert training["steps"] == 5 and training["objective"] == "trajectory"
+    assert training["retain_count"] == 40 and training["seed"] == 0
+    assert training["concepts_sha256"] == unhype.fileformat.concepts_digest(["zebra"])
+    assert ("concepts" in training) is not hide
+    assert loaded.info.activation_reference and loaded.info.activation_reference > 0
+    metadata, _ = unhype.read_header(path)
+    assert metadata["modelspec.architecture"] == "unhype-proving-ground/unhype"
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="objective"):
+        make_trainer(objective="magic")
+    with pytest.raises(ValueError, match="'{}'"):
+        TrainConfig([Concept("a", "")], [], ["no slot"])
