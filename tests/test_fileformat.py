@@ -86,7 +86,7 @@ def test_round_trip_is_exact(saved):
     original, restored = network.module.state_dict(), loaded.module.state_dict()
     assert list(original) == list(restored)
     for name in original:
-        assert restored[name].dtype == torch.float32
+        assert restored[name].dtype == torch.float32 and restored[name].device.type == "cpu"
         assert torch.equal(original[name], restored[name]), name
     assert loaded.config == network.config
     assert loaded.targets == network.targets
@@ -287,6 +287,14 @@ def test_non_finite_tensor(saved, tmp_path, bad_value):
     alpha[1] = bad_value
     poisoned = rewrite(path, str(tmp_path / "nan.safetensors"), tensors={"alpha": alpha})
     assert "tensor alpha contains NaN or infinity" in load_error(poisoned)
+
+
+def test_huge_but_finite_tensor_loads(saved, tmp_path):
+    """The cheap finite check (a sum) overflows here; the exact check must still accept it."""
+    path, network = saved
+    alpha = torch.full_like(network.module.alpha, 3e38)
+    huge = rewrite(path, str(tmp_path / "huge.safetensors"), tensors={"alpha": alpha})
+    assert torch.equal(load_unhype(huge).module.alpha, alpha)
 
 
 def test_read_header_does_not_load_tensors(saved, monkeypatch):

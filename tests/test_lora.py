@@ -278,6 +278,10 @@ def test_hooks_removed_when_setup_fails():
     with pytest.raises(ValueError, match="3 LoRA rows named for factors of 2 rows"):
         with row_lora(model, TARGETS, make_factors(2), rows=[0, 1, 2]):
             pass
+    for rows in ([1, 1], [0, -1]):
+        with pytest.raises(ValueError, match="LoRA rows must be distinct batch rows >= 0"):
+            with row_lora(model, TARGETS, make_factors(2), rows=rows):
+                pass
     assert no_hooks_anywhere(model)
 
 

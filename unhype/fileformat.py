@@ -175,10 +175,13 @@ def load_unhype(path: str, device: str | torch.device = "cpu") -> UnHypeNetwork:
     with safe_open(path, framework="pt") as handle:
         for name in expected:
             tensor = handle.get_tensor(name)
-            if not torch.isfinite(tensor).all():
+            # A sum is much cheaper than isfinite() per element; the full check runs only when the
+            # sum is not finite (a NaN or infinity, or merely an overflowing sum).
+            if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
                 raise UnHypeFileError(f"{path}: tensor {name} contains NaN or infinity")
             state[name] = tensor.float()
-    module = HyperNetwork(skeleton.config, skeleton.targets)
-    module.load_state_dict(state, strict=True)
+    # Fill the meta-device skeleton: no second random initialisation, no second copy in memory.
+    module = skeleton.module
+    module.load_state_dict(state, strict=True, assign=True)
     module.requires_grad_(False).eval()
     return UnHypeNetwork(skeleton.config, skeleton.targets, skeleton.info, module.to(device))

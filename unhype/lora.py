@@ -84,6 +84,8 @@ def row_lora(
         rows = torch.as_tensor(rows, dtype=torch.long).flatten()
         if rows.numel() != count:
             raise ValueError(f"{rows.numel()} LoRA rows named for factors of {count} rows")
+        if count and (int(rows.min()) < 0 or rows.unique().numel() != count):
+            raise ValueError(f"LoRA rows must be distinct batch rows >= 0, got {rows.tolist()}")
         if count == 0:
             yield
             return
