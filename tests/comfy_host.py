@@ -57,6 +57,8 @@ def comfyui_candidates() -> list[tuple[str, Path]]:
         out.append(("$COMFYUI_PATH", Path(env).expanduser()))
     out.append(("~/.cache/comfyui/ComfyUI", Path.home() / ".cache" / "comfyui" / "ComfyUI"))
     out.append(("../ComfyUI", REPO_ROOT.parent / "ComfyUI"))
+    if REPO_ROOT.parent.name == "custom_nodes":  # cloned into ComfyUI/custom_nodes/
+        out.append(("../..", REPO_ROOT.parent.parent))
     return out
 
 

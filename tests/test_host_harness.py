@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
-import comfy_host
 import pytest
+
+import comfy_host
 
 pytestmark = pytest.mark.host
 
@@ -114,3 +115,25 @@ def test_server_lists_pack_nodes(comfy_server, pack_nodes):
     info = comfy_server.object_info()
     missing = sorted(set(pack_nodes) - set(info))
     assert not missing, f"pack nodes missing from /object_info: {missing}"
+
+
+@pytest.mark.slow
+def test_server_txt2img_with_random_sd15_checkpoint(comfy_server, sd15_checkpoint):
+    name = comfy_server.add_model("checkpoints", sd15_checkpoint)
+    graph = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a cat"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
+        "lat": {"class_type": "EmptyLatentImage",
+                "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+            "latent_image": ["lat", 0], "seed": 0, "steps": 1, "cfg": 2.0,
+            "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
+        "out": {"class_type": "SaveImage",
+                "inputs": {"images": ["dec", 0], "filename_prefix": "harness"}},
+    }
+    outputs = comfy_server.run(graph, timeout=180)
+    (image,) = outputs["out"]["images"]
+    assert comfy_server.output_path(image).is_file()
