@@ -62,11 +62,15 @@ def saved(request, tmp_path):
 
 
 def rewrite(source, target, metadata=None, drop=(), tensors=None):
-    """Copy an UnHype file, changing metadata keys and tensors."""
+    """Copy an UnHype file, changing metadata keys (None: remove the key) and tensors."""
     with safe_open(source, framework="pt") as handle:
         meta = dict(handle.metadata())
         state = {name: handle.get_tensor(name) for name in handle.keys()}
-    meta.update(metadata or {})
+    for key, value in (metadata or {}).items():
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value
     for name in drop:
         del state[name]
     state.update(tensors or {})
@@ -241,16 +245,34 @@ def test_broken_metadata_json(saved, tmp_path, key):
     assert f"metadata key {key!r} is not valid JSON" in message
 
 
+@pytest.mark.parametrize("key", ["unhype.config", "unhype.targets", "unhype.embedding"])
+def test_missing_metadata_key(saved, tmp_path, key):
+    path, _ = saved
+    lacking = rewrite(path, str(tmp_path / "lacking.safetensors"), {key: None})
+    assert f"metadata key {key!r} is missing" in load_error(lacking)
+
+
 def test_invalid_metadata_values(saved, tmp_path):
     path, network = saved
     config = network.config.to_dict()
-    cases = {
-        "unhype.base_arch": ("sd9", "base architecture 'sd9'"),
-        "unhype.config": (json.dumps({**config, "rank": 0}), "rank must be positive"),
-        "unhype.targets": ("[]", "the target list is empty"),
-        "unhype.embedding": (json.dumps({"source": "x", "dim": 1280}), "embedding dim 1280"),
-    }
-    for key, (value, expected) in cases.items():
+    target = TARGETS[0].to_dict()
+    cases = [
+        ("unhype.base_arch", "sd9", "base architecture 'sd9'"),
+        ("unhype.config", json.dumps({**config, "rank": 0}), "rank must be positive"),
+        ("unhype.config", json.dumps({**config, "rank": 2.5}), "no buildable network"),
+        ("unhype.config", json.dumps({**config, "compact_code": -5, "variant": "compact"}),
+         "no buildable network"),
+        ("unhype.config", "5", "is not iterable"),
+        ("unhype.targets", "[]", "the target list is empty"),
+        ("unhype.targets", "[5]", "'int' object has no attribute 'get'"),
+        ("unhype.targets", json.dumps([{**target, "in_features": -1}]), "no buildable network"),
+        ("unhype.targets", json.dumps([{**target, "out_slice": [0, 99]}]), "outside its output"),
+        ("unhype.embedding", json.dumps({"source": "x", "dim": 1280}), "embedding dim 1280"),
+        ("unhype.embedding", "5", "unhype.embedding must be a JSON object"),
+        ("unhype.training", "[1]", "unhype.training must be a JSON object"),
+        ("unhype.activation_reference", '"high"', "could not convert"),
+    ]
+    for key, value, expected in cases:
         bad = rewrite(path, str(tmp_path / "bad.safetensors"), {key: value})
         message = load_error(bad)
         assert "invalid UnHype metadata" in message and expected in message, (key, message)

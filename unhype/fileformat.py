@@ -130,13 +130,17 @@ def _network_skeleton(path: str, metadata: dict) -> UnHypeNetwork:
         targets = [Target.from_dict(t) for t in _parse(metadata, "unhype.targets")]
         embedding = _parse(metadata, "unhype.embedding")
         reference = _parse(metadata, "unhype.activation_reference")
+        training = _parse(metadata, "unhype.training")
+        for key, value in (("unhype.embedding", embedding), ("unhype.training", training)):
+            if not isinstance(value, dict):
+                raise ValueError(f"{key} must be a JSON object, got {type(value).__name__}")
         info = NetworkInfo(
             base_arch=metadata.get("unhype.base_arch", ""),
             target_preset=metadata.get("unhype.target_preset", ""),
             embedding_source=str(embedding.get("source", "")),
             title=metadata.get("modelspec.title", ""),
             description=metadata.get("modelspec.description", ""),
-            training=_parse(metadata, "unhype.training"),
+            training=training,
             activation_reference=float(reference) if reference is not None else None,
         )
         if int(embedding.get("dim", -1)) != config.embed_dim:
@@ -145,12 +149,17 @@ def _network_skeleton(path: str, metadata: dict) -> UnHypeNetwork:
             )
     except UnHypeFileError as error:
         raise UnHypeFileError(f"{path}: {error}") from None
-    except (ValueError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise UnHypeFileError(f"{path}: invalid UnHype metadata: {error}") from None
     if not targets:
         raise UnHypeFileError(f"{path}: invalid UnHype metadata: the target list is empty")
-    with torch.device("meta"):
-        module = HyperNetwork(config, targets)
+    try:
+        with torch.device("meta"):
+            module = HyperNetwork(config, targets)
+    except (RuntimeError, TypeError, ValueError) as error:  # e.g. a negative or fractional size
+        raise UnHypeFileError(
+            f"{path}: invalid UnHype metadata: it describes no buildable network ({error})"
+        ) from None
     return UnHypeNetwork(config, targets, info, module)
 
 
