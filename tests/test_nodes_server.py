@@ -1,0 +1,101 @@
+"""End to end: the real ComfyUI server (CPU) with the pack in custom_nodes."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import comfy_host as ch
+from _workflow_api import to_api, validate
+
+pytestmark = pytest.mark.host
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+DISPLAY = {"UnHypeLoader": "UnHype Loader", "UnHypeConditioner": "UnHype Conditioner",
+           "UnHypeTextEncode": "UnHype Text Encode", "ApplyDynamicLoRA": "Apply Dynamic LoRA"}
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server):
+    return comfy_server.object_info()
+
+
+def test_object_info_lists_the_nodes(object_info):
+    for name, display in DISPLAY.items():
+        assert object_info[name]["display_name"] == display
+        assert object_info[name]["category"] == "UnHype"
+    assert object_info["ApplyDynamicLoRA"]["input"]["required"]["mode"][0] == [
+        "conditional only", "all rows"]
+
+
+@pytest.mark.parametrize("name", ["sd15_unhype.json", "sdxl_unhype.json", "flux_unhype.json"])
+def test_workflow_is_valid_against_object_info(object_info, name):
+    workflow = json.loads((WORKFLOWS / name).read_text())
+    assert validate(workflow, object_info) == []
+    types = [n["type"] for n in workflow["nodes"]]
+    assert "Note" in types and types.count("UnHypeConditioner") == 2
+    api = to_api(workflow, object_info)
+    sampler = next(n for n in api.values() if n["class_type"] == "KSampler")
+    conditioners = {k for k, n in api.items() if n["class_type"] == "UnHypeConditioner"}
+    assert {sampler["inputs"]["positive"][0], sampler["inputs"]["negative"][0]} == conditioners
+    mode = next(n for n in api.values() if n["class_type"] == "ApplyDynamicLoRA")["inputs"]["mode"]
+    assert mode == ("all rows" if name.startswith("flux") else "conditional only")
+
+
+def object_info_fresh(server):
+    return server.object_info("UnHypeLoader")
+
+
+def random_sd1_network(path: Path, core) -> Path:
+    """A small random UnHype network whose targets come from the SD1.5 test checkpoint's UNet."""
+    import comfy.ldm.modules.diffusionmodules.openaimodel as oai
+    import comfy.ops
+
+    with torch.device("meta"):
+        unet = oai.UNetModel(**ch._sd15_unet_config("sd15"), operations=comfy.ops.disable_weight_init)
+    targets = core.targets_from_preset(unet, "sd-cross-kv")
+    config = core.HyperNetConfig(embed_dim=768, rank=2, hidden=16)
+    network = core.UnHypeNetwork(config, targets, core.NetworkInfo("sd1", "sd-cross-kv"))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in network.module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    core.save_unhype(str(path), network)
+    return path
+
+
+def test_sd15_workflow_runs(comfy_server, object_info, sd15_checkpoint, unhype_pack, tmp_path):
+    import sys
+
+    core = sys.modules[unhype_pack.__name__ + ".unhype"]
+    ckpt = comfy_server.add_model("checkpoints", sd15_checkpoint)
+    net = comfy_server.add_model("unhype", random_sd1_network(tmp_path / "tiny_sd1.safetensors", core))
+    assert net in object_info_fresh(comfy_server)["UnHypeLoader"]["input"]["required"]["unhype_name"][0]
+    workflow = json.loads((WORKFLOWS / "sd15_unhype.json").read_text())
+    api = to_api(workflow, object_info)
+    by_type = {n["class_type"]: n for n in api.values()}
+    by_type["CheckpointLoaderSimple"]["inputs"]["ckpt_name"] = ckpt
+    by_type["UnHypeLoader"]["inputs"]["unhype_name"] = net
+    by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
+    by_type["KSampler"]["inputs"]["steps"] = 2
+    outputs = comfy_server.run(copy.deepcopy(api), timeout=300)
+    images = [o for o in outputs.values() if "images" in o]
+    assert images and comfy_server.output_path(images[0]["images"][0]).is_file()
+    reports = [o["text"][0] for o in outputs.values() if "text" in o]
+    assert len(reports) == 2 and all("entry 1" in r for r in reports)  # shown by web/unhype.js
+
+
+def test_node_error_keeps_server_running(comfy_server, object_info, sd15_checkpoint, tmp_path):
+    """A broken file in models/unhype is a node error with a message; the server goes on."""
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    name = comfy_server.add_model("unhype", bad)
+    api = {"1": {"class_type": "UnHypeLoader", "inputs": {"unhype_name": name}},
+           "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    if "PreviewAny" not in object_info:
+        pytest.skip("no output node to pull the loader")
+    with pytest.raises(ch.PromptError, match="UnHype Loader"):
+        comfy_server.run(api, timeout=60)
+    assert comfy_server.object_info("UnHypeLoader")
