@@ -380,6 +380,9 @@ def _sd15_unet_config(layout: str) -> dict:
     return cfg
 
 
+sd15_unet_config = _sd15_unet_config  # public name: the UNet config of the random checkpoint
+
+
 def _meta_state_dict(module_factory) -> dict[str, tuple[tuple[int, ...], str]]:
     import torch
 

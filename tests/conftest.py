@@ -48,6 +48,25 @@ TIMINGS: dict[str, float] = {}
 # ------------------------------------------------------------------------------------------
 # markers, skipping, summary
 # ------------------------------------------------------------------------------------------
+class _RepoRootIsNotATestPackage:
+    """The repo root has an ``__init__.py`` (the pack's entry point, with relative imports).
+    pytest would make it a ``Package`` and import it to look for ``setup_module``, under a name
+    taken from the clone's folder ("comfyui-unhype" is not even an identifier): that import
+    fails. Collect the root as a plain directory instead. Registered as a global plugin because
+    a collection hook in tests/conftest.py does not apply to the directory above it."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if Path(path) == comfy_host.REPO_ROOT:
+            return pytest.Dir.from_parent(parent, path=Path(path))
+        return None
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("unhype-root-dir"):
+        config.pluginmanager.register(_RepoRootIsNotATestPackage(), "unhype-root-dir")
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=comfy_host.NO_COMFY_REASON)
     for item in items:
