@@ -1,0 +1,151 @@
+"""UnHype Loader (model folder, cache, errors) and UnHype Text Encode (long prompts)."""
+
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+import comfy_host as ch
+from _nodes_helpers import _unhype_host, host, make_network, node  # noqa: F401
+
+pytestmark = pytest.mark.host
+
+
+@pytest.fixture
+def unhype_folder(tmp_path, _unhype_host):
+    folder_paths = host()[0].folder_paths
+    saved = folder_paths.folder_names_and_paths["unhype"]
+    folder_paths.folder_names_and_paths["unhype"] = (list(saved[0]) + [str(tmp_path)], set(saved[1]))
+    yield tmp_path
+    folder_paths.folder_names_and_paths["unhype"] = saved
+
+
+def test_folder_registration_keeps_extra_paths(_unhype_host):
+    folder_paths = host()[0].folder_paths
+    loader = sys.modules[host()[1].__name__ + ".nodes.loader"]
+    saved = folder_paths.folder_names_and_paths["unhype"]
+    try:  # what extra_model_paths.yaml leaves when it names an "unhype:" folder before we load
+        folder_paths.folder_names_and_paths["unhype"] = (["/somewhere/unhype"], set())
+        loader.register_model_folder()
+        paths, extensions = folder_paths.folder_names_and_paths["unhype"]
+        assert paths == [os.path.join(folder_paths.models_dir, "unhype"), "/somewhere/unhype"]
+        assert extensions == {".safetensors"}
+    finally:
+        folder_paths.folder_names_and_paths["unhype"] = saved
+
+
+def test_loader_lists_loads_and_caches(unhype_folder):
+    core = host()[2]
+    model = ch.build_tiny_sd1_model(host()[0])
+    network = make_network(model.model.diffusion_model, seed=1)
+    core.save_unhype(str(unhype_folder / "net.safetensors"), network)
+    (unhype_folder / "other.ckpt").write_bytes(b"x")
+    loader = node("UnHypeLoader")
+    choices = loader.INPUT_TYPES()["required"]["unhype_name"][0]
+    assert "net.safetensors" in choices and "other.ckpt" not in choices
+    first = loader().load("net.safetensors")[0]
+    assert [t.name for t in first.targets] == [t.name for t in network.targets]
+    assert loader().load("net.safetensors")[0] is first  # cached
+    changed = loader.IS_CHANGED("net.safetensors")
+    time.sleep(0.01)
+    core.save_unhype(str(unhype_folder / "net.safetensors"), make_network(
+        model.model.diffusion_model, seed=2))
+    assert loader.IS_CHANGED("net.safetensors") != changed
+    second = loader().load("net.safetensors")[0]
+    assert second is not first  # rewritten file: loaded again
+    emb = torch.randn(1, 64)
+    assert not torch.equal(first.factors(emb)[first.targets[0].name].up,
+                           second.factors(emb)[second.targets[0].name].up)
+
+
+def test_loader_errors_are_node_errors(unhype_folder):
+    (unhype_folder / "broken.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(ValueError, match="UnHype Loader: .*broken.safetensors"):
+        node("UnHypeLoader")().load("broken.safetensors")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        node("UnHypeLoader")().load("missing.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# UnHype Text Encode on a tiny random CLIP-L built with ComfyUI's classes (real tokenizer)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_clip(_unhype_host):
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
+                                                    comfy.sd1_clip.SD1ClipModel)
+    config = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+              "num_hidden_layers": 2, "projection_dim": 64}
+    clip = comfy.sd.CLIP(target=target, model_options={"clip_l_model_config": config,
+                                                       "dtype": torch.float32})
+    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.5)
+    return clip
+
+
+FILLER = " ".join(["a"] * 75)  # exactly the first 77-token chunk (start + 75 + end)
+CONCEPT = "tench fish swimming in a pond"
+
+
+def pooled_of(clip, text):
+    return clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)[1].float()
+
+
+def concept_detector(tiny_model, concept, other):
+    """A network whose LoRA is exactly zero unless the pooled vector points at `concept`."""
+    network = make_network(tiny_model.model.diffusion_model, embed_dim=64, seed=6)
+    direction = (concept / concept.norm()).flatten()
+    high, low = float(direction @ concept.flatten()), float(direction @ other.flatten())
+    assert high > low
+    with torch.no_grad():
+        for head in network.module.generator.up_heads:
+            head[0].weight.zero_()
+            head[0].weight[:, :64] = direction * (20.0 / (high - low))
+            head[0].bias.fill_(-(high + low) / 2 * (20.0 / (high - low)))
+            head[2].bias.zero_()
+    network.info.activation_reference = float(network.activation(concept).item())
+    return network
+
+
+def test_text_encode_catches_a_concept_after_77_tokens(tiny_clip, _unhype_host):
+    ns = host()[0]
+    model = ch.build_tiny_sd1_model(ns)
+    concept, filler = pooled_of(tiny_clip, CONCEPT), pooled_of(tiny_clip, FILLER)
+    network = concept_detector(model, concept, filler)
+    prompt = FILLER + " " + CONCEPT
+    assert len(tiny_clip.tokenize(prompt)["l"]) == 2
+
+    result = node("UnHypeTextEncode")().encode(tiny_clip, prompt, network)
+    conditioning, report = result["result"]
+    assert result["ui"] == {"text": [report]}
+    chosen = conditioning[0][1]["model_conds"]["unhype_embedding"].cond[:, 1:]
+    torch.testing.assert_close(chosen, concept)  # chunk 2 alone = the concept's own encoding
+    torch.testing.assert_close(network.activation(chosen), network.activation(concept))
+    assert network.activation(chosen).item() == pytest.approx(1.0)
+    assert network.activation(filler).item() == 0.0
+    assert "chunk 2 of 2: activation 1.00  <- used" in report
+
+    # encodes exactly like CLIPTextEncode; the plain Conditioner only sees the first chunk
+    plain = ch.run_node(ns.nodes.CLIPTextEncode, clip=tiny_clip, text=prompt)[0]
+    assert torch.equal(plain[0][0], conditioning[0][0])
+    assert torch.equal(plain[0][1]["pooled_output"], conditioning[0][1]["pooled_output"])
+    conditioned, plain_report = ch.run_node(node("UnHypeConditioner"), conditioning=plain,
+                                            unhype=network)
+    assert "activation 0.00" in plain_report and "UnHype Text Encode" in plain_report
+
+
+def test_text_encode_short_prompt_matches_conditioner(tiny_clip, _unhype_host):
+    ns = host()[0]
+    model = ch.build_tiny_sd1_model(ns)
+    network = make_network(model.model.diffusion_model, embed_dim=64, seed=8)
+    encoded, report = ch.run_node(node("UnHypeTextEncode"), clip=tiny_clip, text=CONCEPT,
+                                  unhype=network)
+    plain = ch.run_node(ns.nodes.CLIPTextEncode, clip=tiny_clip, text=CONCEPT)[0]
+    conditioned = ch.run_node(node("UnHypeConditioner"), conditioning=plain, unhype=network)[0]
+    assert torch.equal(encoded[0][1]["model_conds"]["unhype_embedding"].cond,
+                       conditioned[0][1]["model_conds"]["unhype_embedding"].cond)
+    assert "1 chunk" in report

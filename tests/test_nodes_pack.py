@@ -1,0 +1,33 @@
+"""The pack entry point outside ComfyUI: importing it must not crash (no folder_paths / comfy)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = f"""
+import importlib.util, json, sys
+sys.path[:] = [p for p in sys.path if 'ComfyUI' not in p and p not in ('', {str(ROOT)!r})]
+spec = importlib.util.spec_from_file_location(
+    "standalone_pack", {str(ROOT / '__init__.py')!r}, submodule_search_locations=[{str(ROOT)!r}])
+module = importlib.util.module_from_spec(spec)
+sys.modules["standalone_pack"] = module
+spec.loader.exec_module(module)
+print(json.dumps({{"nodes": module.NODE_CLASS_MAPPINGS, "names": module.NODE_DISPLAY_NAME_MAPPINGS,
+                  "web": module.WEB_DIRECTORY, "comfy": "comfy" in sys.modules}}))
+"""
+
+
+def test_pack_imports_without_comfyui():
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                         cwd="/", timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"nodes": {}, "names": {}, "web": "./web", "comfy": False}
+
+
+def test_web_extension_is_registered_by_name():
+    source = (ROOT / "web" / "unhype.js").read_text()
+    assert 'name: "unhype.report"' in source and "onExecuted" in source
