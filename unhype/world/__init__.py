@@ -1,0 +1,41 @@
+"""The CPU proving ground: a tiny text-to-image world where concept erasure is measurable.
+
+32x32 images of one coloured shape (`data`), a tiny open_clip CLIP (`tiny_clip`), a tiny
+pixel-space DDPM UNet with SD-style attention names (`tiny_unet`), judges (`judge`) and the
+`Denoiser` adapter the UnHype trainer drives (`denoiser`). `load_world()` loads the committed
+weights in `weights/` (safetensors, fp16 storage, fp32 compute).
+
+How the weights were made (single CPU thread, shared 2-core machine):
+    python -m unhype.world.train_world clip --out unhype/world/weights --seed 0 --steps 1200
+    python -m unhype.world.train_world unet --out unhype/world/weights --seed 0 --steps 3000
+    python -m unhype.world.train_world eval --out unhype/world/weights --seed 0
+Measured: see MEASURED below.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import tiny_clip, tiny_unet
+from .denoiser import WorldDenoiser
+from .judge import Judge
+from .tiny_clip import TinyClip
+from .tiny_unet import TinyUNet
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+
+
+@dataclass
+class World:
+    clip: TinyClip
+    unet: TinyUNet
+    denoiser: WorldDenoiser
+    judge: Judge
+
+
+def load_world(device: str | torch.device = "cpu", weights_dir: str = WEIGHTS_DIR) -> World:
+    """Frozen world from `weights_dir` (eval mode, requires_grad off everywhere)."""
+    clip = tiny_clip.load_tiny_clip(os.path.join(weights_dir, tiny_clip.WEIGHTS_FILE), device)
+    unet = tiny_unet.load_tiny_unet(os.path.join(weights_dir, tiny_unet.WEIGHTS_FILE), device)
+    return World(clip=clip, unet=unet, denoiser=WorldDenoiser(unet, clip), judge=Judge(clip))

@@ -1,0 +1,196 @@
+"""Deterministic training of the proving-ground world (single CPU thread).
+
+    python -m unhype.world.train_world clip --out unhype/world/weights --seed 0 --steps 1200
+    python -m unhype.world.train_world unet --out unhype/world/weights --seed 0 --steps 3000
+    python -m unhype.world.train_world eval --out unhype/world/weights --seed 0 --samples 200
+
+The UNet run loads the frozen CLIP from --out, so run `clip` first. `eval` reports the CLIP's
+zero-shot accuracy on held-out real renders and the judged colour/shape of DDIM samples.
+"""
+
+import argparse
+import copy
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import load_world, tiny_clip, tiny_unet
+from .data import COLOURS, SHAPES, TEMPLATES, make_dataset, to_float
+from .judge import Judge
+from .tiny_clip import TinyClip, load_tiny_clip, save_tiny_clip, soft_contrastive_loss
+from .tiny_unet import TRAIN_STEPS, NoiseSchedule, TinyUNet, save_tiny_unet
+
+TRAIN_IMAGES = 40_000
+HELD_OUT_IMAGES = 2_000
+HELD_OUT_SEED_OFFSET = 1_000
+SAMPLE_BATCH = 50
+PROMPT_DROPOUT = 0.1
+
+
+def _cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def evaluate_clip(clip: TinyClip, seed: int) -> tuple[float, float]:
+    """Zero-shot (colour, shape) accuracy on held-out real renders."""
+    held_out = make_dataset(HELD_OUT_IMAGES, seed + HELD_OUT_SEED_OFFSET)
+    judge = Judge(clip)
+    images = to_float(held_out.images)
+    colour = (judge.clip_colour(images) == held_out.colour).float().mean().item()
+    shape = (judge.clip_shape(images) == held_out.shape).float().mean().item()
+    return colour, shape
+
+
+def train_clip(out: str, seed: int, steps: int, batch: int = 128, lr: float = 1e-3) -> None:
+    torch.manual_seed(seed)
+    data = make_dataset(TRAIN_IMAGES, seed)
+    clip = TinyClip()
+    # No weight decay on the token embedding: unused rows must stay at their seeded init.
+    decayed = [p for n, p in clip.model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [
+        p for n, p in clip.model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
+    ]
+    optimizer = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}], lr=lr
+    )
+    generator = torch.Generator().manual_seed(seed)
+    start = time.time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, steps, lr, warmup=100)
+        idx = torch.randint(len(data.captions), (batch,), generator=generator)
+        captions = [data.captions[i] for i in idx]
+        colour_ok = (data.caption_colour[idx][None, :] < 0) | (
+            data.caption_colour[idx][None, :] == data.colour[idx][:, None]
+        )
+        shape_ok = (data.caption_shape[idx][None, :] < 0) | (
+            data.caption_shape[idx][None, :] == data.shape[idx][:, None]
+        )
+        loss = soft_contrastive_loss(
+            clip.encode_image(to_float(data.images[idx])),
+            clip.encode_text(captions),
+            colour_ok & shape_ok,
+            clip.model.logit_scale,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            clip.model.logit_scale.clamp_(0, math.log(100))
+        if step % 100 == 0 or step == steps - 1:
+            _log(f"clip step {step} loss {loss.item():.4f} {time.time() - start:.0f}s")
+    seconds = time.time() - start
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, tiny_clip.WEIGHTS_FILE)
+    save_tiny_clip(clip, path)
+    colour, shape = evaluate_clip(load_tiny_clip(path), seed)
+    _log(f"clip done: {seconds:.0f}s, held-out zero-shot colour {colour:.3f} shape {shape:.3f}")
+
+
+def train_unet(
+    out: str, seed: int, steps: int, batch: int = 64, lr: float = 1e-3, ema_decay: float = 0.998
+) -> None:
+    """eps-prediction DDPM on the frozen CLIP's per-token states, 10% empty prompts for CFG."""
+    torch.manual_seed(seed)
+    clip = load_tiny_clip(os.path.join(out, tiny_clip.WEIGHTS_FILE))
+    data = make_dataset(TRAIN_IMAGES, seed)
+    unique_captions = sorted(set(data.captions)) + [""]
+    with torch.no_grad():
+        caption_states = torch.cat(
+            [
+                clip.text_states(unique_captions[i : i + 512])[0]
+                for i in range(0, len(unique_captions), 512)
+            ]
+        )
+    index_of = {caption: i for i, caption in enumerate(unique_captions)}
+    caption_index = torch.tensor([index_of[c] for c in data.captions])
+    empty_index = len(unique_captions) - 1
+    unet = TinyUNet()
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    schedule = NoiseSchedule()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, steps, lr, warmup=100)
+        idx = torch.randint(len(data.captions), (batch,), generator=generator)
+        drop = torch.rand(batch, generator=generator) < PROMPT_DROPOUT
+        context = caption_states[torch.where(drop, empty_index, caption_index[idx])]
+        x0 = to_float(data.images[idx]) * 2 - 1
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(TRAIN_STEPS, (batch,), generator=generator)
+        loss = F.mse_loss(unet(schedule.add_noise(x0, noise, t), t, context), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                e.lerp_(p, 1 - ema_decay)
+        if step % 100 == 0 or step == steps - 1:
+            _log(f"unet step {step} loss {loss.item():.4f} {time.time() - start:.0f}s")
+    _log(f"unet done: {time.time() - start:.0f}s")
+    save_tiny_unet(ema, os.path.join(out, tiny_unet.WEIGHTS_FILE))
+
+
+def evaluate_samples(out: str, seed: int, samples: int) -> None:
+    """Judge DDIM-25 / CFG-4 samples of "a photo of a {colour} {shape}", classes balanced."""
+    world = load_world(weights_dir=out)
+    colour, shape = evaluate_clip(world.clip, seed)
+    _log(f"clip held-out zero-shot colour {colour:.3f} shape {shape:.3f}")
+    colours = torch.arange(samples) % len(COLOURS)
+    shapes = (torch.arange(samples) // len(COLOURS)) % len(SHAPES)
+    prompts = [
+        TEMPLATES[0].format(colour=COLOURS[c].word, shape=SHAPES[s].word)
+        for c, s in zip(colours, shapes, strict=True)
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    start = time.time()
+    images = torch.cat(
+        [
+            world.denoiser.sample(prompts[i : i + SAMPLE_BATCH], generator)
+            for i in range(0, samples, SAMPLE_BATCH)
+        ]
+    )
+    seconds = (time.time() - start) / samples
+    judge = world.judge
+    pixel = (judge.pixel_colour(images) == colours).float().mean().item()
+    clip_colour = (judge.clip_colour(images) == colours).float().mean().item()
+    clip_shape = (judge.clip_shape(images) == shapes).float().mean().item()
+    _log(
+        f"{samples} samples, {seconds:.3f}s each: colour pixel judge {pixel:.3f}, "
+        f"CLIP judge {clip_colour:.3f}; shape CLIP judge {clip_shape:.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["clip", "unet", "eval"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--samples", type=int, default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    if args.command == "clip":
+        train_clip(args.out, args.seed, args.steps)
+    elif args.command == "unet":
+        train_unet(args.out, args.seed, args.steps)
+    else:
+        evaluate_samples(args.out, args.seed, args.samples)
+
+
+if __name__ == "__main__":
+    main()
