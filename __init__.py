@@ -4,7 +4,7 @@ WEB_DIRECTORY = "./web"
 
 try:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-except ImportError as error:  # imported outside ComfyUI (no folder_paths / comfy): nothing to export
+except ImportError as error:  # outside ComfyUI (no folder_paths / comfy): export nothing
     if getattr(error, "name", None) not in ("folder_paths", "comfy", "node_helpers") and not (
         getattr(error, "name", "") or ""
     ).startswith("comfy."):

@@ -1,13 +1,12 @@
-"""UnHype Conditioner and UnHype Text Encode: put each prompt's UnHype embedding into its conditioning.
+"""UnHype Conditioner and UnHype Text Encode: each prompt's UnHype embedding into its conditioning.
 
 The embedding travels in the cond dict's `model_conds` (the only way extra data reaches the
 model call), as `[1, 1 + D]` = `[flag 1.0, pooled...]`. The cond tensor and `pooled_output` are
 left as they are, so the base model sees exactly what it would without UnHype.
 """
 
-import torch
-
 import comfy.conds
+import torch
 
 from .dynamic_lora import EMBEDDING_KEY, pack_embedding
 

@@ -30,7 +30,7 @@ def pack_embedding(pooled: torch.Tensor) -> torch.Tensor:
 
 
 def select_rows(embedding: torch.Tensor, mode: str, cond_or_uncond) -> torch.Tensor:
-    """Indices of the rows that get a LoRA: flagged rows, minus negative chunks in "conditional only"."""
+    """Rows that get a LoRA: flagged rows, minus the negative chunks in "conditional only"."""
     selected = embedding[:, 0].float() > 0.5
     if mode == "conditional only" and cond_or_uncond:
         rows, chunks = embedding.shape[0], len(cond_or_uncond)
@@ -68,7 +68,8 @@ class DynamicLoRA:
         if key not in self._modules:
             module = self.network.module
             if next(module.parameters()).device != device:
-                module = copy.deepcopy(module).to(device)  # a private copy; the shared one stays put
+                # a private copy: the shared network stays where it is
+                module = copy.deepcopy(module).to(device)
             self._modules[key] = module
         return self._modules[key]
 
@@ -108,7 +109,8 @@ class DynamicLoRA:
             return stacked
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
-                 transformer_options={}, **kwargs):
+                 transformer_options=None, **kwargs):
+        transformer_options = {} if transformer_options is None else transformer_options
         embedding = kwargs.get(EMBEDDING_KEY)
         if embedding is None or self.strength == 0.0:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -116,8 +118,8 @@ class DynamicLoRA:
         if embedding.ndim != 2 or embedding.shape[1] != config.embed_dim + 1:
             raise RuntimeError(
                 f"UnHype: the conditioning carries {embedding.shape[-1] - 1}-d embeddings but the "
-                f"network given to Apply Dynamic LoRA reads {config.embed_dim}-d ones: use the same "
-                "kind of network in UnHype Conditioner and Apply Dynamic LoRA"
+                f"network given to Apply Dynamic LoRA reads {config.embed_dim}-d ones: use the "
+                "same kind of network in UnHype Conditioner and Apply Dynamic LoRA"
             )
         if embedding.shape[0] != x.shape[0]:
             raise RuntimeError(

@@ -58,7 +58,9 @@ def _full_path(name: str) -> str:
     path = folder_paths.get_full_path(FOLDER, name)
     if path is None:
         folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
-        raise FileNotFoundError(f"UnHype Loader: {name!r} not found in the unhype folders ({folders})")
+        raise FileNotFoundError(
+            f"UnHype Loader: {name!r} not found in the unhype folders ({folders})"
+        )
     return path
 
 

@@ -7,8 +7,6 @@ import sys
 import pytest
 import torch
 
-import comfy_host as ch
-
 _HOST = {}
 
 

@@ -93,7 +93,8 @@ def validate(workflow: dict, object_info: dict) -> list[str]:
                 if kind == "INT":
                     ok = ok and float(value).is_integer()
                 if not ok or value < options.get("min", value) or value > options.get("max", value):
-                    problems.append(f"node {node['id']}: {name}={value!r} invalid for {kind} {options}")
+                    problems.append(
+                        f"node {node['id']}: {name}={value!r} invalid for {kind} {options}")
             elif kind == "STRING" and not isinstance(value, str):
                 problems.append(f"node {node['id']}: {name}={value!r} is not a string")
             elif kind == "BOOLEAN" and not isinstance(value, bool):
@@ -101,7 +102,8 @@ def validate(workflow: dict, object_info: dict) -> list[str]:
         widgets = [n for n in order if is_widget(specs[n])]
         expected = len(widgets) + sum(has_control_value(n, specs[n]) for n in widgets)
         if len(node.get("widgets_values") or []) != expected:
-            problems.append(f"node {node['id']} ({node['type']}): {len(node.get('widgets_values') or [])} "
+            count = len(node.get("widgets_values") or [])
+            problems.append(f"node {node['id']} ({node['type']}): {count} "
                             f"widget values, /object_info implies {expected}")
     for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
         out_types = object_info[nodes[origin]["type"]]["output"]

@@ -4,8 +4,17 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import (_unhype_host, call_model, dynamic_state,  # noqa: F401
-                            hooks_left, host, make_network, merged_reference, node, packed)
+from _nodes_helpers import (  # noqa: F401
+    _unhype_host,
+    call_model,
+    dynamic_state,
+    hooks_left,
+    host,
+    make_network,
+    merged_reference,
+    node,
+    packed,
+)
 
 pytestmark = pytest.mark.host
 
@@ -13,7 +22,7 @@ D = 64  # pooled width of the tiny prompts (= the tiny UNet's context width)
 
 
 @pytest.fixture(scope="module")
-def tiny(_unhype_host):
+def tiny():
     return ch.build_tiny_sd1_model(host()[0], seed=0)
 
 
@@ -90,7 +99,7 @@ def test_no_hooks_left_after_exception(tiny, network):
     x, sigma, context, pooled = batch()
     patched = apply(tiny, network, mode="all rows")
     wrong_context = torch.randn(3, 77, D + 1)  # fails inside attn2 while the hooks are attached
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError):
         call_model(patched, x, sigma, wrong_context, packed(pooled), cond_or_uncond=[0, 0, 0])
     assert hooks_left(tiny.model) == []
 

@@ -14,15 +14,16 @@ pytestmark = pytest.mark.host
 
 
 @pytest.fixture
-def unhype_folder(tmp_path, _unhype_host):
+def unhype_folder(tmp_path):
     folder_paths = host()[0].folder_paths
     saved = folder_paths.folder_names_and_paths["unhype"]
-    folder_paths.folder_names_and_paths["unhype"] = (list(saved[0]) + [str(tmp_path)], set(saved[1]))
+    folder_paths.folder_names_and_paths["unhype"] = (
+        list(saved[0]) + [str(tmp_path)], set(saved[1]))
     yield tmp_path
     folder_paths.folder_names_and_paths["unhype"] = saved
 
 
-def test_folder_registration_keeps_extra_paths(_unhype_host):
+def test_folder_registration_keeps_extra_paths():
     folder_paths = host()[0].folder_paths
     loader = sys.modules[host()[1].__name__ + ".nodes.loader"]
     saved = folder_paths.folder_names_and_paths["unhype"]
@@ -72,7 +73,7 @@ def test_loader_errors_are_node_errors(unhype_folder):
 # UnHype Text Encode on a tiny random CLIP-L built with ComfyUI's classes (real tokenizer)
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_clip(_unhype_host):
+def tiny_clip():
     import comfy.sd
     import comfy.sd1_clip
     import comfy.supported_models_base
@@ -111,7 +112,7 @@ def concept_detector(tiny_model, concept, other):
     return network
 
 
-def test_text_encode_catches_a_concept_after_77_tokens(tiny_clip, _unhype_host):
+def test_text_encode_catches_a_concept_after_77_tokens(tiny_clip):
     ns = host()[0]
     model = ch.build_tiny_sd1_model(ns)
     concept, filler = pooled_of(tiny_clip, CONCEPT), pooled_of(tiny_clip, FILLER)
@@ -138,7 +139,7 @@ def test_text_encode_catches_a_concept_after_77_tokens(tiny_clip, _unhype_host):
     assert "activation 0.00" in plain_report and "UnHype Text Encode" in plain_report
 
 
-def test_text_encode_short_prompt_matches_conditioner(tiny_clip, _unhype_host):
+def test_text_encode_short_prompt_matches_conditioner(tiny_clip):
     ns = host()[0]
     model = ch.build_tiny_sd1_model(ns)
     network = make_network(model.model.diffusion_model, embed_dim=64, seed=8)

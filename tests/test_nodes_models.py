@@ -5,8 +5,14 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import (_unhype_host, hooks_left, host, make_network,  # noqa: F401
-                            merged_reference, node)
+from _nodes_helpers import (  # noqa: F401  (_unhype_host: autouse host fixture)
+    _unhype_host,
+    hooks_left,
+    host,
+    make_network,
+    merged_reference,
+    node,
+)
 
 pytestmark = pytest.mark.host
 
@@ -74,7 +80,8 @@ def run_rows(base_model, call, rows, wrappers=None):
         options["cond_or_uncond"] = [0]
     kwargs = {k: sliced(v) for k, v in call["kwargs"].items()}
     with torch.no_grad():
-        return base_model.apply_model(sliced(call["x"]), sliced(call["t"]), c_concat=call["c_concat"],
+        return base_model.apply_model(sliced(call["x"]), sliced(call["t"]),
+                                      c_concat=call["c_concat"],
                                       c_crossattn=sliced(call["c_crossattn"]),
                                       transformer_options=options, **kwargs)
 
@@ -99,19 +106,20 @@ def check_family(model, network, positive, negative, channels, mode, cfg, streng
     assert hooks_left(model.model) == []
 
 
-def test_sdxl_cross_kv_per_row(_unhype_host):
+def test_sdxl_cross_kv_per_row():
     ns = host()[0]
     model = build(ns.supported_models.SDXL, TINY_SDXL)
     network = make_network(model.model.diffusion_model, "sdxl-cross-kv", embed_dim=1280,
                            base_arch="sdxl", seed=3)
-    expected = [n for n, _ in model.model.diffusion_model.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))]
+    expected = [n for n, _ in model.model.diffusion_model.named_modules()
+                if n.endswith(("attn2.to_k", "attn2.to_v"))]
     assert [t.name for t in network.targets] == expected and len(expected) == 8
     check_family(model, network, ch.make_cond(64, seed=1, pooled_dim=1280),
                  ch.make_cond(64, seed=2, pooled_dim=1280), channels=4,
                  mode="conditional only", cfg=5.0)
 
 
-def test_flux_value_out_all_rows(_unhype_host):
+def test_flux_value_out_all_rows():
     ns = host()[0]
     model = build(ns.supported_models.Flux, TINY_FLUX)
     network = make_network(model.model.diffusion_model, "flux-value-out", embed_dim=768,
@@ -124,7 +132,7 @@ def test_flux_value_out_all_rows(_unhype_host):
                  ch.make_cond(64, seed=2, pooled_dim=768), channels=16, mode="all rows", cfg=2.0)
 
 
-def test_sdxl_network_on_sd1_model_is_refused(_unhype_host):
+def test_sdxl_network_on_sd1_model_is_refused():
     ns = host()[0]
     sdxl = build(ns.supported_models.SDXL, TINY_SDXL)
     network = make_network(sdxl.model.diffusion_model, "sdxl-cross-kv", embed_dim=1280,
@@ -134,7 +142,7 @@ def test_sdxl_network_on_sd1_model_is_refused(_unhype_host):
         node("ApplyDynamicLoRA")().apply(sd1, network, 1.0, "conditional only")
 
 
-def test_lowvram_with_ordinary_lora(_unhype_host):
+def test_lowvram_with_ordinary_lora():
     """Partially loaded model (lowvram: weights cast per call, LoRA applied by weight_function)."""
     ns = host()[0]
     model = ch.build_tiny_sd1_model(ns, seed=2)

@@ -30,6 +30,17 @@ def test_object_info_lists_the_nodes(object_info):
         "conditional only", "all rows"]
 
 
+def test_workflows_and_script_are_served(comfy_server):
+    templates = comfy_server.get_json("/workflow_templates")
+    assert sorted(templates.get(ch.PACK_DIR_NAME, [])) == [
+        "flux_unhype", "sd15_unhype", "sdxl_unhype"]
+    extensions = comfy_server.get_json("/extensions")
+    script = [e for e in extensions if e.endswith("/unhype.js")]
+    assert script, extensions
+    status, body = comfy_server.request("GET", script[0])
+    assert status == 200 and b"unhype.report" in body
+
+
 @pytest.mark.parametrize("name", ["sd15_unhype.json", "sdxl_unhype.json", "flux_unhype.json"])
 def test_workflow_is_valid_against_object_info(object_info, name):
     workflow = json.loads((WORKFLOWS / name).read_text())
@@ -54,7 +65,8 @@ def random_sd1_network(path: Path, core) -> Path:
     import comfy.ops
 
     with torch.device("meta"):
-        unet = oai.UNetModel(**ch._sd15_unet_config("sd15"), operations=comfy.ops.disable_weight_init)
+        unet = oai.UNetModel(**ch._sd15_unet_config("sd15"),
+                             operations=comfy.ops.disable_weight_init)
     targets = core.targets_from_preset(unet, "sd-cross-kv")
     config = core.HyperNetConfig(embed_dim=768, rank=2, hidden=16)
     network = core.UnHypeNetwork(config, targets, core.NetworkInfo("sd1", "sd-cross-kv"))
@@ -71,8 +83,10 @@ def test_sd15_workflow_runs(comfy_server, object_info, sd15_checkpoint, unhype_p
 
     core = sys.modules[unhype_pack.__name__ + ".unhype"]
     ckpt = comfy_server.add_model("checkpoints", sd15_checkpoint)
-    net = comfy_server.add_model("unhype", random_sd1_network(tmp_path / "tiny_sd1.safetensors", core))
-    assert net in object_info_fresh(comfy_server)["UnHypeLoader"]["input"]["required"]["unhype_name"][0]
+    net = comfy_server.add_model(
+        "unhype", random_sd1_network(tmp_path / "tiny_sd1.safetensors", core))
+    choices = object_info_fresh(comfy_server)["UnHypeLoader"]["input"]["required"]["unhype_name"]
+    assert net in choices[0]
     workflow = json.loads((WORKFLOWS / "sd15_unhype.json").read_text())
     api = to_api(workflow, object_info)
     by_type = {n["class_type"]: n for n in api.values()}
