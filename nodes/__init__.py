@@ -9,9 +9,9 @@ NODES = [
     ("ApplyDynamicLoRA", "Apply Dynamic LoRA", apply.ApplyDynamicLoRA),
 ]
 
-# The trainer (nodes/trainer.py) adds itself here:
-#   from . import trainer
-#   NODES.append(("UnHypeTrainer", "UnHype Trainer", trainer.UnHypeTrainer))
+from . import trainer  # noqa: E402  (the UnHype Trainer, nodes/trainer.py)
+
+NODES.append(("UnHypeTrainer", "UnHype Trainer", trainer.UnHypeTrainer))
 
 NODE_CLASS_MAPPINGS = {name: cls for name, _, cls in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {name: display for name, display, _ in NODES}

@@ -1,0 +1,257 @@
+"""`ComfyDenoiser`: the core trainer's `Denoiser` protocol on a ComfyUI MODEL + CLIP.
+
+- `lora_root` is the diffusion model module the UnHype targets name (`model.model.diffusion_model`).
+- `embed` returns the CLIP `pooled_output`, the vector the inference Conditioner reads.
+- `sample_xt` is ESD partial sampling with the frozen model: ComfyUI's own CFGGuider (conditioning
+  prepared for the architecture, CFG, the model's wrappers) drives a sampler that runs
+  deterministic Euler (= DDIM) steps over the first `t_enc` sigmas of an N-step schedule and keeps
+  the latent where it stopped, in the model's input space.
+- `predict` returns apply_model's denoised estimate (the same space for eps, v and flow models),
+  with each row's own prompt, conditioning prepared by `comfy.samplers.process_conds` (the
+  architecture's `extra_conds`) and batched with `comfy.samplers.cond_cat`, as sampling does.
+
+Everything runs under `torch.inference_mode(False)`: callers (the Trainer node) wrap the whole
+training in it; tensors that came from inference mode (CLIP output, weights of a checkpoint
+loaded in a ComfyUI run) are cloned before they can be saved for backward.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import comfy.k_diffusion.sampling as k_diffusion_sampling
+import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.sampler_helpers
+import comfy.samplers
+import comfy.supported_models
+import torch
+
+#: family -> (pooled width expected, default training resolution in pixels)
+FAMILIES = {
+    "sd1": {"resolution": 512, "target_preset": "sd-cross-kv", "distilled": False},
+    "sd2": {"resolution": 768, "target_preset": "sd-cross-kv", "distilled": False},
+    "sdxl": {"resolution": 1024, "target_preset": "sdxl-cross-kv", "distilled": False},
+    "flux": {"resolution": 512, "target_preset": "flux-value-out", "distilled": True},
+}
+
+
+class UnsupportedModelError(ValueError):
+    """The MODEL is not one of the families UnHype can train on."""
+
+
+def model_family(model) -> str:
+    """'sd1', 'sd2', 'sdxl' or 'flux' for a ComfyUI MODEL (ModelPatcher); raises otherwise."""
+    base = getattr(model, "model", None)
+    config = getattr(base, "model_config", None)
+    sm = comfy.supported_models
+    checks = [
+        ("flux2", getattr(sm, "Flux2", None)),  # not CLIP-conditioned: refused below
+        ("flux", getattr(sm, "Flux", None)),
+        ("sdxl", getattr(sm, "SDXL", None)),
+        ("sd2", getattr(sm, "SD20", None)),
+        ("sd1", getattr(sm, "SD15", None)),
+    ]
+    for family, cls in checks:
+        if cls is not None and isinstance(config, cls):
+            if family == "flux2":
+                break
+            return family
+    name = type(config).__name__ if config is not None else type(base).__name__
+    raise UnsupportedModelError(
+        f"UnHype can train on SD1.x, SD2.x, SDXL and Flux.1 models; this MODEL is {name}. "
+        "Load an SD1.5 / SD2 / SDXL / Flux.1 checkpoint."
+    )
+
+
+def _clone_if_inference(value):
+    if isinstance(value, torch.Tensor) and value.is_inference():
+        return value.clone()
+    return value
+
+
+def make_trainable(module: torch.nn.Module) -> int:
+    """requires_grad_(False) on every parameter and replace inference tensors by normal copies.
+
+    Inference tensors (weights loaded inside a ComfyUI run, which executes nodes under
+    torch.inference_mode) cannot be saved for backward. Returns how many were replaced.
+    """
+    replaced = 0
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, param in list(sub._parameters.items()):
+                if param is None:
+                    continue
+                if param.is_inference():
+                    sub._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+                    replaced += 1
+                else:
+                    param.requires_grad_(False)
+            for name, buffer in list(sub._buffers.items()):
+                if buffer is not None and buffer.is_inference():
+                    sub._buffers[name] = buffer.clone()
+                    replaced += 1
+    return replaced
+
+
+class _PartialSampler(comfy.samplers.Sampler):
+    """Deterministic Euler (DDIM for eps models) over the sigmas it is given; keeps the end point.
+
+    The guider passes the end point through `inverse_noise_scaling` and `process_latent_out`;
+    `captured` keeps it as the model sees it (input space at the last sigma), which is what
+    `predict` and apply_model take.
+    """
+
+    def __init__(self):
+        self.captured = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
+               denoise_mask=None, disable_pbar=False):
+        sampling = model_wrap.inner_model.model_sampling
+        x = sampling.noise_scaling(sigmas[0], noise, latent_image,
+                                   self.max_denoise(model_wrap, sigmas))
+        model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+        model_k.latent_image, model_k.noise = latent_image, noise
+        extra_args = dict(extra_args, denoise_mask=denoise_mask)
+        x = k_diffusion_sampling.sample_euler(model_k, x, sigmas, extra_args=extra_args,
+                                              disable=True)
+        self.captured = x.detach().clone()
+        return sampling.inverse_noise_scaling(sigmas[-1], x)
+
+
+class ComfyDenoiser:
+    """A frozen ComfyUI model seen through the UnHype trainer's `Denoiser` protocol."""
+
+    def __init__(self, model, clip, *, guidance: float | None = None, sampling_steps: int = 50,
+                 resolution: int | None = None, scheduler: str | None = None,
+                 family: str | None = None, load: bool = True):
+        if clip is None:
+            raise ValueError("UnHype Trainer: no CLIP: the checkpoint has no text encoder; "
+                             "connect the CLIP of the model's checkpoint")
+        self.family = family or model_family(model)
+        spec = FAMILIES[self.family]
+        self.patcher = model
+        self.clip = clip
+        self.base = model.model
+        self.distilled = spec["distilled"]
+        # ESD samples with CFG (the paper: ~9 for SD); Flux is guidance-distilled: no uncond
+        # pass, the guidance value travels in the conditioning instead.
+        self.guidance = float(guidance if guidance is not None else (3.5 if self.distilled
+                                                                       else 7.5))
+        if sampling_steps < 2:
+            raise ValueError("sampling_steps must be at least 2")
+        self.sampling_steps = int(sampling_steps)
+        resolution = int(resolution or spec["resolution"])
+        fmt = self.base.latent_format
+        ratio = int(getattr(fmt, "spacial_downscale_ratio", 8))
+        side = max(1, resolution // ratio)
+        if self.family == "flux":
+            side = max(2, side - side % 2)  # Flux patchifies 2x2
+        self.latent_shape = (fmt.latent_channels, side, side)
+        sampling = self.base.model_sampling
+        if scheduler is None:
+            scheduler = "ddim_uniform" if hasattr(sampling, "sigmas") and not self.distilled \
+                else "simple"
+        self.sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler,
+                                                      self.sampling_steps).float().cpu()
+        if load:
+            comfy.model_management.load_models_gpu([model], force_full_load=True)
+        self.device = torch.device(model.load_device)
+        make_trainable(self.base)
+        self.lora_root = self.base.diffusion_model
+        self._raw: dict[str, list] = {}  # prompt -> CONDITIONING (cloned out of inference mode)
+        self._processed: dict[str, dict] = {}  # prompt -> processed cond dict for predict
+        self.encodings = 0
+
+    # -- conditioning --
+    def conditioning(self, prompt: str) -> list:
+        """CONDITIONING for one prompt, encoded once (the CLIP runs without gradients)."""
+        if prompt not in self._raw:
+            with torch.no_grad():
+                tokens = self.clip.tokenize(prompt)
+                cond = self.clip.encode_from_tokens_scheduled(tokens)
+            out = []
+            for tensor, options in cond:
+                options = {k: _clone_if_inference(v) for k, v in options.items()}
+                if self.distilled:
+                    options.setdefault("guidance", self.guidance)
+                out.append([_clone_if_inference(tensor), options])
+            self._raw[prompt] = out
+            self.encodings += 1
+        return self._raw[prompt]
+
+    def _latent(self, rows: int = 1) -> torch.Tensor:
+        return torch.zeros((rows, *self.latent_shape))
+
+    def _processed_cond(self, prompt: str) -> dict:
+        if prompt not in self._processed:
+            conds = comfy.sampler_helpers.convert_cond(self.conditioning(prompt))
+            if len(conds) != 1:
+                raise ValueError(f"expected one conditioning entry for a prompt, got {len(conds)}")
+            latent = self._latent().to(self.device)
+            processed = comfy.samplers.process_conds(
+                self.base, latent, {"positive": conds}, self.device, latent_image=latent,
+                seed=0)["positive"][0]
+            for key in ("area", "mask", "control", "hooks", "timestep_start", "timestep_end"):
+                if key in processed:
+                    raise ValueError(f"UnHype training cannot use a conditioning with {key!r}")
+            self._processed[prompt] = processed
+        return self._processed[prompt]
+
+    # -- the protocol --
+    def embed(self, prompts) -> torch.Tensor:
+        rows = []
+        for prompt in prompts:
+            pooled = self.conditioning(prompt)[0][1].get("pooled_output")
+            if pooled is None:
+                raise ValueError("the CLIP gave no pooled_output, which UnHype reads")
+            rows.append(pooled.reshape(1, -1)[:1].float().cpu())
+        return torch.cat(rows)
+
+    def sample_xt(self, prompt: str, count: int, generator: torch.Generator):
+        xs, sigmas = [], []
+        for _ in range(count):
+            t_enc = int(torch.randint(1, self.sampling_steps, (1,), generator=generator))
+            noise = torch.randn((1, *self.latent_shape), generator=generator)
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+            guider = comfy.samplers.CFGGuider(self.patcher)
+            if self.distilled:
+                guider.inner_set_conds({"positive": self.conditioning(prompt)})
+                guider.set_cfg(1.0)
+            else:
+                guider.set_conds(self.conditioning(prompt), self.conditioning(""))
+                guider.set_cfg(self.guidance)
+            sampler = _PartialSampler()
+            schedule = self.sigmas[: t_enc + 1]
+            guider.sample(noise, self._latent(), sampler, schedule, disable_pbar=True, seed=seed)
+            xs.append(sampler.captured.float())
+            sigmas.append(schedule[-1:].float())
+        return torch.cat(xs).to(self.device), torch.cat(sigmas).to(self.device)
+
+    def _transformer_options(self) -> dict:
+        options = comfy.model_patcher.create_model_options_clone(self.patcher.model_options)
+        topts = options.setdefault("transformer_options", {})
+        merge = comfy.patcher_extension.merge_nested_dicts
+        merge(topts.setdefault("wrappers", {}), self.patcher.wrappers, copy_dict1=False)
+        merge(topts.setdefault("callbacks", {}), self.patcher.callbacks, copy_dict1=False)
+        return topts
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, prompts) -> torch.Tensor:
+        prompts = list(prompts)
+        if len(prompts) != x_t.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {x_t.shape[0]} rows")
+        x_t = x_t.to(self.device)
+        t = t.to(self.device).float()
+        parts, uuids = [], []
+        for row, prompt in enumerate(prompts):
+            entry = self._processed_cond(prompt)
+            part = comfy.samplers.get_area_and_mult(entry, x_t[row:row + 1], t[row:row + 1])
+            parts.append(part.conditioning)
+            uuids.append(entry.get("uuid", uuid.uuid4()))
+        conditioning = comfy.samplers.cond_cat(parts)
+        topts = self._transformer_options()
+        topts["cond_or_uncond"] = [0] * len(prompts)
+        topts["uuids"] = uuids
+        topts["sigmas"] = t
+        return self.base.apply_model(x_t, t, transformer_options=topts, **conditioning)

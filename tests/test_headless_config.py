@@ -1,0 +1,109 @@
+"""Headless training config: TOML/JSON parsing and validation (no ComfyUI needed)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unhype.headless import ConfigError, TrainingSettings, find_comfyui, load_config, parse_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "workflows" / "train_config.example.toml"
+
+
+def write(tmp_path, text, name="cfg.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_toml_config_with_lists_and_relative_paths(tmp_path):
+    path = write(tmp_path, """
+checkpoint = "models/sd15.safetensors"
+output = "out"
+concepts = ["tench -> fish", "church"]
+retain_prompts = "a dog\\na cat"
+steps = 10
+learning_rate = 1   # an int where a float is expected is fine
+save_name = "objects"
+""")
+    config = load_config(path)
+    assert config.checkpoint == str((tmp_path / "models" / "sd15.safetensors").resolve())
+    assert config.output == str((tmp_path / "out").resolve())
+    assert config.settings.concepts == "tench -> fish\nchurch"
+    assert config.settings.retain_prompts == "a dog\na cat"
+    assert config.settings.steps == 10 and config.settings.learning_rate == 1.0
+    assert config.settings.preset == "objects" and config.device == "auto"
+
+
+def test_json_config(tmp_path):
+    path = write(tmp_path, json.dumps({"checkpoint": "/m.safetensors", "concepts": "zebra",
+                                       "objective": "direct", "variant": "compact"}),
+                 "cfg.json")
+    config = load_config(path)
+    assert config.checkpoint == "/m.safetensors"
+    assert config.settings.objective == "direct" and config.settings.variant == "compact"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"checkpoint": "a", "concepts": "x", "stpes": 5}, r"unknown keys \['stpes'\]"),
+    ({"concepts": "x"}, "missing required key 'checkpoint'"),
+    ({"checkpoint": "a"}, "missing required key 'concepts'"),
+    ({"checkpoint": "a", "concepts": []}, "missing required key 'concepts'"),
+    ({"checkpoint": "a", "concepts": "x", "steps": "ten"}, "steps: expected int, got str"),
+    ({"checkpoint": "a", "concepts": "x", "steps": True}, "steps: expected int"),
+    ({"checkpoint": "a", "concepts": "x", "steps": 0}, "steps: must be >= 1"),
+    ({"checkpoint": "a", "concepts": "x", "learning_rate": 0}, "learning_rate: must be > 0"),
+    ({"checkpoint": "a", "concepts": "x", "preset": "animals"}, "preset: 'animals'"),
+    ({"checkpoint": "a", "concepts": "x", "objective": "esd"}, "objective: 'esd'"),
+    ({"checkpoint": "a", "concepts": "x", "target_preset": "sd-everything"}, "target_preset"),
+    ({"checkpoint": "a", "concepts": "x", "preset": "custom", "templates": ["no slot"]},
+     "templates: each needs"),
+    ({"checkpoint": "a", "concepts": ["x", 3]}, "concepts: a list must hold strings"),
+    ({"checkpoint": "a", "concepts": "x", "device": "tpu"}, "device must be one of"),
+])
+def test_invalid_configs_fail_with_clear_errors(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "checkpoint = "))
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(write(tmp_path, "{", "cfg.json"))
+    with pytest.raises(ConfigError, match="top level"):
+        load_config(write(tmp_path, "[1, 2]", "cfg.json"))
+
+
+def test_settings_defaults_validate():
+    settings = TrainingSettings(concepts="zebra").validate()
+    assert settings.objective == "trajectory" and settings.builtin_retain
+
+
+def test_example_config_is_valid():
+    config = load_config(EXAMPLE)
+    assert config.settings.concepts.strip()
+    assert config.checkpoint.endswith(".safetensors")
+
+
+def test_find_comfyui_reports_what_it_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path / "nothing"))
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    with pytest.raises(ConfigError, match="no ComfyUI checkout found"):
+        find_comfyui()
+    fake = tmp_path / "ComfyUI"
+    (fake / "comfy").mkdir(parents=True)
+    (fake / "main.py").write_text("")
+    (fake / "comfy" / "cli_args.py").write_text("")
+    assert find_comfyui(str(fake)) == fake.resolve()
+
+
+def test_core_does_not_import_comfy():
+    """unhype/ stays host-free: the headless module imports ComfyUI only when training."""
+    core = Path(__file__).resolve().parent.parent / "unhype"
+    for path in core.rglob("*.py"):
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            assert not stripped.startswith(("import comfy", "from comfy")), f"{path}: {line}"

@@ -1,0 +1,272 @@
+"""UnHype Trainer node and headless trainer against a real ComfyUI (in-process, CPU).
+
+The node tests use the tiny SD1.x UNet (context 64) with a tiny CLIP built from ComfyUI's own
+SD1 CLIP classes (64-d, 2 layers, random weights), so a few training steps take seconds. The
+headless test runs `python -m unhype train` in a subprocess on the generated random SD1.5
+checkpoint (full-size CLIP-L), with settings that keep the number of CLIP encodings tiny.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import comfy_host as ch
+from _nodes_helpers import _unhype_host, call_model, host, node, packed  # noqa: F401
+
+pytestmark = pytest.mark.host
+
+FAST = dict(preset="custom", objective="trajectory", steps=3, learning_rate=1e-3, rank=2,
+            variant="paper", seed=0, checkpoint_every=2, retain_prompts="a dog\na red car",
+            builtin_retain=False, templates="{}\na photo of {}", eta=1.0, hidden=8,
+            sampling_steps=3, resolution=64, xt_cache_size=2)
+
+
+def training():
+    return sys.modules[host()[1].__name__ + ".nodes.comfy_training"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(unhype_pack):
+    """A 64-d, 2-layer SD1-style CLIP (ComfyUI classes, SD1 tokenizer, random weights)."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    options = {"clip_l_model_config": {"hidden_size": 64, "intermediate_size": 128,
+                                       "num_attention_heads": 2, "num_hidden_layers": 2}}
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
+                                                    comfy.sd1_clip.SD1ClipModel)
+    clip = comfy.sd.CLIP(target=target, model_options=options)
+    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.2)
+    return clip
+
+
+@pytest.fixture(scope="module")
+def tiny_model(unhype_pack):
+    # SD1 module names, 32/64 channels: cheaper than the shared tiny UNet (GroupNorm needs 64
+    # channels at the 1x1 bottom of an 8x8 latent)
+    return ch.build_tiny_sd1_model(host()[0], seed=0, unet_config={"channel_mult": [1, 2, 2, 2]})
+
+
+@pytest.fixture
+def folders(monkeypatch, tmp_path):
+    """models/unhype and models/unhype_checkpoints in a temporary folder for this test."""
+    fp = host()[0].folder_paths
+    paths = {}
+    for kind in ("unhype", training().CHECKPOINT_FOLDER):
+        folder = tmp_path / kind
+        folder.mkdir()
+        monkeypatch.setitem(fp.folder_names_and_paths, kind, ([str(folder)], {".safetensors"}))
+        paths[kind] = folder
+    # folder_paths caches file lists by folder mtime; a fresh folder per test keeps it honest
+    return paths
+
+
+def run_trainer(model, clip, concepts="zebra\ntench -> fish", save_name="erased", **overrides):
+    inputs = dict(FAST, **overrides)
+    out = node("UnHypeTrainer")().train(model, clip, concepts, save_name=save_name, **inputs)
+    return out
+
+
+def test_trainer_node_trains_saves_and_feeds_apply_dynamic_lora(tiny_model, tiny_clip, folders):
+    started = time.monotonic()
+    out = run_trainer(tiny_model, tiny_clip)
+    seconds = time.monotonic() - started
+    network, plot = out["result"]
+    report = out["ui"]["text"][0]
+    assert "saved erased.safetensors" in report, report
+    assert (folders["unhype"] / "erased.safetensors").is_file()
+    assert (folders["unhype_checkpoints"] / "erased.safetensors").is_file()
+    # the loss plot is a ComfyUI IMAGE
+    assert plot.shape[0] == 1 and plot.shape[-1] == 3 and plot.dtype == torch.float32
+    assert 0.0 <= float(plot.min()) and float(plot.max()) <= 1.0
+    # the network: SD1 preset on the tiny UNet, 64-d embeddings, the training recorded
+    core = host()[2]
+    assert network.info.base_arch == "sd1" and network.info.target_preset == "sd-cross-kv"
+    assert network.config.embed_dim == 64 and network.config.rank == 2
+    assert network.info.training["steps"] == 3
+    assert network.info.training["concepts"] == ["zebra", "tench"]
+    # the file loads through the UnHype Loader node and matches the output
+    loader = node("UnHypeLoader")
+    assert "erased.safetensors" in loader.INPUT_TYPES()["required"]["unhype_name"][0]
+    loaded = ch.run_node(loader, unhype_name="erased.safetensors")[0]
+    assert isinstance(loaded, core.UnHypeNetwork)
+    for name, value in network.module.state_dict().items():
+        torch.testing.assert_close(loaded.module.state_dict()[name], value)
+    # ... and the node output works directly in Apply Dynamic LoRA
+    patched = node("ApplyDynamicLoRA")().apply(tiny_model, network, 1.0, "all rows")[0]
+    gen = torch.Generator().manual_seed(0)
+    x, context = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 77, 64, generator=gen)
+    pooled = torch.randn(1, 64, generator=gen)
+    result = call_model(patched, x, torch.full((1,), 2.0), context, packed(pooled))
+    assert torch.isfinite(result).all()
+    print(f"trainer node: 3 steps in {seconds:.1f}s")
+
+
+def test_trainer_rejects_bad_inputs_with_clear_errors(tiny_model, tiny_clip, folders):
+    with pytest.raises(ValueError, match="no concepts to erase"):
+        run_trainer(tiny_model, tiny_clip, concepts="  \n ")
+    with pytest.raises(ValueError, match="templates"):
+        run_trainer(tiny_model, tiny_clip, templates="no placeholder")
+
+    class NotSD:  # a MODEL of a family UnHype does not train on
+        model = type("M", (), {"model_config": object()})()
+
+    with pytest.raises(ValueError, match="SD1.x, SD2.x, SDXL and Flux"):
+        run_trainer(NotSD(), tiny_clip)
+    # a file in the checkpoints folder that is not a training checkpoint
+    (folders["unhype_checkpoints"] / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="resume: .*not a readable"):
+        run_trainer(tiny_model, tiny_clip, resume="junk.safetensors")
+    with pytest.raises(ValueError, match="not found"):
+        run_trainer(tiny_model, tiny_clip, resume="missing.safetensors")
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run(
+        tiny_model, tiny_clip, folders, monkeypatch):
+    mm = host()[0].model_management
+    import comfy.utils
+
+    def press_cancel(value, total, preview, node_id=None):
+        # what the server's progress hook does after POST /interrupt: the flag is set and the
+        # next check raises
+        if value == 1:
+            mm.interrupt_current_processing(True)
+        mm.throw_exception_if_processing_interrupted()
+
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", press_cancel)
+    with pytest.raises(mm.InterruptProcessingException):
+        run_trainer(tiny_model, tiny_clip, save_name="cancelled", checkpoint_every=100)
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", None)
+    mm.interrupt_current_processing(False)
+    checkpoint = folders["unhype_checkpoints"] / "cancelled.safetensors"
+    assert checkpoint.is_file(), "a cancel must leave a checkpoint"
+    assert not (folders["unhype"] / "cancelled.safetensors").exists()
+    load_state = sys.modules[host()[2].__name__ + ".checkpoint"].load_state
+    state = load_state(str(checkpoint), "unhype-training-checkpoint")
+    assert state["step"] == 1
+    # the checkpoint is offered in the resume list and finishes the run
+    trainer_cls = node("UnHypeTrainer")
+    assert "cancelled.safetensors" in trainer_cls.INPUT_TYPES()["optional"]["resume"][0]
+    resumed = run_trainer(tiny_model, tiny_clip, save_name="cancelled",
+                          checkpoint_every=100, resume="cancelled.safetensors")["result"][0]
+    assert resumed.info.training["steps"] == 3
+    assert (folders["unhype"] / "cancelled.safetensors").is_file()
+    # same result as a run that was never interrupted (same seed, same settings)
+    straight = run_trainer(tiny_model, tiny_clip, save_name="cancelled",
+                           checkpoint_every=100)
+    assert "saved cancelled_2.safetensors" in straight["ui"]["text"][0]  # never overwritten
+    assert (folders["unhype"] / "cancelled_2.safetensors").is_file()
+    assert (folders["unhype_checkpoints"] / "cancelled_2.safetensors").is_file()
+    reference = straight["result"][0].module.state_dict()
+    for name, value in resumed.module.state_dict().items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("my net", "my_net"),
+    ("../../etc/passwd", "etc_passwd"),
+    ("/abs/path/x.safetensors", "abs_path_x"),
+    ("C:\\Users\\x\\net", "C_Users_x_net"),
+    ("a..b", "a.b"),
+    ("...", "unhype"),
+    ("", "unhype"),
+    ("nul", "_nul"),
+    ("Zebra-erase_v1.2", "Zebra-erase_v1.2"),
+    ("ünïcode ✓", "n_code"),
+])
+def test_save_names_are_sanitised(given, expected):
+    name = training().sanitise_name(given)
+    assert name == expected
+    assert os.sep not in name and "/" not in name and ".." not in name
+
+
+def test_unique_path_never_overwrites(tmp_path):
+    unique = training().unique_path
+    first = unique(str(tmp_path), "net")
+    assert first.endswith("net.safetensors")
+    open(first, "wb").close()
+    second = unique(str(tmp_path), "net")
+    assert second.endswith("net_2.safetensors")
+    open(second, "wb").close()
+    assert unique(str(tmp_path), "net").endswith("net_3.safetensors")
+
+
+def test_denoiser_predict_is_the_models_denoised_estimate_with_gradients(tiny_model, tiny_clip):
+    """predict == apply_model with the prompt's conditioning; a LoRA on lora_root gets grads."""
+    denoiser_mod = sys.modules[host()[1].__name__ + ".nodes.comfy_denoiser"]
+    core = host()[2]
+    with torch.inference_mode(False):
+        denoiser = denoiser_mod.ComfyDenoiser(tiny_model, tiny_clip, sampling_steps=4,
+                                              resolution=64)
+        x_t, sigma = denoiser.sample_xt("a zebra", 2, torch.Generator().manual_seed(0))
+        assert x_t.shape == (2, 4, 8, 8) and sigma.shape == (2,)
+        assert torch.isfinite(x_t).all()
+        assert all(float(s) in [float(v) for v in denoiser.sigmas] for s in sigma)
+        prompts = ["a zebra", "a dog"]
+        out = denoiser.predict(x_t, sigma, prompts)
+        cond = [denoiser.conditioning(p)[0][0] for p in prompts]
+        with torch.no_grad():
+            reference = tiny_model.model.apply_model(x_t, sigma, c_crossattn=torch.cat(cond))
+        torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+        targets = core.targets_from_preset(denoiser.lora_root, "sd-cross-kv")
+        factors = {t.name: core.RowFactors(
+            torch.randn(2, 1, t.in_features, requires_grad=True),
+            torch.randn(2, t.delta_features, 1, requires_grad=True)) for t in targets}
+        with core.row_lora(denoiser.lora_root, targets, factors):
+            loss = denoiser.predict(x_t, sigma, prompts).square().mean()
+        loss.backward()
+        first = factors[targets[0].name]
+        assert first.up.grad is not None and first.up.grad.abs().sum() > 0
+    assert denoiser.embed(prompts).shape == (2, 64)
+
+
+def test_headless_train_command_writes_the_same_kind_of_file(comfyui_path, sd15_checkpoint,
+                                                             tmp_path):
+    config = tmp_path / "cfg.toml"
+    config.write_text(textwrap.dedent(f"""
+        checkpoint = "{sd15_checkpoint}"
+        comfyui_path = "{comfyui_path}"
+        output = "{tmp_path / 'out'}"
+        checkpoint_dir = "{tmp_path / 'ckpt'}"
+        concepts = ["zebra"]
+        preset = "custom"
+        templates = ["{{}}"]
+        retain_prompts = ["a dog"]
+        builtin_retain = false
+        steps = 2
+        learning_rate = 1e-3
+        rank = 1
+        hidden = 8
+        sampling_steps = 3
+        resolution = 64
+        xt_cache_size = 1
+        retain_batch = 1
+        checkpoint_every = 1
+        save_name = "headless net"
+    """))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "unhype", "train", str(config)],
+                          cwd=ch.REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "step 2/2" in proc.stdout, proc.stdout
+    written = tmp_path / "out" / "headless_net.safetensors"
+    assert written.is_file(), proc.stdout
+    assert (tmp_path / "ckpt" / "headless_net.safetensors").is_file()
+    assert (tmp_path / "out" / "headless_net.loss.png").is_file()
+    import unhype  # the core, through conftest's finder
+
+    network = unhype.load_unhype(str(written))
+    assert network.info.base_arch == "sd1" and network.info.target_preset == "sd-cross-kv"
+    assert network.config.embed_dim == 768 and len(network.targets) == 32
+    assert network.info.training["steps"] == 2
+    print(f"headless: 2 steps on the random SD1.5 checkpoint in {seconds:.1f}s")

@@ -1,0 +1,265 @@
+"""Headless training: `python -m unhype train CONFIG` (TOML or JSON), the Trainer node's work.
+
+The config has the Trainer node's fields plus where the model and ComfyUI are:
+
+    checkpoint = "/models/v1-5-pruned-emaonly.safetensors"   # required: the model to train on
+    concepts = ["tench -> fish", "church"]                   # required: one per item (or a string)
+    comfyui_path = "~/ComfyUI"    # default: $COMFYUI_PATH, then ~/.cache/comfyui/ComfyUI
+    output = "out/"               # folder of the final file (default: ComfyUI's models/unhype)
+
+See workflows/train_config.example.toml for every field. This module never imports ComfyUI at
+import time: `train_from_config` finds the ComfyUI checkout, puts it on sys.path (with --cpu
+when there is no GPU), imports this pack as a package and calls `nodes/comfy_training.py`, the
+same code the node runs, so the checkpoints and the final file are the same.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .hypernet import VARIANTS
+from .prompts import TRAINING_PRESETS
+from .targets import PRESETS
+from .training import OBJECTIVES
+
+PRESET_NAMES = (*TRAINING_PRESETS, "custom")
+PACK_MODULE = "comfyui_unhype"
+
+
+class ConfigError(ValueError):
+    """A headless training config that cannot be used, with what to fix."""
+
+
+@dataclass
+class TrainingSettings:
+    """Everything the Trainer node and the headless trainer take (0 / "" / "auto" = default)."""
+
+    concepts: str = ""  # one per line, "concept -> anchor" optional
+    retain_prompts: str = ""  # one per line, used with the built-in list
+    builtin_retain: bool = True  # add unhype.prompts' few hundred everyday prompts
+    preset: str = "objects"
+    templates: str = ""  # custom preset: one per line, with "{}" for the concept
+    eta: float = 1.0  # custom preset only
+    target_preset: str = "auto"  # auto: from the model family
+    objective: str = "trajectory"
+    steps: int = 2000
+    learning_rate: float = 1e-4
+    rank: int = 0  # 0: the preset's rank
+    variant: str = "paper"
+    hidden: int = 0  # 0: 512 (SD) / 100 (Flux), as in the paper's code
+    seed: int = 0
+    save_name: str = "unhype"
+    checkpoint_every: int = 100
+    resume: str = ""  # a checkpoint file (name in models/unhype_checkpoints, or a path)
+    guidance: float = 0.0  # 0: 7.5 (CFG for SD) / 3.5 (Flux guidance)
+    sampling_steps: int = 50
+    resolution: int = 0  # 0: the family's (512 SD1, 768 SD2, 1024 SDXL, 512 Flux)
+    xt_cache_size: int = 32
+    retain_batch: int = 8
+    hide_concepts: bool = False
+
+    def validate(self) -> TrainingSettings:
+        problems = []
+        if not self.concepts.strip():
+            problems.append("concepts: nothing to erase; give at least one concept")
+        if self.preset not in PRESET_NAMES:
+            problems.append(f"preset: {self.preset!r} is not one of {list(PRESET_NAMES)}")
+        if self.target_preset != "auto" and self.target_preset not in PRESETS:
+            problems.append(
+                f"target_preset: {self.target_preset!r} is not 'auto' or one of {sorted(PRESETS)}")
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective: {self.objective!r} is not one of {list(OBJECTIVES)}")
+        if self.variant not in VARIANTS:
+            problems.append(f"variant: {self.variant!r} is not one of {list(VARIANTS)}")
+        if self.preset == "custom" and self.templates.strip():
+            bad = [t for t in _lines(self.templates) if "{}" not in t]
+            if bad:
+                problems.append(f"templates: each needs '{{}}' for the concept: {bad[:3]}")
+        for name, low in (("steps", 1), ("rank", 0), ("hidden", 0), ("seed", 0),
+                          ("checkpoint_every", 1), ("sampling_steps", 2), ("resolution", 0),
+                          ("xt_cache_size", 0), ("retain_batch", 1)):
+            if getattr(self, name) < low:
+                problems.append(f"{name}: must be >= {low}, got {getattr(self, name)}")
+        for name in ("learning_rate",):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("eta", "guidance"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if problems:
+            raise ConfigError("invalid training settings:\n  " + "\n  ".join(problems))
+        return self
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class HeadlessConfig:
+    settings: TrainingSettings
+    checkpoint: str
+    comfyui_path: str | None = None
+    output: str | None = None  # folder of the final file
+    checkpoint_dir: str | None = None  # folder of the training checkpoints
+    device: str = "auto"  # auto / cpu / gpu
+    extra: dict = field(default_factory=dict)
+
+
+HEADLESS_FIELDS = {"checkpoint": str, "comfyui_path": str, "output": str, "checkpoint_dir": str,
+                   "device": str}
+DEVICES = ("auto", "cpu", "gpu")
+_TEXT_FIELDS = {"concepts", "retain_prompts", "templates"}  # a string or a list of strings
+
+
+def _setting_types() -> dict[str, type]:
+    defaults = TrainingSettings()
+    return {f.name: type(getattr(defaults, f.name)) for f in fields(TrainingSettings)}
+
+
+def parse_config(data: dict, source: str = "config") -> HeadlessConfig:
+    """Validate a config mapping: unknown keys, missing fields and wrong types are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a table / object of settings")
+    types = _setting_types()
+    known = set(types) | set(HEADLESS_FIELDS)
+    unknown = sorted(set(data) - known)
+    problems = []
+    if unknown:
+        problems.append(f"unknown keys {unknown}; known keys are {sorted(known)}")
+    for required in ("checkpoint", "concepts"):
+        if required not in data or data[required] in ("", [], None):
+            problems.append(f"missing required key {required!r}")
+    values = {}
+    for key, value in data.items():
+        if key in unknown:
+            continue
+        expected = HEADLESS_FIELDS.get(key) or types[key]
+        if key in _TEXT_FIELDS and isinstance(value, list):
+            if not all(isinstance(v, str) for v in value):
+                problems.append(f"{key}: a list must hold strings only")
+                continue
+            value = "\n".join(value)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+            problems.append(f"{key}: expected {expected.__name__}, got {type(value).__name__} "
+                            f"{value!r}")
+            continue
+        values[key] = value
+    if problems:
+        raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
+    if values.get("device", "auto") not in DEVICES:
+        raise ConfigError(f"{source}: device must be one of {list(DEVICES)}")
+    settings = TrainingSettings(**{k: v for k, v in values.items() if k in types})
+    try:
+        settings.validate()
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    return HeadlessConfig(settings, values["checkpoint"], values.get("comfyui_path"),
+                          values.get("output"), values.get("checkpoint_dir"),
+                          values.get("device", "auto"))
+
+
+def load_config(path: str | os.PathLike) -> HeadlessConfig:
+    """Read a .toml or .json config and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+    except (ValueError, json.JSONDecodeError) as error:  # TOMLDecodeError is a ValueError
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
+                          f"{error}") from None
+    config = parse_config(data, str(path))
+    base = path.parent
+    for name in ("checkpoint", "output", "checkpoint_dir", "comfyui_path"):
+        value = getattr(config, name)
+        if value:  # relative paths are relative to the config file
+            setattr(config, name, str((base / Path(value).expanduser()).resolve()))
+    return config
+
+
+def find_comfyui(configured: str | None = None) -> Path:
+    """The ComfyUI checkout: the config's, else $COMFYUI_PATH, else ~/.cache/comfyui/ComfyUI."""
+    candidates = [configured] if configured else []
+    if not configured:
+        if os.environ.get("COMFYUI_PATH"):
+            candidates.append(os.environ["COMFYUI_PATH"])
+        candidates.append(str(Path.home() / ".cache" / "comfyui" / "ComfyUI"))
+    for candidate in candidates:
+        path = Path(candidate).expanduser()
+        if (path / "main.py").is_file() and (path / "comfy" / "cli_args.py").is_file():
+            return path.resolve()
+    raise ConfigError(
+        f"no ComfyUI checkout found (tried {candidates}): set comfyui_path in the config or the "
+        "COMFYUI_PATH environment variable")
+
+
+def pack_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def import_pack(comfyui: Path, device: str = "auto"):
+    """Put ComfyUI first on sys.path and import this pack as the package `comfyui_unhype`.
+
+    Our `nodes/` package must not shadow ComfyUI's `nodes.py`, so the pack root (the current
+    directory under `python -m`) leaves sys.path. `--cpu` is chosen before ComfyUI's
+    model_management is imported, which reads it once.
+    """
+    root = str(pack_root())
+    sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != root]
+    sys.path.insert(0, str(comfyui))
+    loaded = sys.modules.get("nodes")
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").parent != comfyui:
+        raise ConfigError(f"a module named 'nodes' is already imported from {loaded.__file__}")
+    # The core never imports ComfyUI statically; these run only on the headless path.
+    importlib.import_module("comfy.options")  # ComfyUI then parses no command line of ours
+    args = importlib.import_module("comfy.cli_args").args
+    if "comfy.model_management" not in sys.modules:
+        if device == "cpu":
+            args.cpu = True
+        elif device == "auto":
+            import torch
+
+            gpu = torch.cuda.is_available() or (
+                getattr(torch.backends, "mps", None) is not None
+                and torch.backends.mps.is_available())
+            args.cpu = not gpu
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(
+        PACK_MODULE, Path(root) / "__init__.py", submodule_search_locations=[root])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(PACK_MODULE, None)
+        raise
+    return module
+
+
+def train_from_config(path: str | os.PathLike) -> str:
+    """Train as the config says, printing progress; returns the path of the written file."""
+    config = load_config(path)
+    comfyui = find_comfyui(config.comfyui_path)
+    if not Path(config.checkpoint).is_file():
+        raise ConfigError(f"{path}: checkpoint {config.checkpoint} does not exist")
+    import_pack(comfyui, config.device)
+    training = importlib.import_module(f"{PACK_MODULE}.nodes.comfy_training")
+    outcome = training.train_headless(config, log=lambda line: print(line, flush=True))
+    return outcome.path
