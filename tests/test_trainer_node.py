@@ -270,3 +270,75 @@ def test_headless_train_command_writes_the_same_kind_of_file(comfyui_path, sd15_
     assert network.config.embed_dim == 768 and len(network.targets) == 32
     assert network.info.training["steps"] == 2
     print(f"headless: 2 steps on the random SD1.5 checkpoint in {seconds:.1f}s")
+
+
+# ------------------------------------------------------------------------------------------
+# the real server: the shipped training workflow, Cancel through POST /interrupt, resume
+# ------------------------------------------------------------------------------------------
+WORKFLOW = ch.REPO_ROOT / "workflows" / "train_unhype.json"
+SERVER_TRAINING = dict(preset="custom", templates="{}", retain_prompts="a dog",
+                       builtin_retain=False, learning_rate=1e-3, rank=1, hidden=8,
+                       sampling_steps=3, resolution=64, xt_cache_size=1)
+
+
+def _training_api(server, info, ckpt, **trainer_inputs):
+    import json
+
+    from _workflow_api import to_api
+
+    api = to_api(json.loads(WORKFLOW.read_text()), info)
+    by_type = {n["class_type"]: n for n in api.values()}
+    by_type["CheckpointLoaderSimple"]["inputs"]["ckpt_name"] = ckpt
+    by_type["UnHypeTrainer"]["inputs"].update(SERVER_TRAINING, **trainer_inputs)
+    by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
+    by_type["KSampler"]["inputs"]["steps"] = 2
+    return api
+
+
+def _files(server, folder):
+    return sorted(p.name for p in server.workdir.rglob(f"{folder}/*.safetensors"))
+
+
+def test_training_workflow_on_the_server_cancel_and_resume(comfy_server, sd15_checkpoint):
+    """The shipped graph is valid, trains on the random SD1.5 checkpoint (weights loaded under
+    the server's inference mode), Cancel (POST /interrupt) keeps a checkpoint, resume finishes
+    it, and the sampler in the same graph runs with the trained network."""
+    import json
+
+    from _workflow_api import validate
+
+    info = comfy_server.object_info()
+    assert info["UnHypeTrainer"]["display_name"] == "UnHype Trainer"
+    assert validate(json.loads(WORKFLOW.read_text()), info) == []
+    ckpt = comfy_server.add_model("checkpoints", sd15_checkpoint)
+    # 1. a long run, cancelled once the first checkpoint exists
+    api = _training_api(comfy_server, info, ckpt, steps=500, checkpoint_every=1,
+                        save_name="server_run")
+    prompt_id = comfy_server.post_prompt(api)
+    deadline = time.monotonic() + 240
+    while "server_run.safetensors" not in _files(comfy_server, "unhype_checkpoints"):
+        assert time.monotonic() < deadline, comfy_server.log(4000)
+        time.sleep(0.5)
+    status, _ = comfy_server.request("POST", "/interrupt", {})
+    assert status == 200
+    with pytest.raises(ch.PromptError):
+        comfy_server.wait_history(prompt_id, timeout=120)
+    checkpoint = next(comfy_server.workdir.rglob("unhype_checkpoints/server_run.safetensors"))
+    load_state = sys.modules[host()[2].__name__ + ".checkpoint"].load_state
+    done = load_state(str(checkpoint), "unhype-training-checkpoint")["step"]
+    assert 1 <= done < 500
+    assert "server_run.safetensors" not in _files(comfy_server, "unhype")
+    # 2. resume from it (the resume list is read fresh from the folder), a few steps more
+    info = comfy_server.object_info("UnHypeTrainer")
+    assert "server_run.safetensors" in info["UnHypeTrainer"]["input"]["optional"]["resume"][0]
+    api = _training_api(comfy_server, comfy_server.object_info(), ckpt, steps=done + 2,
+                        checkpoint_every=1, save_name="server_run",
+                        resume="server_run.safetensors")
+    outputs = comfy_server.run(api, timeout=300)
+    assert "server_run.safetensors" in _files(comfy_server, "unhype")
+    assert load_state(str(checkpoint), "unhype-training-checkpoint")["step"] == done + 2
+    reports = [o["text"][0] for o in outputs.values() if "text" in o]
+    assert any("saved server_run.safetensors" in r for r in reports), reports
+    images = [o["images"][0] for o in outputs.values() if "images" in o]
+    assert len(images) == 2  # the loss plot preview and the sampled image
+    assert all(comfy_server.output_path(i).is_file() for i in images)
