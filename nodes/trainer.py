@@ -120,6 +120,10 @@ class UnHypeTrainer:
                 "xt_cache_size": ("INT", {"default": 32, "min": 0, "max": 4096,
                                           "tooltip": "x_t samples kept per concept and reused; "
                                                      "0 samples every step."}),
+                "hide_concepts": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Record only a SHA-256 of the concept list in the file, not the "
+                               "concepts and anchors."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -127,7 +131,8 @@ class UnHypeTrainer:
     def train(self, model, clip, erase_concepts, preset, objective, steps, learning_rate, rank,
               variant, seed, save_name, checkpoint_every, retain_prompts="", builtin_retain=True,
               resume=NO_RESUME, templates="", eta=1.0, target_preset="auto", hidden=0, guidance=0.0,
-              sampling_steps=50, resolution=0, xt_cache_size=32, unique_id=None):
+              sampling_steps=50, resolution=0, xt_cache_size=32, hide_concepts=False,
+              unique_id=None):
         node = "UnHype Trainer"
         if not erase_concepts or not erase_concepts.strip():
             raise ValueError(f"{node}: no concepts to erase: write one per line in "
@@ -141,7 +146,7 @@ class UnHypeTrainer:
             save_name=save_name, checkpoint_every=int(checkpoint_every),
             resume="" if resume in (None, NO_RESUME) else resume, guidance=float(guidance),
             sampling_steps=int(sampling_steps), resolution=int(resolution),
-            xt_cache_size=int(xt_cache_size))
+            xt_cache_size=int(xt_cache_size), hide_concepts=bool(hide_concepts))
         bar = comfy.utils.ProgressBar(int(steps), node_id=unique_id)
 
         def on_progress(progress):

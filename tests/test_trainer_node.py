@@ -73,10 +73,22 @@ def run_trainer(model, clip, concepts="zebra\ntench -> fish", save_name="erased"
     return out
 
 
-def test_trainer_node_trains_saves_and_feeds_apply_dynamic_lora(tiny_model, tiny_clip, folders):
+def test_trainer_node_trains_saves_and_feeds_apply_dynamic_lora(tiny_model, tiny_clip, folders,
+                                                                monkeypatch):
+    events = []
+
+    class PromptServer:  # stands in for ComfyUI's server.PromptServer while the node runs
+        instance = type("I", (), {"send_sync": lambda self, e, d: events.append((e, d))})()
+
+    monkeypatch.setitem(sys.modules, "server", type(sys)("server"))
+    monkeypatch.setattr(sys.modules["server"], "PromptServer", PromptServer, raising=False)
     started = time.monotonic()
     out = run_trainer(tiny_model, tiny_clip)
     seconds = time.monotonic() - started
+    steps = [d["step"] for e, d in events if e == "unhype.training" and "step" in d]
+    assert steps == [1, 2, 3], events
+    assert set(events[0][1]["losses"]) == {"removal", "retention", "esd"}
+    assert events[-1][1] == {"node": None, "done": True, "file": "erased.safetensors"}
     network, plot = out["result"]
     report = out["ui"]["text"][0]
     assert "saved erased.safetensors" in report, report

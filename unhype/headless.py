@@ -239,6 +239,12 @@ def import_pack(comfyui: Path, device: str = "auto"):
                 getattr(torch.backends, "mps", None) is not None
                 and torch.backends.mps.is_available())
             args.cpu = not gpu
+        elif device == "gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("device = 'gpu' but PyTorch sees no CUDA GPU: use 'auto' or "
+                                  "'cpu'")
     if PACK_MODULE in sys.modules:
         return sys.modules[PACK_MODULE]
     spec = importlib.util.spec_from_file_location(
