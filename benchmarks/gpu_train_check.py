@@ -203,16 +203,22 @@ def main():
             for _ in range(args.warmup):
                 step()
         times = {label: [] for label in variants}
-        peaks = {}
+        peaks, last = {}, {}
+        before = {n: p.detach().clone() for n, p in trainer.module.named_parameters()}
         for label, step in variants.items():
             reset_peak()
             for _ in range(args.steps):
                 sync()
                 t0 = time.perf_counter()
-                step()
+                last[label] = step()
                 sync()
                 times[label].append(time.perf_counter() - t0)
             peaks[label] = peak_gib()
+        moved = sum(float((p.detach() - before[n]).abs().sum())
+                    for n, p in trainer.module.named_parameters())
+        print(f"last losses: esd-x {last['esd-x']:.4g}; unhype {last['unhype']}; hypernetwork "
+              f"update over the timed steps (sum |delta|) {moved:.3g}"
+              + ("  <- NO UPDATE: gradients underflow?" if moved == 0 else ""), flush=True)
         for label in variants:
             median = statistics.median(times[label])
             results[label] = median

@@ -131,6 +131,11 @@ class ComfyDenoiser:
                              "connect the CLIP of the model's checkpoint")
         self.family = family or model_family(model)
         spec = FAMILIES[self.family]
+        if model.is_dynamic() and getattr(model, "cached_patcher_init", None) is not None:
+            # Dynamic VRAM (ComfyUI's server on a GPU) streams weights per call; training
+            # backpropagates through the whole UNet, so use ComfyUI's non-dynamic delegate of the
+            # same checkpoint, as CFGGuider does for hooked conditioning. (Not run on a GPU yet.)
+            model = model.get_non_dynamic_delegate()
         self.patcher = model
         self.clip = clip
         self.base = model.model
