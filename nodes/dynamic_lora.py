@@ -63,6 +63,11 @@ class DynamicLoRA:
         self._factors: OrderedDict = OrderedDict()  # (device, bytes) -> {name: RowFactors [1,...]}
         self._last = None  # (key tuple, dtype) -> stacked factors of the last batch
 
+    def __deepcopy__(self, memo):
+        """Deep copies of a ModelPatcher's options share this state: it is thread-safe, never
+        mutated from outside, and a Lock cannot be copied."""
+        return self
+
     def _module_on(self, device: torch.device) -> torch.nn.Module:
         key = str(device)
         if key not in self._modules:

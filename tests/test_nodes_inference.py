@@ -1,5 +1,7 @@
 """Inference nodes in-process on tiny random models built with ComfyUI's own classes."""
 
+import copy
+
 import pytest
 import torch
 
@@ -110,6 +112,8 @@ def test_apply_does_not_touch_the_input_model(tiny, network):
     assert patched is not tiny
     assert {k: list(v) for k, v in tiny.wrappers.items()} == before
     assert len(dynamic_state(patched)) == 1
+    state = dynamic_state(patched)[0]
+    assert copy.deepcopy({"wrappers": [state]})["wrappers"][0] is state  # shared, not copied
 
 
 def test_conditioner_packs_embedding_without_mutating(network):
@@ -268,3 +272,21 @@ def test_composes_with_ordinary_lora(tiny, network, order):
     with torch.no_grad():
         torch.testing.assert_close(base, ref0.apply_model(*batch(rows=2, seed=4)[:2],
                                                           c_crossattn=batch(rows=2, seed=4)[2]))
+
+
+def test_two_apply_nodes_stack(tiny, network):
+    """Two Apply Dynamic LoRA nodes (different networks) both see the embedding and both apply."""
+    other = make_network(tiny.model.diffusion_model, embed_dim=D, seed=9)
+    x, sigma, context, pooled = batch(rows=2, seed=6)
+    patched = apply(apply(tiny, network, 0.5, "all rows"), other, 1.5, "all rows")
+    assert len(dynamic_state(patched)) == 2
+    out = call_model(patched, x, sigma, context, packed(pooled), cond_or_uncond=[0, 1])
+    for row in (0, 1):
+        factors = other.factors(pooled[row:row + 1])
+        deltas = {name: 1.5 * f.up[0] @ f.down[0] for name, f in factors.items()}
+        ref = merged_reference(tiny.model, network, pooled[row:row + 1], 0.5, deltas)
+        with torch.no_grad():
+            expected = ref.apply_model(x[row:row + 1], sigma[row:row + 1],
+                                       c_crossattn=context[row:row + 1])
+        torch.testing.assert_close(out[row:row + 1], expected, rtol=1e-4, atol=1e-5)
+    assert hooks_left(tiny.model) == []
