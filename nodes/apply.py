@@ -3,7 +3,7 @@
 import comfy.patcher_extension
 
 from ..unhype import TargetMismatchError, resolve_targets
-from .dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA
+from .dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA, mark_positive
 
 
 def describe_model(model) -> str:
@@ -49,8 +49,9 @@ class ApplyDynamicLoRA:
                 f"{unhype.info.base_arch} (target preset {unhype.info.target_preset}), but the "
                 f"model is {describe_model(m)}. {error}"
             ) from None
-        m.add_wrapper_with_key(
-            comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-            DynamicLoRA(unhype, strength, mode),
-        )
+        wrappers = comfy.patcher_extension.WrappersMP
+        m.add_wrapper_with_key(wrappers.APPLY_MODEL, WRAPPER_KEY,
+                               DynamicLoRA(unhype, strength, mode))
+        if mode == "conditional only" and not m.get_wrappers(wrappers.PREDICT_NOISE, WRAPPER_KEY):
+            m.add_wrapper_with_key(wrappers.PREDICT_NOISE, WRAPPER_KEY, mark_positive)
         return (m,)

@@ -20,7 +20,9 @@ from ..unhype.hypernet import RowFactors
 EMBEDDING_KEY = "unhype_embedding"
 WRAPPER_KEY = "unhype"
 MODES = ("conditional only", "all rows")
-UNCOND = 1  # value of transformer_options["cond_or_uncond"] for the negative chunk
+UNCOND = 1  # value of transformer_options["cond_or_uncond"] for the negative chunk (plain CFG)
+POSITIVE_UUIDS = "unhype_positive_uuids"  # transformer_options key set by mark_positive
+NEGATIVE_UUIDS = "unhype_negative_uuids"
 
 
 def pack_embedding(pooled: torch.Tensor) -> torch.Tensor:
@@ -29,20 +31,61 @@ def pack_embedding(pooled: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones(1, 1), pooled], dim=1)
 
 
-def select_rows(embedding: torch.Tensor, mode: str, cond_or_uncond) -> torch.Tensor:
-    """Rows that get a LoRA: flagged rows, minus the negative chunks in "conditional only"."""
+def conditional_chunks(transformer_options: dict) -> list[bool] | None:
+    """Which chunks of this model call carry the guider's positive conditioning.
+
+    The guider's own "positive" / "negative" lists (by cond uuid, recorded by mark_positive) decide
+    where they are known: guiders order chunks differently (DualCFG passes [negative, middle,
+    positive]; Self-Attention Guidance runs the negative alone as chunk 0). ComfyUI gives a
+    negative area-copy of a positive area cond the positive's uuid: such shared uuids, and chunks
+    of unknown origin, fall back to plain CFG's convention (cond_or_uncond 1 = negative).
+    """
+    order = transformer_options.get("cond_or_uncond")
+    if not order:
+        return None
+    uuids = transformer_options.get("uuids") or [None] * len(order)
+    positive = transformer_options.get(POSITIVE_UUIDS, frozenset())
+    negative = transformer_options.get(NEGATIVE_UUIDS, frozenset())
+    chunks = []
+    for index, uuid in zip(order, uuids):
+        if uuid in positive and uuid not in negative:
+            chunks.append(True)
+        elif uuid in negative and uuid not in positive:
+            chunks.append(False)
+        else:
+            chunks.append(index != UNCOND)
+    return chunks
+
+
+def select_rows(embedding: torch.Tensor, mode: str, transformer_options: dict) -> torch.Tensor:
+    """Rows that get a LoRA: flagged rows, minus the non-positive chunks in "conditional only"."""
     selected = embedding[:, 0].float() > 0.5
-    if mode == "conditional only" and cond_or_uncond:
-        rows, chunks = embedding.shape[0], len(cond_or_uncond)
-        if rows % chunks:
+    chunks = conditional_chunks(transformer_options) if mode == "conditional only" else None
+    if chunks:
+        rows = embedding.shape[0]
+        if rows % len(chunks):
             raise RuntimeError(
-                f"UnHype: a batch of {rows} rows cannot be split into the {chunks} chunks "
-                f"ComfyUI announced ({list(cond_or_uncond)})"
+                f"UnHype: a batch of {rows} rows cannot be split into the {len(chunks)} chunks "
+                f"ComfyUI announced ({transformer_options.get('cond_or_uncond')})"
             )
-        per_chunk = rows // chunks
-        keep = torch.tensor([c != UNCOND for c in cond_or_uncond], device=selected.device)
-        selected = selected & keep.repeat_interleave(per_chunk)
+        keep = torch.tensor(chunks, device=selected.device)
+        selected = selected & keep.repeat_interleave(rows // len(chunks))
     return selected.nonzero().flatten().cpu()
+
+
+def mark_positive(executor, x, timestep, model_options=None, seed=None):
+    """PREDICT_NOISE wrapper: tell the APPLY_MODEL wrapper which conds are the guider's positive
+    and negative ones, through a copy of model_options (nothing shared is modified)."""
+    conds = getattr(executor.class_obj, "conds", None) or {}
+
+    def uuids(key):
+        return frozenset(c["uuid"] for c in conds.get(key) or [] if c and "uuid" in c)
+
+    options = dict(model_options or {})
+    transformer = dict(options.get("transformer_options", {}))
+    transformer[POSITIVE_UUIDS], transformer[NEGATIVE_UUIDS] = uuids("positive"), uuids("negative")
+    options["transformer_options"] = transformer
+    return executor(x, timestep, options, seed)
 
 
 class DynamicLoRA:
@@ -130,7 +173,7 @@ class DynamicLoRA:
             raise RuntimeError(
                 f"UnHype: {embedding.shape[0]} embedding rows for a batch of {x.shape[0]} rows"
             )
-        rows = select_rows(embedding, self.mode, transformer_options.get("cond_or_uncond"))
+        rows = select_rows(embedding, self.mode, transformer_options)
         if rows.numel() == 0:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         base_model = executor.class_obj

@@ -66,11 +66,13 @@ def merged_reference(base_model, network, embedding, strength, extra_deltas=None
     return ref
 
 
-def call_model(patcher, x, sigma, context, embedding=None, cond_or_uncond=None, **extra):
+def call_model(patcher, x, sigma, context, embedding=None, cond_or_uncond=None,
+               transformer_options_extra=None, **extra):
     """One apply_model call of the patcher's BaseModel with the patcher's wrappers, as
     calc_cond_batch makes it (cond_or_uncond and the row-aligned embedding kwarg included)."""
     ns = host()[0]
     options = {"wrappers": ns.comfy.patcher_extension.copy_nested_dicts(patcher.wrappers)}
+    options.update(transformer_options_extra or {})
     if cond_or_uncond is not None:
         options["cond_or_uncond"] = list(cond_or_uncond)
     kwargs = dict(extra)

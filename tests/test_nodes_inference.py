@@ -290,3 +290,65 @@ def test_two_apply_nodes_stack(tiny, network):
                                        c_crossattn=context[row:row + 1])
         torch.testing.assert_close(out[row:row + 1], expected, rtol=1e-4, atol=1e-5)
     assert hooks_left(tiny.model) == []
+
+
+def test_conditional_only_follows_the_guiders_positive(tiny, network):
+    """The guider's own positive/negative lists decide, not the chunk index: DualCFG passes
+    [negative, middle, positive] and Self-Attention Guidance runs the negative alone as chunk 0."""
+    x, sigma, context, pooled = batch()
+    patched = apply(tiny, network)
+    base = call_model(tiny, x, sigma, context)
+    options = {"unhype_positive_uuids": frozenset({"p"}), "unhype_negative_uuids": frozenset({"n"}),
+               "uuids": ["n", "m", "p"]}
+    out = call_model(patched, x, sigma, context, packed(pooled), cond_or_uncond=[0, 1, 2],
+                     transformer_options_extra=options)
+    assert torch.equal(out[0], base[0]) and torch.equal(out[1], base[1])
+    expected = reference_row(tiny, network, 2, x, sigma, context, pooled, 1.0)
+    torch.testing.assert_close(out[2:3], expected, rtol=1e-4, atol=1e-5)
+    sag = {**options, "uuids": ["n"]}  # the negative alone, labelled 0
+    out = call_model(patched, x[:1], sigma[:1], context[:1], packed(pooled[:1]),
+                     cond_or_uncond=[0], transformer_options_extra=sag)
+    assert torch.equal(out, call_model(tiny, x[:1], sigma[:1], context[:1]))
+
+
+class Spy:
+    """Outer APPLY_MODEL wrapper: keeps each call's inputs and output."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options,
+                 **kwargs):
+        out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        self.calls.append((x, t, c_crossattn, list(transformer_options["uuids"]), kwargs, out))
+        return out
+
+
+def test_dual_cfg_guider_gives_lora_to_the_positive_only(tiny, network):
+    ns = host()[0]
+    from comfy_extras.nodes_custom_sampler import Guider_DualCFG
+
+    run = node("UnHypeConditioner")().condition
+    pos, middle, neg = (run(ch.make_cond(D, seed=s), network)["result"][0] for s in (40, 41, 42))
+    spy = Spy()
+    spied = tiny.clone()
+    spied.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "spy", spy)
+    patched = apply(spied, network)  # "unhype" runs inside "spy"
+    guider = Guider_DualCFG(patched)
+    guider.set_conds(pos, middle, neg)
+    guider.set_cfg(3.0, 2.0, nested=True)
+    latent = torch.zeros(1, 4, 8, 8)
+    sigmas = ns.samplers.calculate_sigmas(tiny.get_model_object("model_sampling"), "normal", 2)
+    sampler = ns.samplers.sampler_object("euler")
+    guider.sample(ns.sample.prepare_noise(latent, 0), latent, sampler, sigmas, disable_pbar=True,
+                  seed=0)
+    x, t, context, uuids, kwargs, out = spy.calls[0]
+    assert x.shape[0] == 3  # one call for negative, middle and positive
+    positive = {c["uuid"] for c in guider.original_conds["positive"]}
+    base = call_model(tiny, x, t, context)
+    for row, uuid in enumerate(uuids):
+        if uuid in positive:
+            assert not torch.equal(out[row], base[row])
+        else:
+            assert torch.equal(out[row], base[row])
+    assert sum(u in positive for u in uuids) == 1
