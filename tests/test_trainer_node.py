@@ -175,9 +175,12 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run
     assert "saved cancelled_2.safetensors" in straight["ui"]["text"][0]  # never overwritten
     assert (folders["unhype"] / "cancelled_2.safetensors").is_file()
     assert (folders["unhype_checkpoints"] / "cancelled_2.safetensors").is_file()
+    # Tolerance: one Adam step moves a weight by ~lr = 1e-3. Runs on a loaded 2-core machine
+    # were seen to differ by up to 2.2e-5 in a few elements (CPU float reductions), identical
+    # otherwise; 1e-4 is a tenth of a step.
     reference = straight["result"][0].module.state_dict()
     for name, value in resumed.module.state_dict().items():
-        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(value, reference[name], rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("given, expected", [
