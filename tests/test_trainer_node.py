@@ -137,6 +137,17 @@ def test_trainer_rejects_bad_inputs_with_clear_errors(tiny_model, tiny_clip, fol
         run_trainer(tiny_model, tiny_clip, resume="junk.safetensors")
     with pytest.raises(ValueError, match="not found"):
         run_trainer(tiny_model, tiny_clip, resume="missing.safetensors")
+    # an UnHype network (not a checkpoint) put in the checkpoints folder
+    from _nodes_helpers import make_network
+
+    network = make_network(tiny_model.model.diffusion_model, embed_dim=64)
+    host()[2].save_unhype(str(folders["unhype_checkpoints"] / "net.safetensors"), network)
+    with pytest.raises(ValueError, match="not an UnHype training checkpoint"):
+        run_trainer(tiny_model, tiny_clip, resume="net.safetensors")
+    # a real checkpoint, resumed with other settings
+    run_trainer(tiny_model, tiny_clip, steps=1, save_name="other")
+    with pytest.raises(ValueError, match="cannot continue this training.*same model and settings"):
+        run_trainer(tiny_model, tiny_clip, steps=2, eta=0.5, resume="other.safetensors")
 
 
 def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run(
