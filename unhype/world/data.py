@@ -68,7 +68,7 @@ COLOUR_ONLY_TEMPLATES: tuple[str, ...] = ("a {colour} shape", "something {colour
 SHAPE_ONLY_TEMPLATES: tuple[str, ...] = ("a {shape}", "a photo of a {shape}", "{shape}")
 
 PARAPHRASES: tuple[str, ...] = (
-    "a picture with a {colour} {shape} in it",
+    "a {colour} {shape} in a small picture",
     "a dark image of one {colour} {shape}",
     "a {colour} {shape} that is small",
     "the picture is of a {colour} {shape}",

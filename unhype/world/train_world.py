@@ -28,6 +28,7 @@ HELD_OUT_IMAGES = 2_000
 HELD_OUT_SEED_OFFSET = 1_000
 SAMPLE_BATCH = 50
 PROMPT_DROPOUT = 0.1
+UNET_SAVE_EVERY = 250
 
 
 def _cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -100,7 +101,7 @@ def train_clip(out: str, seed: int, steps: int, batch: int = 128, lr: float = 1e
 def train_unet(
     out: str, seed: int, steps: int, batch: int = 64, lr: float = 1e-3, ema_decay: float = 0.998
 ) -> None:
-    """eps-prediction DDPM on the frozen CLIP's per-token states, 10% empty prompts for CFG."""
+    """DDPM (velocity loss, eps output) on the frozen CLIP states; 10% empty prompts for CFG."""
     torch.manual_seed(seed)
     clip = load_tiny_clip(os.path.join(out, tiny_clip.WEIGHTS_FILE))
     data = make_dataset(TRAIN_IMAGES, seed)
@@ -130,18 +131,25 @@ def train_unet(
         x0 = to_float(data.images[idx]) * 2 - 1
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(TRAIN_STEPS, (batch,), generator=generator)
-        loss = F.mse_loss(unet(schedule.add_noise(x0, noise, t), t, context), noise)
+        a = schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+        velocity = a.sqrt() * noise - (1 - a).sqrt() * x0
+        loss = F.mse_loss(unet.velocity(schedule.add_noise(x0, noise, t), t, context), velocity)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
+        # EMA warm-up: a plain EMA keeps a share of the zero-initialised output layers for
+        # thousands of steps, which shrinks every eps prediction and leaves noise in samples.
+        decay = min(ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                e.lerp_(p, 1 - ema_decay)
+                e.lerp_(p, 1 - decay)
         if step % 100 == 0 or step == steps - 1:
             _log(f"unet step {step} loss {loss.item():.4f} {time.time() - start:.0f}s")
+        if (step + 1) % UNET_SAVE_EVERY == 0 or step == steps - 1:
+            # Rewritten as training goes, so a run cut short still leaves usable weights.
+            save_tiny_unet(ema, os.path.join(out, tiny_unet.WEIGHTS_FILE))
     _log(f"unet done: {time.time() - start:.0f}s")
-    save_tiny_unet(ema, os.path.join(out, tiny_unet.WEIGHTS_FILE))
 
 
 def evaluate_samples(out: str, seed: int, samples: int) -> None:
