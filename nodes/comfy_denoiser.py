@@ -246,11 +246,14 @@ class ComfyDenoiser:
         prompts = list(prompts)
         if len(prompts) != x_t.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {x_t.shape[0]} rows")
+        entries = [self._processed_cond(p) for p in prompts]
+        # Encoding a new prompt loads the CLIP, which may have pushed the UNet out of VRAM on a
+        # small GPU: make sure it is (fully) loaded, as every sampler call does. Cheap when it is.
+        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
         x_t = x_t.to(self.device)
         t = t.to(self.device).float()
         parts, uuids = [], []
-        for row, prompt in enumerate(prompts):
-            entry = self._processed_cond(prompt)
+        for row, entry in enumerate(entries):
             part = comfy.samplers.get_area_and_mult(entry, x_t[row:row + 1], t[row:row + 1])
             parts.append(part.conditioning)
             uuids.append(entry.get("uuid", uuid.uuid4()))
