@@ -1,17 +1,12 @@
 """The core trainer on a small real denoiser: erasure happens, nothing is lost, runs repeat."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from toy_denoiser import ToyDenoiser  # noqa: E402
-
-import unhype  # noqa: E402
-from unhype.prompts import Concept, builtin_retain_prompts  # noqa: E402
-from unhype.training import TrainConfig, Trainer, TrainingDivergedError  # noqa: E402
+import unhype
+from toy_denoiser import ToyDenoiser
+from unhype.prompts import Concept, builtin_retain_prompts
+from unhype.training import TrainConfig, Trainer, TrainingDivergedError
 
 TEMPLATES = ["a photo of {}", "{}", "a {} in a field"]
 

@@ -25,9 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(concept=args.concept, out=args.out, steps=args.steps, samples=args.samples,
                  seed=args.seed)
         return 0
-    from .headless import train_from_config
+    from .headless import ConfigError, train_from_config
 
-    train_from_config(args.config)
+    try:
+        train_from_config(args.config)
+    except ConfigError as error:
+        print(f"python -m unhype train: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

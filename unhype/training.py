@@ -176,7 +176,7 @@ class Trainer:
         T = self.module.config.trajectory_length
         if self.config.objective == "direct":
             loss = self._esd_loss(self.module(embedding, T), x_t, t, prompt, target)
-            return loss, float(loss)
+            return loss, float(loss.detach())
         s = self._randint(T)
         now = self.module(embedding, s)
         leaves = _detached_leaves(now)
@@ -342,8 +342,12 @@ class Trainer:
 
 
 def _config_record(config: TrainConfig) -> dict:
-    """The settings a resume must share with the run it continues (steps may grow)."""
+    """The settings a resume must share with the run it continues.
+
+    Steps may grow, and how often to log or checkpoint does not change the result.
+    """
     record = asdict(config)
-    record.pop("steps")
+    for free in ("steps", "log_every", "checkpoint_every"):
+        record.pop(free)
     record["concepts"] = [[c.name, c.anchor] for c in config.concepts]
     return record
