@@ -1,0 +1,249 @@
+"""Erasure measured end to end in the proving ground, with the same code path as the nodes.
+
+Mirrors the paper's object protocol on colours: efficacy (the erased colour is no longer
+generated for its own prompts), specificity (other colours intact), generality (synonyms held out
+from the hypernetwork's training are erased too), H_o = their harmonic mean, plus prompts in
+sentence templates never seen in any training (paraphrases). Images are judged by the tiny CLIP
+zero-shot and by the independent pixel judge.
+
+Scores are relative to the base model on the same prompts and the same noise (paired): the tiny
+model does not paint every prompt's colour, so raw accuracies are reported alongside.
+"""
+
+import random
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..hypernet import HyperNetConfig, RowFactors
+from ..lora import row_lora
+from ..network import NetworkInfo, UnHypeNetwork
+from ..prompts import Concept
+from ..targets import targets_from_preset
+from ..training import TrainConfig, Trainer
+from . import World
+from .data import COLOURS, PARAPHRASES, SHAPES, TEMPLATES
+
+COLOUR_INDEX = {c.word: i for i, c in enumerate(COLOURS)}
+
+
+@dataclass
+class ErasureTask:
+    """Which colours to erase; every prompt set follows from that."""
+
+    erase: list[str]
+
+    def __post_init__(self):
+        unknown = [c for c in self.erase if c not in COLOUR_INDEX]
+        if unknown or not self.erase:
+            raise ValueError(
+                f"colours to erase must be among {list(COLOUR_INDEX)}, got {self.erase}"
+            )
+
+    @property
+    def kept(self) -> list[str]:
+        return [c.word for c in COLOURS if c.word not in self.erase]
+
+    def training_templates(self) -> list[str]:
+        """Caption templates with the colour slot left open, main shape words only."""
+        return [t.format(colour="{}", shape=s.word) for t in TEMPLATES for s in SHAPES]
+
+    def retain_prompts(self) -> list[str]:
+        return [fill_colour(t, c) for c in self.kept for t in self.training_templates()]
+
+    def prompt_sets(self) -> dict[str, list[tuple[str, int]]]:
+        """(prompt, intended colour index) per evaluation set."""
+
+        def prompts(words, templates, colour_of):
+            return [
+                (t.format(colour=w, shape=s.word), COLOUR_INDEX[colour_of(w)])
+                for w in words for t in templates for s in SHAPES
+            ]
+
+        synonym_of = {syn: c.word for c in COLOURS for syn in c.synonyms}
+        synonyms = [s for c in COLOURS if c.word in self.erase for s in c.synonyms]
+        return {
+            "erased": prompts(self.erase, TEMPLATES, lambda w: w),
+            "synonyms": prompts(synonyms, TEMPLATES, synonym_of.get),
+            "paraphrases": prompts(self.erase, PARAPHRASES, lambda w: w),
+            "others": prompts(self.kept, TEMPLATES, lambda w: w),
+        }
+
+
+def fill_colour(template: str, colour: str) -> str:
+    return template.format(colour)
+
+
+# -- ways of changing the world's model at sampling time --------------------------------------
+
+SamplingPatch = Callable[[list[str], torch.Tensor], object]
+
+
+def unhype_patch(world: World, network: UnHypeNetwork, strength: float = 1.0) -> SamplingPatch:
+    """Per-row LoRA on the conditional rows only, factors once per distinct prompt: the nodes'
+    "conditional only" mode."""
+    cache: dict[str, RowFactors] = {}
+
+    @contextmanager
+    def patch(row_prompts: list[str], cond_mask: torch.Tensor):
+        rows = cond_mask.nonzero().flatten()
+        prompts = [row_prompts[i] for i in rows.tolist()]
+        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if missing:
+            factors = network.factors(world.denoiser.embed(missing))
+            for index, prompt in enumerate(missing):
+                cache[prompt] = {n: RowFactors(f.down[index:index + 1], f.up[index:index + 1])
+                                 for n, f in factors.items()}
+        stacked = {
+            name: RowFactors(torch.cat([cache[p][name].down for p in prompts]),
+                             torch.cat([cache[p][name].up for p in prompts]))
+            for name in cache[prompts[0]]
+        }
+        with row_lora(world.unet, network.targets, stacked, rows=rows, scale=strength,
+                      norm_cap=network.config.norm_cap):
+            yield
+
+    return patch
+
+
+@dataclass
+class StaticLoRA:
+    """An ordinary LoRA (one set of factors for every prompt), the ESD-x baseline."""
+
+    targets: list
+    factors: dict[str, RowFactors]
+
+    def patch(self, world: World) -> SamplingPatch:
+        @contextmanager
+        def patch(row_prompts: list[str], cond_mask: torch.Tensor):
+            rows = len(row_prompts)
+            expanded = {n: RowFactors(f.down.expand(rows, -1, -1), f.up.expand(rows, -1, -1))
+                        for n, f in self.factors.items()}
+            with row_lora(world.unet, self.targets, expanded):
+                yield
+
+        return patch
+
+
+# -- training ---------------------------------------------------------------------------------
+
+def train_unhype(world: World, task: ErasureTask, *, variant: str = "paper",
+                 objective: str = "trajectory", steps: int = 600, seed: int = 0,
+                 rank: int = 4, hidden: int = 128, learning_rate: float = 1e-3,
+                 removal_step: float = 1.0, eta: float = 1.0, retain_weight: float = 1.0,
+                 trajectory_length: int = 50, on_progress=None) -> tuple[UnHypeNetwork, dict]:
+    """An UnHype network for the world, trained on main colour words and caption templates."""
+    targets = targets_from_preset(world.unet, "sd-cross-kv")
+    net_config = HyperNetConfig(embed_dim=world.clip.model.ln_final.normalized_shape[0],
+                                rank=rank, hidden=hidden, trajectory_length=trajectory_length,
+                                variant=variant, compact_trunk=hidden, compact_code=64,
+                                compact_layer_embed=16, seed=seed)
+    config = TrainConfig(
+        concepts=[Concept(c, "") for c in task.erase], retain_prompts=task.retain_prompts(),
+        templates=task.training_templates(), objective=objective, steps=steps,
+        learning_rate=learning_rate, eta=eta, removal_step=removal_step,
+        retain_weight=retain_weight, xt_cache_size=32, seed=seed, log_every=25,
+        lr_every=max(steps // 3, 1))
+    info = NetworkInfo("proving-ground", "sd-cross-kv", embedding_source="proving-ground tiny CLIP",
+                       title=f"proving ground: erase {', '.join(task.erase)}")
+    trainer = Trainer(world.denoiser, net_config, targets, info, config)
+    result = trainer.run(on_progress=on_progress)
+    return result.network, {"seconds": result.seconds, "xt_samplings": result.xt_samplings,
+                            "xt_seconds": result.xt_seconds, "history": result.history}
+
+
+def train_static_esd(world: World, task: ErasureTask, *, steps: int = 300, seed: int = 0,
+                     rank: int = 4, learning_rate: float = 3e-3, eta: float = 1.0) -> StaticLoRA:
+    """Plain ESD-x: one rank-r LoRA on the cross-attention k/v, no retention term."""
+    targets = targets_from_preset(world.unet, "sd-cross-kv")
+    generator = torch.Generator().manual_seed(seed)
+    factors = {
+        t.name: RowFactors(
+            (torch.randn(1, rank, t.in_features, generator=generator) / t.in_features**0.5)
+            .requires_grad_(True),
+            torch.zeros(1, t.delta_features, rank, requires_grad=True),
+        )
+        for t in targets
+    }
+    optimizer = torch.optim.Adam([x for f in factors.values() for x in (f.down, f.up)],
+                                 lr=learning_rate)
+    templates, picker = task.training_templates(), random.Random(seed)
+    pool = []
+    for _ in range(steps):
+        if len(pool) < 32:
+            prompt = fill_colour(picker.choice(templates), picker.choice(task.erase))
+            x_t, t = world.denoiser.sample_xt(prompt, 1, generator)
+            pool.append((x_t, t, prompt))
+        x_t, t, prompt = pool[picker.randrange(len(pool))]
+        with torch.no_grad():
+            anchored = world.denoiser.predict(x_t, t, [""])
+            concept = world.denoiser.predict(x_t, t, [prompt])
+            target = anchored - eta * (concept - anchored)
+        with row_lora(world.unet, targets, factors):
+            predicted = world.denoiser.predict(x_t, t, [prompt])
+        loss = torch.nn.functional.mse_loss(predicted, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    frozen = {n: RowFactors(f.down.detach(), f.up.detach()) for n, f in factors.items()}
+    return StaticLoRA(targets, frozen)
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+def generate(world: World, prompts: list[str], seed: int, patch: SamplingPatch | None = None,
+             batch: int = 64, steps: int = 25, guidance: float = 4.0) -> torch.Tensor:
+    """Images for the prompts; the same seed gives the same noise with or without a patch."""
+    images = []
+    for start in range(0, len(prompts), batch):
+        generator = torch.Generator().manual_seed(seed + start)
+        images.append(world.denoiser.sample(prompts[start:start + batch], generator, steps=steps,
+                                            guidance=guidance, unet_context=patch))
+    return torch.cat(images)
+
+
+def draw_prompts(task: ErasureTask, per_set: int, seed: int) -> dict[str, list[tuple[str, int]]]:
+    picker = random.Random(seed)
+    return {name: [picker.choice(items) for _ in range(per_set * (3 if name == "others" else 1))]
+            for name, items in task.prompt_sets().items()}
+
+
+def judge_accuracy(world: World, images: torch.Tensor, colours: list[int]) -> dict[str, float]:
+    intended = torch.tensor(colours)
+    return {
+        "clip": float((world.judge.clip_colour(images) == intended).float().mean()),
+        "pixel": float((world.judge.pixel_colour(images) == intended).float().mean()),
+    }
+
+
+def accuracies(world: World, drawn: dict, seed: int, patch: SamplingPatch | None = None) -> dict:
+    """Share of images in each set that show the prompt's colour, per judge."""
+    result = {}
+    for index, (name, items) in enumerate(drawn.items()):
+        images = generate(world, [p for p, _ in items], seed + 100_000 * index, patch)
+        result[name] = judge_accuracy(world, images, [c for _, c in items])
+    return result
+
+
+def _harmonic(values: list[float]) -> float:
+    return 0.0 if min(values) <= 0 else len(values) / sum(1 / v for v in values)
+
+
+def scores(before: dict, after: dict, judge: str) -> dict[str, float]:
+    """Efficacy, specificity, generality, paraphrase efficacy and H_o relative to the base."""
+
+    def removed(name):
+        base = before[name][judge]
+        return max(0.0, min(1.0, 1 - after[name][judge] / base)) if base else 0.0
+
+    specificity = min(1.0, after["others"][judge] / max(before["others"][judge], 1e-9))
+    efficacy, generality = removed("erased"), removed("synonyms")
+    return {
+        "efficacy": efficacy,
+        "specificity": specificity,
+        "generality": generality,
+        "paraphrase_efficacy": removed("paraphrases"),
+        "h_o": _harmonic([efficacy, specificity, generality]),
+    }
