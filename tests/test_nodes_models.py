@@ -174,3 +174,44 @@ def test_lowvram_with_ordinary_lora():
         expected = run_rows(ref, call, slice(row, row + 1))
         torch.testing.assert_close(out[row:row + 1], expected, rtol=1e-4, atol=1e-5)
     assert hooks_left(model.model) == []
+
+
+def test_with_controlnet():
+    """A tiny ControlNet (ComfyUI's cldm class) applied with ControlNetApplyAdvanced on the
+    conditioned positive and negative: cond+uncond stay one call, both ControlNet and UnHype act."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+
+    ns = host()[0]
+    model = ch.build_tiny_sd1_model(ns, seed=4)
+    network = make_network(model.model.diffusion_model, embed_dim=64, seed=12)
+    config = {k: v for k, v in ch.TINY_SD1_UNET_CONFIG.items()
+              if k not in ("out_channels", "transformer_depth_output", "use_temporal_attention",
+                           "use_temporal_resblock")}
+    config.update(num_heads=8, num_head_channels=-1)  # what SD15.unet_extra_config adds
+    control_model = comfy.cldm.cldm.ControlNet(hint_channels=3, **config,
+                                               operations=comfy.ops.disable_weight_init)
+    ch.fill_random_(control_model, seed=13, std=0.05)
+    control = comfy.controlnet.ControlNet(control_model, load_device=torch.device("cpu"))
+    run = node("UnHypeConditioner")().condition
+    pos = run(ch.make_cond(64, seed=21), network)["result"][0]
+    neg = run(ch.make_cond(64, seed=22), network)["result"][0]
+    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    cpos, cneg = ch.run_node(ns.nodes.ControlNetApplyAdvanced, positive=pos, negative=neg,
+                             control_net=control, image=hint, strength=1.0, start_percent=0.0,
+                             end_percent=1.0)
+    patched = node("ApplyDynamicLoRA")().apply(model, network, 1.0, "all rows")[0]
+    calls = []
+    patched.add_wrapper_with_key(
+        ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "log",
+        lambda executor, x, *args, **kwargs: calls.append(
+            (x.shape[0], args[2] is not None)) or executor(x, *args, **kwargs))
+    with_both = ch.sample_steps(ns, patched, cpos, cneg, steps=2)
+    assert calls and all(rows == 2 and has_control for rows, has_control in calls)
+    without_unhype = ch.sample_steps(ns, model, cpos, cneg, steps=2)
+    without_control = ch.sample_steps(ns, patched, pos, neg, steps=2)
+    assert torch.isfinite(with_both).all()
+    assert not torch.equal(with_both, without_unhype) and not torch.equal(with_both,
+                                                                          without_control)
+    assert hooks_left(model.model) == [] and hooks_left(control_model) == []
