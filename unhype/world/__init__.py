@@ -5,11 +5,17 @@ pixel-space DDPM UNet with SD-style attention names (`tiny_unet`), judges (`judg
 `Denoiser` adapter the UnHype trainer drives (`denoiser`). `load_world()` loads the committed
 weights in `weights/` (safetensors, fp16 storage, fp32 compute).
 
-How the weights were made (single CPU thread, shared 2-core machine):
+How the weights were made (one torch thread each, on a 2-core machine shared with other jobs;
+both runs are bit-for-bit deterministic for a given seed):
     python -m unhype.world.train_world clip --out unhype/world/weights --seed 0 --steps 1200
+        1,022 s wall (9.5 min CPU); zero-shot on 2,000 held-out real renders: colour 100.0%,
+        shape 99.8%.
     python -m unhype.world.train_world unet --out unhype/world/weights --seed 0 --steps 3000
-    python -m unhype.world.train_world eval --out unhype/world/weights --seed 0
-Measured: see MEASURED below.
+        1,832 s wall (24 min CPU), batch 64, AdamW 1e-3 cosine, EMA 0.998 with warm-up.
+    python -m unhype.world.train_world eval --out unhype/world/weights --seed 0 --samples 200
+        200 samples of "a photo of a {colour} {shape}" (DDIM 25, CFG 4): prompted colour 100%
+        (pixel judge) / 100% (CLIP judge), prompted shape 88.5% (CLIP judge); 0.12 s a sample.
+        Synonym and paraphrase prompts (160 each): colour 100% / 100%, shape 86%.
 """
 
 import os
