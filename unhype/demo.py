@@ -26,7 +26,7 @@ from .world.erasure import (
     unhype_patch,
 )
 
-DEMO_STEPS = 600
+DEMO_STEPS = 300
 # The paper's trajectory objective did not erase within a CPU-sized budget in this world (see the
 # README's results table); the direct objective does, so the demo uses it.
 DEMO_OBJECTIVE = "direct"
