@@ -15,7 +15,6 @@ import atexit
 import contextlib
 import hashlib
 import importlib.machinery
-import importlib.util
 import inspect
 import json
 import os
@@ -285,17 +284,9 @@ def load_pack(root: Path = REPO_ROOT, module_name: str = PACK_MODULE_NAME) -> ty
     init = Path(root) / "__init__.py"
     if not init.is_file():
         raise FileNotFoundError(f"pack entry point {init} does not exist")
-    spec = importlib.util.spec_from_file_location(
-        module_name, init, submodule_search_locations=[str(root)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    return module
+    from unhype.headless import load_package
+
+    return load_package(module_name, Path(root))
 
 
 def pack_node_classes(module: types.ModuleType) -> dict[str, Any]:

@@ -245,16 +245,24 @@ def import_pack(comfyui: Path, device: str = "auto"):
             if not torch.cuda.is_available():
                 raise ConfigError("device = 'gpu' but PyTorch sees no CUDA GPU: use 'auto' or "
                                   "'cpu'")
-    if PACK_MODULE in sys.modules:
-        return sys.modules[PACK_MODULE]
+    return load_package(PACK_MODULE, Path(root))
+
+
+def load_package(name: str, root: Path):
+    """Import `root/__init__.py` as package `name`, as ComfyUI loads a custom node folder.
+
+    Imported once; a failed import leaves nothing behind in sys.modules.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(
-        PACK_MODULE, Path(root) / "__init__.py", submodule_search_locations=[root])
+        name, Path(root) / "__init__.py", submodule_search_locations=[str(root)])
     module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_MODULE] = module
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        sys.modules.pop(PACK_MODULE, None)
+        sys.modules.pop(name, None)
         raise
     return module
 

@@ -186,6 +186,17 @@ class HyperNetwork(nn.Module):
         return factors
 
 
+    def untouched(self, rows: int) -> Factors:
+        """The factors at s = 0 for any prompt (alpha0·A0 and zero), without a forward pass."""
+        return {
+            target.name: RowFactors(
+                (self.config.alpha0 * getattr(self, f"down0_{index}")).expand(rows, -1, -1),
+                self.alpha.new_zeros(rows, target.delta_features, self.config.rank),
+            )
+            for index, target in enumerate(self.targets)
+        }
+
+
 def lora_norm(factors: Factors) -> torch.Tensor:
     """Per-row size of the generated LoRA: sqrt(sum over layers of ||up @ down||_F^2).
 

@@ -201,8 +201,7 @@ class Trainer:
         embeddings = self._embed([prompts[i] for i in picks])
         T = self.module.config.trajectory_length
         s = T if self.config.objective == "direct" else self._randint(T + 1)
-        with torch.no_grad():
-            untouched = self.module(embeddings, 0)
+        untouched = self.module.untouched(len(picks))
         return _factor_mse(self.module(embeddings, s), untouched)
 
     def _optimise(self, name: str, loss: torch.Tensor) -> None:
