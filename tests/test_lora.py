@@ -214,6 +214,32 @@ def test_norm_cap_in_row_lora_delta():
     torch.testing.assert_close(cosine, torch.ones_like(cosine))
 
 
+def test_norm_cap_is_measured_over_one_copy_of_repeated_tokens():
+    """ComfyUI repeats a shorter context to batch it with a longer one: the capped output of
+    each copy must equal the row's capped output alone (which is what the attention sees)."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 7, IN, generator=generator, dtype=torch.float64)
+    factors = RowFactors(torch.randn(2, RANK, IN, generator=generator, dtype=torch.float64),
+                         torch.randn(2, HID, RANK, generator=generator, dtype=torch.float64))
+    scale = torch.tensor([1.0, -0.5])
+    cap = 0.5 * float(row_lora_delta(x, factors, scale).flatten(1).norm(dim=1).min())
+    alone = row_lora_delta(x, factors, scale, norm_cap=cap)
+    for copies in (2, 3):
+        repeated = row_lora_delta(x.repeat(1, copies, 1), factors, scale, norm_cap=cap)
+        for k in range(copies):
+            torch.testing.assert_close(repeated[:, 7 * k : 7 * (k + 1)], alone)
+    # a row whose own tokens repeat counts the same alone and repeated again
+    periodic = x[:, :1].repeat(1, 6, 1)
+    torch.testing.assert_close(row_lora_delta(periodic.repeat(1, 2, 1), factors, scale,
+                                              norm_cap=cap)[:, :6],
+                               row_lora_delta(periodic, factors, scale, norm_cap=cap))
+    # nearly repeated is not repeated: the whole row is measured
+    almost = x.repeat(1, 2, 1)
+    almost[0, -1, 0] += 1e-9
+    norms = row_lora_delta(almost, factors, scale, norm_cap=cap).flatten(1).norm(dim=1)
+    assert norms[0].item() == pytest.approx(cap) and norms[1].item() == pytest.approx(2**0.5 * cap)
+
+
 def test_norm_cap_through_hooks_and_slices():
     model = make_model().double()
     target = TARGETS[2]

@@ -352,3 +352,57 @@ def test_dual_cfg_guider_gives_lora_to_the_positive_only(tiny, network):
         else:
             assert torch.equal(out[row], base[row])
     assert sum(u in positive for u in uuids) == 1
+
+
+class RowSpy:
+    """Outer APPLY_MODEL wrapper: each call's chunk order and output."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options,
+                 **kwargs):
+        out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        self.calls.append((list(transformer_options["cond_or_uncond"]), c_crossattn.shape[1], out))
+        return out
+
+
+def first_call_rows(patched, positive, negative, cfg):
+    """{0: positive row, 1: negative row} of the first model call of a real sampling run."""
+    ns = host()[0]
+    spy = RowSpy()
+    spied = patched.clone()
+    spied.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "spy", spy)
+    ch.sample_steps(ns, spied, positive, negative, steps=1, cfg=cfg)
+    order, tokens, out = spy.calls[0]
+    return {kind: out[order.index(kind)] for kind in order}, tokens
+
+
+@pytest.mark.parametrize("mode", ["conditional only", "all rows"])
+def test_binding_cap_row_ignores_a_longer_companion(tiny, mode):
+    """A 77-token positive batched with a 154-token negative (ComfyUI repeats the positive's
+    context to 154 tokens): with a cap that binds, its row equals the positive sampled alone."""
+    run = node("UnHypeConditioner")().condition
+    positive = ch.make_cond(D, tokens=77, seed=50)
+    long_negative = ch.make_cond(D, tokens=154, seed=51)
+    free = make_network(tiny.model.diffusion_model, embed_dim=D, seed=1)
+    core = host()[2]
+    factors = free.factors(positive[0][1]["pooled_output"])
+    norms = torch.stack([core.row_lora_delta(positive[0][0], factors[t.name], torch.ones(1))
+                         .norm() for t in free.targets])
+    cap = float(norms.median())
+    network = make_network(tiny.model.diffusion_model, embed_dim=D, seed=1, norm_cap=cap)
+    assert 0 < int((norms > cap).sum()) < len(norms)  # the cap binds on some layers, not all
+    pos, neg = run(positive, network)["result"][0], run(long_negative, network)["result"][0]
+    patched = apply(tiny, network, 1.0, mode)
+
+    batched, tokens = first_call_rows(patched, pos, neg, cfg=5.0)
+    assert tokens == 154 and sorted(batched) == [0, 1]  # one call, the positive repeated
+    alone, tokens = first_call_rows(patched, pos, neg, cfg=1.0)  # cfg 1: the positive alone
+    assert tokens == 77 and list(alone) == [0]
+    base, _ = first_call_rows(tiny, pos, neg, cfg=1.0)
+    assert (alone[0] - base[0]).abs().max() > 1e-3  # the capped LoRA does something
+    torch.testing.assert_close(batched[0], alone[0], rtol=1e-5, atol=1e-6)
+    if mode == "all rows":  # the long negative's own row: its own 154 tokens, as when alone
+        neg_alone, _ = first_call_rows(patched, neg, pos, cfg=1.0)
+        torch.testing.assert_close(batched[1], neg_alone[0], rtol=1e-5, atol=1e-6)

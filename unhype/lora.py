@@ -21,7 +21,8 @@ def row_lora_delta(
     """LoRA output for each row of x [rows, ..., in] with that row's own factors.
 
     `scale` is [rows]. With `norm_cap`, each row's output is shrunk to at most that Frobenius
-    norm (the paper's per-sample clip), measured in float32.
+    norm (the paper's per-sample clip), measured in float32 over one copy of the row's tokens
+    (see `token_copies`), so the cap depends on the row's own prompt only.
     """
     rows = x.shape[0]
     flat = x.reshape(rows, -1, x.shape[-1])
@@ -31,9 +32,30 @@ def row_lora_delta(
     gain = scale.to(x.device, torch.float32)
     if norm_cap is not None:
         norms = delta.float().flatten(1).norm(dim=1) * gain.abs()
+        over = norms > norm_cap
+        if over.any():  # only a row over the cap can have repeats that matter
+            copies = torch.ones_like(norms)
+            copies[over] = token_copies(flat[over])
+            norms = norms / copies.sqrt()
         gain = gain * (norm_cap / norms.clamp_min(1e-12)).clamp(max=1.0)
     delta = delta * gain.to(x.dtype)[:, None, None]
     return delta.reshape(*x.shape[:-1], delta.shape[-1])
+
+
+def token_copies(flat: torch.Tensor) -> torch.Tensor:
+    """How many identical copies of a shorter token sequence each row of flat [rows, T, in] is.
+
+    ComfyUI batches a 77-token context with a 154-token one by repeating the shorter one; the
+    attention output does not change, and with this count the norm cap does not either. The
+    smallest period that divides T wins, which gives the same count for a row alone and repeated.
+    """
+    rows, tokens = flat.shape[:2]
+    copies = torch.ones(rows, device=flat.device)
+    for period in range(1, tokens // 2 + 1):
+        if tokens % period == 0:
+            repeats = (flat[:, period:] == flat[:, :-period]).flatten(1).all(dim=1)
+            copies = torch.where((copies == 1) & repeats, float(tokens // period), copies)
+    return copies
 
 
 def _hook(target: Target, factors: RowFactors, rows: torch.Tensor | None, scale, norm_cap):
