@@ -12,7 +12,9 @@ import io
 import math
 import os
 import re
+import sys
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,8 +37,8 @@ from .loader import register_model_folder
 
 CHECKPOINT_FOLDER = "unhype_checkpoints"
 EXTENSION = ".safetensors"
-_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
-             *(f"lpt{i}" for i in range(1, 10))}
+_RESERVED = {"con", "prn", "aux", "nul",  # Windows device names, also with any extension
+             *(f"{port}{n}" for port in ("com", "lpt") for n in "0123456789\u00b9\u00b2\u00b3")}
 
 
 def register_checkpoint_folder() -> None:
@@ -60,17 +62,37 @@ class TrainingError(ValueError):
 
 # -- names and folders --
 def sanitise_name(name: str) -> str:
-    """A file stem that stays inside its folder: no separators, no '..', no absolute path.
+    """A file stem that stays inside its folder and that common file systems accept.
 
-    Keeps letters, digits, '_', '-', '.' (others become '_'), drops a .safetensors suffix,
-    collapses dot runs, trims to 100 characters; an empty result becomes 'unhype'.
+    Keeps letters, marks and digits of any script (in NFC, so the name reads back as typed),
+    '_', '-' and '.'; every run of anything else (separators, spaces, symbols, control or
+    invisible characters, and what the file-system encoding cannot store) becomes one '_'.
+    Drops a .safetensors suffix, collapses dot runs, trims to 100 characters and 200 encoded
+    bytes (file names stop at 255 bytes; room for '_2' and suffixes), puts '_' before a Windows
+    device name; an empty result becomes 'unhype'.
     """
-    stem = str(name).strip()
+    encoding = sys.getfilesystemencoding()
+
+    def kept(char: str) -> bool:
+        if char in "_.-":
+            return True
+        if unicodedata.category(char)[0] not in "LMN":
+            return False
+        try:
+            char.encode(encoding)
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    stem = unicodedata.normalize("NFC", str(name)).strip()
     if stem.lower().endswith(EXTENSION):
         stem = stem[: -len(EXTENSION)]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+    stem = re.sub(r"/+", "_", "".join(c if kept(c) else "/" for c in stem))
     stem = re.sub(r"\.{2,}", ".", stem)
-    stem = stem.strip("._-")[:100].strip("._-")
+    stem = stem.strip("._-")[:100]
+    while len(stem.encode(encoding)) > 200:
+        stem = stem[:-1]
+    stem = stem.strip("._-")
     if not stem:
         stem = "unhype"
     if stem.split(".")[0].lower() in _RESERVED:
