@@ -13,5 +13,9 @@ from . import trainer  # noqa: E402  (the UnHype Trainer, nodes/trainer.py)
 
 NODES.append(("UnHypeTrainer", "UnHype Trainer", trainer.UnHypeTrainer))
 
+from . import proving_ground  # noqa: E402  (the world of unhype/world/ as MODEL, CLIP, VAE)
+
+NODES.append(("UnHypeProvingGround", "UnHype Proving Ground", proving_ground.UnHypeProvingGround))
+
 NODE_CLASS_MAPPINGS = {name: cls for name, _, cls in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {name: display for name, display, _ in NODES}

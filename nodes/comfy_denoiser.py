@@ -34,6 +34,8 @@ FAMILIES = {
     "sd2": {"resolution": 768, "target_preset": "sd-cross-kv", "distilled": False},
     "sdxl": {"resolution": 1024, "target_preset": "sdxl-cross-kv", "distilled": False},
     "flux": {"resolution": 512, "target_preset": "flux-value-out", "distilled": True},
+    # the CPU-sized world of unhype/world/ (nodes/proving_ground.py): SD names, 32x32 pixels
+    "proving-ground": {"resolution": 32, "target_preset": "sd-cross-kv", "distilled": False},
 }
 
 
@@ -42,9 +44,15 @@ class UnsupportedModelError(ValueError):
 
 
 def model_family(model) -> str:
-    """'sd1', 'sd2', 'sdxl' or 'flux' for a ComfyUI MODEL (ModelPatcher); raises otherwise."""
+    """A FAMILIES key for a ComfyUI MODEL (ModelPatcher); raises for other models.
+
+    A model config may name its family in a class attribute `unhype_family` (the proving ground
+    does); read from the class because model configs log a warning for unknown attributes.
+    """
     base = getattr(model, "model", None)
     config = getattr(base, "model_config", None)
+    if getattr(type(config), "unhype_family", None) in FAMILIES:
+        return type(config).unhype_family
     sm = comfy.supported_models
     checks = [
         ("flux2", getattr(sm, "Flux2", None)),  # not CLIP-conditioned: refused below

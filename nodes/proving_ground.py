@@ -1,0 +1,60 @@
+"""UnHype Proving Ground: the CPU-sized world of `unhype/world/` as a ComfyUI MODEL, CLIP and VAE.
+
+The world's tiny models know eight colours and five shapes, so the whole ComfyUI path (UnHype
+Trainer, UnHype Conditioner, Apply Dynamic LoRA, KSampler, VAE Decode) can be run and judged on
+a model where erasure is visible, in minutes on a CPU. The objects are built in comfy_world.py.
+"""
+
+import importlib
+import inspect
+
+import comfy.sample
+
+TESTED_VERSION = "0.33.0"  # the ComfyUI these nodes were checked with; older ones may lack pieces
+
+
+class ProvingGroundError(RuntimeError):
+    """This ComfyUI lacks something the proving ground needs."""
+
+
+def _check_host() -> None:
+    """Pixel-space VAEs and spatial-ratio-aware empty latents are newer ComfyUI pieces."""
+    missing = []
+    try:
+        importlib.import_module("comfy.pixel_space_convert")
+    except ImportError:
+        missing.append("pixel-space VAEs (comfy.pixel_space_convert)")
+    params = inspect.signature(comfy.sample.fix_empty_latent_channels).parameters
+    if "downscale_ratio_spacial" not in params:
+        missing.append("empty latents that follow the model's downscale ratio "
+                       "(comfy.sample.fix_empty_latent_channels(downscale_ratio_spacial))")
+    if missing:
+        raise ProvingGroundError(
+            f"UnHype Proving Ground needs ComfyUI {TESTED_VERSION} or newer; this one lacks "
+            f"{' and '.join(missing)}. Update ComfyUI.")
+
+
+class UnHypeProvingGround:
+    DESCRIPTION = (
+        "The proving ground: a tiny text-to-image world (32x32 images of one coloured shape, "
+        "8 colours x 5 shapes) as a MODEL, CLIP and VAE, built from weights that ship with "
+        "UnHype. Train an UnHype network on it (erase a colour) and see the result in minutes "
+        "on a CPU. Use EmptyLatentImage at 32x32."
+    )
+    CATEGORY = "UnHype"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    RETURN_NAMES = ("model", "clip", "vae")
+    OUTPUT_TOOLTIPS = ("The world's tiny UNet (eps prediction, 1000-step linear DDPM schedule).",
+                       "The world's tiny CLIP (context length 16, 128-d pooled output).",
+                       "Pixel-space VAE: the latent is the 32x32 image in [-1, 1].")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def load(self):
+        _check_host()
+        from . import comfy_world  # imports open_clip: only when the node runs
+
+        return comfy_world.build_model(), comfy_world.build_clip(), comfy_world.build_vae()
