@@ -14,8 +14,8 @@ TEMPLATES = ["a photo of {}", "{}", "a {} in a field"]
 def make_trainer(objective="trajectory", steps=40, seed=0, denoiser=None, **overrides):
     denoiser = denoiser or ToyDenoiser()
     targets = unhype.targets_from_preset(denoiser.lora_root, "sd-cross-kv")
-    settings = dict(objective=objective, steps=steps, learning_rate=3e-3, removal_step=1.0,
-                    seed=seed, log_every=10, checkpoint_every=10, xt_cache_size=4)
+    settings = dict(objective=objective, steps=steps, learning_rate=3e-3, seed=seed,
+                    log_every=10, checkpoint_every=10, xt_cache_size=4)
     settings.update(overrides)
     config = TrainConfig([Concept("zebra", "")], builtin_retain_prompts()[:40], TEMPLATES,
                          **settings)
@@ -35,7 +35,7 @@ def esd_loss_at(trainer, s):
 
 
 def test_direct_objective_erases_the_concept_and_spares_retain_prompts():
-    trainer = make_trainer("direct", steps=1000, xt_cache_size=0)
+    trainer = make_trainer("direct", steps=600, xt_cache_size=0)
     before = esd_loss_at(trainer, 20)
     trainer.run()
     after = esd_loss_at(trainer, 20)
@@ -45,17 +45,35 @@ def test_direct_objective_erases_the_concept_and_spares_retain_prompts():
     assert erase > 3 * retain, (float(erase), float(retain))
 
 
-def test_trajectory_objective_learns_the_descent_path():
-    """Removal alone: following the learned trajectory to s = T lowers the ESD loss.
-
-    With the retention term on this toy's strongly overlapping prompts the trajectory form does
-    not separate erase from retain prompts within a CI-sized budget (see README, Training).
-    """
-    trainer = make_trainer("trajectory", steps=300, xt_cache_size=0, retain_weight=0.0)
+def test_trajectory_objective_lowers_the_esd_loss_at_T():
+    """The ESD gradient at random s reaches H(c,T). Separation from retain prompts is proven in
+    the proving ground (tests/test_demo.py): this toy's prompts share most of their words, and
+    the retention's own Adam step then holds every prompt at zero."""
+    trainer = make_trainer("trajectory", steps=600, xt_cache_size=0, retain_weight=0.0)
     before = esd_loss_at(trainer, 20)
     trainer.run()
     after = esd_loss_at(trainer, 20)
-    assert after < 0.5 * before, (before, after)
+    assert after < 0.6 * before, (before, after)
+
+
+def test_trajectory_term_is_the_distance_to_a_gradient_step():
+    """At the start H(c,s+1) = H(c,s) (zero heads, alpha not yet learned), so the term is
+    w_rm·mean((lambda·g)^2) over alpha(s), A and B: right sign, scale and reduction."""
+    trainer = make_trainer("trajectory", steps=1, xt_cache_size=1)
+    embedding, x_t, t, prompt, target = trainer._draw_removal()
+    now = trainer.module(embedding, 5)
+    for f in now.values():
+        f.down.retain_grad()
+        f.up.retain_grad()
+    trainer._esd_loss(now, x_t, t, prompt, target).backward()
+    trainer.config.removal_step = 0.5
+    term = float(trainer._trajectory_loss(embedding, 5, now).detach())
+    alpha0 = trainer.module.config.alpha0
+    parts = [x.grad for f in now.values() for x in (f.down, f.up)]
+    parts += [(f.down.grad * f.down).sum().reshape(1) / alpha0 for f in now.values()]
+    expected = sum(float((0.5 * g).pow(2).sum()) for g in parts) / sum(g.numel() for g in parts)
+    assert term > 0
+    assert term == pytest.approx(trainer.config.removal_weight * expected, rel=1e-5)
 
 
 def test_resume_continues_to_the_same_result(tmp_path):
@@ -78,6 +96,46 @@ def test_resume_continues_to_the_same_result(tmp_path):
     for name, value in uninterrupted.module.state_dict().items():
         assert torch.equal(value, resumed.module.state_dict()[name]), name
     assert [h["removal"] for h in resumed.history] == [h["removal"] for h in uninterrupted.history]
+
+
+class InterruptingDenoiser(ToyDenoiser):
+    """Raises like ComfyUI's Cancel (a BaseException from inside a model forward) at one call."""
+
+    def __init__(self, at_call):
+        super().__init__()
+        self.calls, self.at_call = 0, at_call
+
+    def _tick(self):
+        self.calls += 1
+        if self.calls == self.at_call:
+            raise KeyboardInterrupt("cancel inside a model forward")
+
+    def sample_xt(self, prompt, count, generator):
+        self._tick()
+        return super().sample_xt(prompt, count, generator)
+
+    def predict(self, x_t, t, prompts):
+        self._tick()
+        return super().predict(x_t, t, prompts)
+
+
+@pytest.mark.parametrize("objective", ["trajectory", "direct"])
+# five model calls a step (x_t: 2, ESD target: 2, ESD forward: 1): calls 26..30 are step 6
+@pytest.mark.parametrize("at_call", [26, 27, 28, 29, 30])
+def test_cancel_inside_a_model_forward_resumes_as_uninterrupted(tmp_path, objective, at_call):
+    uninterrupted = make_trainer(objective, steps=12, xt_cache_size=0)
+    uninterrupted.run()
+    checkpoint = str(tmp_path / "run.ckpt.safetensors")
+    first = make_trainer(objective, steps=12, xt_cache_size=0,
+                         denoiser=InterruptingDenoiser(at_call))
+    with pytest.raises(KeyboardInterrupt):
+        first.run(checkpoint)
+    resumed = make_trainer(objective, steps=12, xt_cache_size=0)
+    resumed.load_checkpoint(checkpoint)
+    assert resumed.step == 5
+    resumed.run(checkpoint)
+    for name, value in uninterrupted.module.state_dict().items():
+        assert torch.equal(value, resumed.module.state_dict()[name]), name
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -120,6 +178,39 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     restored.load_checkpoint(checkpoint)
     assert restored.step == 20
     assert all(torch.isfinite(v).all() for v in restored.module.state_dict().values())
+
+
+def test_exploding_learning_rate_stops_with_a_clear_error(tmp_path):
+    """lr 1e6 diverges without a NaN: caught, named, no network, the checkpoint left alone."""
+    checkpoint = str(tmp_path / "run.ckpt.safetensors")
+    trainer = make_trainer(steps=40, checkpoint_every=10)
+    trainer.run(checkpoint)
+    wild = make_trainer(steps=80, learning_rate=1e6, checkpoint_every=10)
+    wild.config.learning_rate = 3e-3  # resume needs the same settings; then explode
+    wild.load_checkpoint(checkpoint)
+    for optimizer in wild.optimizers.values():
+        for group in optimizer.param_groups:
+            group["lr"] = 1e6
+    kept_message = r"diverged.*last good checkpoint .* \(step 40\)"
+    with pytest.raises(TrainingDivergedError, match=kept_message):
+        wild.run(checkpoint)
+    kept = make_trainer(steps=40)
+    kept.load_checkpoint(checkpoint)
+    assert kept.step == 40
+
+
+def test_exploding_run_from_scratch_writes_nothing():
+    with pytest.raises(TrainingDivergedError, match="no checkpoint was written"):
+        make_trainer(steps=50, learning_rate=1e6).run()
+
+
+def test_hidden_concepts_stay_out_of_the_checkpoint(tmp_path):
+    checkpoint = tmp_path / "run.ckpt.safetensors"
+    make_trainer(steps=3, hide_concepts=True).run(str(checkpoint))
+    assert b"zebra" not in checkpoint.read_bytes()
+    resumed = make_trainer(steps=4, hide_concepts=True)
+    resumed.load_checkpoint(str(checkpoint))
+    assert resumed.step == 3
 
 
 def test_xt_cache_reuses_samples():

@@ -178,13 +178,16 @@ class HyperNetwork(nn.Module):
             zip(self.targets, self.generator(features), strict=True)
         ):
             f = fraction[:, None, None]
-            alpha = self.config.alpha0 + fraction[:, None, None] * self.alpha[index]
+            alpha = self.config.alpha0 + f * self.alpha[index]
             down0 = getattr(self, f"down0_{index}")
             down = alpha * (down0 + f * down_raw.view(rows, r, target.in_features))
             up = f * up_raw.view(rows, target.delta_features, r)
             factors[target.name] = RowFactors(down, up)
         return factors
 
+    def alpha_at(self, s: float) -> torch.Tensor:
+        """alpha(s) of every layer, [layers]: the LoRA scale folded into A."""
+        return self.config.alpha0 + s / self.config.trajectory_length * self.alpha
 
     def untouched(self, rows: int) -> Factors:
         """The factors at s = 0 for any prompt (alpha0·A0 and zero), without a forward pass."""

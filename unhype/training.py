@@ -1,9 +1,12 @@
 """Training an UnHype network against any `Denoiser` (PAPER.md, "Training").
 
-Removal, trajectory form (the paper's): at a random s, take the gradient g of the ESD loss with
-respect to the LoRA factors H(c,s) and teach the network that one step along its trajectory is a
-gradient step: MSE(H(c,s+1) - H(c,s), -lambda·g). Direct form (the ablation): minimise the ESD
-loss at s = T. Retention, both forms: retain prompts keep the factors of s = 0, i.e. no LoRA.
+Removal, trajectory form, as the authors' code optimises it (PAPER.md, "What the authors'
+training code actually optimises"): at a random s, the ESD loss at H(c,s) is back-propagated into
+the network's parameters, and its gradient g with respect to the factors (alpha(s), A after alpha,
+B) also feeds the trajectory term w_rm·mean((H(c,s+1) - H(c,s) + lambda·g)^2); one Adam step on
+the sum. The ESD gradient is what erases; the trajectory term keeps H smooth along s. Direct form
+(the ablation): minimise the ESD loss at s = T. Retention, its own Adam step: retain prompts keep
+the factors of s = 0 (no LoRA) at a random s per prompt.
 """
 
 import math
@@ -27,27 +30,39 @@ OBJECTIVES = ("trajectory", "direct")
 CHECKPOINT_KIND = "unhype-training-checkpoint"
 
 
+# Divergence: a loss above LOSS_LIMIT, or GROWTH_LIMIT times its running level (once that level
+# is above LEVEL_FLOOR), or a generated LoRA norm above ACTIVATION_LIMIT (working ones: ~1-100).
+LOSS_LIMIT = 1e8
+GROWTH_LIMIT = 1e4
+LEVEL_FLOOR = 1e-6
+ACTIVATION_LIMIT = 1e5
+
+
 class TrainingDivergedError(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+    """Training diverged; no network is written and the last good checkpoint is kept."""
 
 
 @dataclass
 class TrainConfig:
+    """Defaults follow the authors' celebrity config (PAPER.md) where one exists."""
+
     concepts: list[Concept]
     retain_prompts: list[str]
     templates: list[str]
     objective: str = "trajectory"
-    steps: int = 2000
-    learning_rate: float = 1e-4
+    steps: int = 4000
+    learning_rate: float = 1e-4  # removal Adam
+    retain_learning_rate: float | None = None  # retention Adam; None: learning_rate
     eta: float = 1.0
     removal_step: float = 1e-4  # lambda: the trajectory's gradient-step size
-    retain_weight: float = 1.0
+    removal_weight: float = 10.0  # w_rm, on the trajectory term
+    retain_weight: float = 5.0  # w_rt
     retain_batch: int = 8
     removal_batch: int = 1
     xt_cache_size: int = 32  # x_t samples kept per concept; 0 re-samples every step
-    grad_clip: float = 1.0
+    grad_clip: float = 0.0  # 0: none, as the authors
     lr_gamma: float = 0.9
-    lr_every: int = 500
+    lr_every: int = 3000  # one decay in a 4000-step run, as the authors' single milestone
     seed: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -62,6 +77,8 @@ class TrainConfig:
             raise ValueError("every template needs a '{}' where the concept goes")
         if self.steps < 1 or self.learning_rate <= 0:
             raise ValueError("steps must be >= 1 and learning_rate > 0")
+        if self.retain_learning_rate is not None and self.retain_learning_rate <= 0:
+            raise ValueError("retain_learning_rate must be > 0 (or None: learning_rate)")
 
 
 @dataclass
@@ -83,17 +100,18 @@ class TrainResult:
     xt_seconds: float = 0.0
 
 
-def _detached_leaves(factors: Factors) -> Factors:
-    return {
-        name: RowFactors(f.down.detach().requires_grad_(True), f.up.detach().requires_grad_(True))
-        for name, f in factors.items()
-    }
+def _mean_square(pairs) -> torch.Tensor:
+    """One mean over every element of every (left - right) pair: the authors' flattened MSE."""
+    total, count = 0.0, 0
+    for left, right in pairs:
+        total = total + (left - right).pow(2).sum()
+        count += left.numel()
+    return total / count
 
 
-def _factor_mse(left: Factors, right: Factors) -> torch.Tensor:
-    total = sum(F.mse_loss(left[n].down, right[n].down) + F.mse_loss(left[n].up, right[n].up)
-                for n in left)
-    return total / len(left)
+def _retention_mse(factors: Factors, untouched: Factors) -> torch.Tensor:
+    return _mean_square(pair for n, f in factors.items()
+                        for pair in ((f.down, untouched[n].down), (f.up, untouched[n].up)))
 
 
 class Trainer:
@@ -107,10 +125,10 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.module = HyperNetwork(net_config, targets).to(self.device)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.optimizers = {
-            name: torch.optim.Adam(self.module.parameters(), lr=config.learning_rate)
-            for name in ("removal", "retention")
-        }
+        rates = {"removal": config.learning_rate,
+                 "retention": config.retain_learning_rate or config.learning_rate}
+        self.optimizers = {name: torch.optim.Adam(self.module.parameters(), lr=rate)
+                           for name, rate in rates.items()}
         self.schedulers = {
             name: torch.optim.lr_scheduler.StepLR(opt, config.lr_every, config.lr_gamma)
             for name, opt in self.optimizers.items()
@@ -119,7 +137,9 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.xt_samplings, self.xt_seconds = 0, 0.0
+        self.checkpoint_step: int | None = None
         self._embeddings: dict[str, torch.Tensor] = {}
+        self._levels: dict[str, float] = {}
 
     # -- randomness, all from one generator so a resumed run repeats an uninterrupted one --
     def _randint(self, high: int) -> int:
@@ -133,11 +153,16 @@ class Trainer:
                     self._embeddings[prompt] = row.float().cpu()
         return torch.stack([self._embeddings[p] for p in prompts]).to(self.device)
 
-    def _sample_xt(self, concept: Concept) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """An ESD x_t for the concept, from the cache once it holds `xt_cache_size` samples."""
-        pool = self.xt_cache.setdefault(concept.name, [])
+    def _sample_xt(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """An ESD x_t for concept `index`, from the cache once it holds `xt_cache_size` samples.
+
+        The cache keeps templates, not prompts, so a checkpoint never spells out a concept.
+        """
+        concept = self.config.concepts[index]
+        pool = self.xt_cache.setdefault(str(index), [])
         if self.config.xt_cache_size and len(pool) >= self.config.xt_cache_size:
-            return pool[self._randint(len(pool))]
+            x_t, t, template = pool[self._randint(len(pool))]
+            return x_t, t, fill(template, concept.name)
         template = self.config.templates[self._randint(len(self.config.templates))]
         prompt = fill(template, concept.name)
         started = time.perf_counter()
@@ -145,10 +170,9 @@ class Trainer:
             x_t, t = self.denoiser.sample_xt(prompt, self.config.removal_batch, self.generator)
         self.xt_seconds += time.perf_counter() - started
         self.xt_samplings += 1
-        entry = (x_t.detach(), t.detach(), prompt)
         if self.config.xt_cache_size:
-            pool.append(entry)
-        return entry
+            pool.append((x_t.detach(), t.detach(), template))
+        return x_t.detach(), t.detach(), prompt
 
     def _esd_target(self, x_t, t, prompt: str, anchor: str) -> torch.Tensor:
         rows = x_t.shape[0]
@@ -166,70 +190,122 @@ class Trainer:
             predicted = self.denoiser.predict(x_t, t, [prompt] * rows)
         return F.mse_loss(predicted.float(), target.float())
 
-    def _removal_loss(self) -> tuple[torch.Tensor, float]:
-        concept = self.config.concepts[self._randint(len(self.config.concepts))]
-        x_t, t, prompt = self._sample_xt(concept)
+    def _draw_removal(self):
+        """(prompt embedding, x_t, t, prompt, ESD target): every model call of the removal."""
+        index = self._randint(len(self.config.concepts))
+        concept = self.config.concepts[index]
+        x_t, t, prompt = self._sample_xt(index)
         x_t, t = x_t.to(self.device), t.to(self.device)
         anchor_template = self.config.templates[self._randint(len(self.config.templates))]
         target = self._esd_target(x_t, t, prompt, fill(anchor_template, concept.anchor))
-        embedding = self._embed([prompt])
-        T = self.module.config.trajectory_length
-        if self.config.objective == "direct":
-            loss = self._esd_loss(self.module(embedding, T), x_t, t, prompt, target)
-            return loss, float(loss.detach())
-        s = self._randint(T)
-        now = self.module(embedding, s)
-        leaves = _detached_leaves(now)
-        esd = self._esd_loss(leaves, x_t, t, prompt, target)
-        tensors = [x for f in leaves.values() for x in (f.down, f.up)]
-        grads = iter(torch.autograd.grad(esd, tensors))
-        descent = {n: RowFactors(-next(grads), -next(grads)) for n in leaves}
-        following = self.module(embedding, s + 1)
-        # (H(s+1) - H(s)) / lambda against -g: the paper's MSE(H(s+1) - H(s), -lambda g) divided
-        # by lambda^2, so Adam's epsilon does not swamp a loss of order lambda^2.
-        rate = self.config.removal_step
-        moved = {n: RowFactors((following[n].down - now[n].down) / rate,
-                               (following[n].up - now[n].up) / rate) for n in now}
-        return _factor_mse(moved, descent), float(esd.detach())
+        return self._embed([prompt]), x_t, t, prompt, target
 
-    def _retention_loss(self) -> torch.Tensor:
+    def _draw_retention(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(embeddings, s per row) of a retain batch, or None without retain prompts."""
         prompts = self.config.retain_prompts
         if not prompts:
-            return torch.zeros((), device=self.device)
+            return None
         count = min(self.config.retain_batch, len(prompts))
         picks = torch.randperm(len(prompts), generator=self.generator)[:count].tolist()
-        embeddings = self._embed([prompts[i] for i in picks])
         T = self.module.config.trajectory_length
-        s = T if self.config.objective == "direct" else self._randint(T + 1)
-        untouched = self.module.untouched(len(picks))
-        return _factor_mse(self.module(embeddings, s), untouched)
+        if self.config.objective == "direct":
+            s = torch.full((count,), T)
+        else:
+            s = torch.randint(T + 1, (count,), generator=self.generator)
+        return self._embed([prompts[i] for i in picks]), s
 
-    def _optimise(self, name: str, loss: torch.Tensor) -> None:
-        if not math.isfinite(float(loss.detach())):
-            raise TrainingDivergedError(
-                f"the {name} loss became non-finite at step {self.step + 1}; lower the learning "
-                "rate or eta. The last checkpoint is kept"
-            )
-        optimizer = self.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
-        optimizer.step()
+    def _retention_loss(self, drawn) -> torch.Tensor:
+        if drawn is None:
+            return torch.zeros((), device=self.device)
+        embeddings, s = drawn
+        factors = self.module(embeddings, s)
+        return self.config.retain_weight * _retention_mse(
+            factors, self.module.untouched(embeddings.shape[0]))
+
+    def _trajectory_loss(self, embedding: torch.Tensor, s: int, now: Factors) -> torch.Tensor:
+        """mean((H(c,s+1) - H(c,s) + lambda·g)^2) over alpha(s), A and B of every layer.
+
+        `now` holds H(c,s) after the ESD backward, so its factors' .grad is g; the gradient for
+        alpha(s) follows from A = alpha(s)·A_raw as sum(g_A · A) / alpha(s).
+        """
+        following = self.module(embedding, s + 1)
+        rate = self.config.removal_step
+        alpha_now = self.module.alpha_at(s)
+        alpha_step = self.module.alpha_at(s + 1) - alpha_now
+        pairs = []
+        for index, (name, f) in enumerate(now.items()):
+            g_down, g_up = f.down.grad, f.up.grad
+            alpha = alpha_now[index].detach()
+            alpha = torch.where(alpha.abs() < 1e-6, torch.full_like(alpha, 1e-6), alpha)
+            g_alpha = (g_down * f.down.detach()).sum(dim=(1, 2)) / alpha
+            pairs += [
+                (alpha_step[index].expand_as(g_alpha), -rate * g_alpha),
+                (following[name].down - f.down, -rate * g_down),
+                (following[name].up - f.up, -rate * g_up),
+            ]
+        return self.config.removal_weight * _mean_square(pairs)
+
+    def _check(self, name: str, loss: torch.Tensor) -> float:
+        """The loss as a float; raises `TrainingDivergedError` when it is non-finite or huge,
+        or has grown by orders of magnitude over its running level."""
+        value = float(loss.detach())
+        level = self._levels.get(name)
+        reason = None
+        if not math.isfinite(value):
+            reason = "became non-finite"
+        elif value > LOSS_LIMIT:
+            reason = f"reached {value:.3g}"
+        elif level is not None and level > LEVEL_FLOOR and value > GROWTH_LIMIT * level:
+            reason = f"jumped to {value:.3g}, {value / level:.0f}x its running level {level:.3g}"
+        if reason:
+            raise TrainingDivergedError(f"the {name} loss {reason} at step {self.step + 1}")
+        self._levels[name] = value if level is None else 0.9 * level + 0.1 * value
+        return value
+
+    def _update(self, name: str) -> None:
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
+        self.optimizers[name].step()
         self.schedulers[name].step()
 
     def train_step(self) -> dict:
-        """One removal update and one retention update (one joint update for "direct")."""
-        removal, esd = self._removal_loss()
+        """One removal update and one retention update (one joint update for "direct").
+
+        Every model call (x_t, ESD targets, embeddings, the ESD forward) comes before the first
+        parameter update, so an interrupt raised inside a model forward leaves the parameters of
+        the last completed step; `run` rewinds the generator and the x_t cache.
+        """
+        embedding, x_t, t, prompt, target = self._draw_removal()
+        retain = self._draw_retention()
+        T = self.module.config.trajectory_length
+        removal = self.optimizers["removal"]
+        removal.zero_grad(set_to_none=True)
         if self.config.objective == "direct":
-            retention = self.config.retain_weight * self._retention_loss()
-            self._optimise("removal", removal + retention)
-        else:
-            self._optimise("removal", removal)
-            retention = self.config.retain_weight * self._retention_loss()
-            self._optimise("retention", retention)
-        self.step += 1
-        return {"removal": float(removal.detach()), "esd": esd,
-                "retention": float(retention.detach())}
+            esd = self._esd_loss(self.module(embedding, T), x_t, t, prompt, target)
+            retention = self._retention_loss(retain)
+            losses = {"esd": self._check("ESD", esd), "retention": self._check(
+                "retention", retention)}
+            (esd + retention).backward()
+            self._update("removal")
+            return {"removal": losses["esd"], **losses}
+        s = self._randint(T)
+        now = self.module(embedding, s)
+        for f in now.values():
+            f.down.retain_grad()
+            f.up.retain_grad()
+        esd = self._esd_loss(now, x_t, t, prompt, target)
+        esd_value = self._check("ESD", esd)
+        esd.backward(retain_graph=True)
+        trajectory = self._trajectory_loss(embedding, s, now)
+        trajectory_value = self._check("trajectory", trajectory)
+        trajectory.backward()
+        self._update("removal")
+        self.optimizers["retention"].zero_grad(set_to_none=True)
+        retention = self._retention_loss(retain)
+        retention_value = self._check("retention", retention)
+        retention.backward()
+        self._update("retention")
+        return {"removal": trajectory_value, "esd": esd_value, "retention": retention_value}
 
     @torch.no_grad()
     def activation(self, prompts: list[str]) -> torch.Tensor:
@@ -251,11 +327,29 @@ class Trainer:
             "xt_cache": {k: [list(e) for e in v] for k, v in self.xt_cache.items()},
             "history": self.history,
             "xt": [self.xt_samplings, self.xt_seconds],
+            "levels": self._levels,
             "config": _config_record(self.config),
         }
 
     def save_checkpoint(self, path: str) -> None:
         save_state(path, self.state(), CHECKPOINT_KIND)
+        self.checkpoint_step = self.step
+
+    def _rewind_point(self) -> tuple:
+        return (self.generator.get_state(), {k: len(v) for k, v in self.xt_cache.items()},
+                self.xt_samplings, self.xt_seconds)
+
+    def _rewind(self, point: tuple) -> None:
+        """Back to the state before an interrupted step: generator, x_t cache, counters."""
+        generator, lengths, self.xt_samplings, self.xt_seconds = point
+        self.generator.set_state(generator)
+        self.xt_cache = {k: v[:lengths[k]] for k, v in self.xt_cache.items() if k in lengths}
+
+    def _check_activation(self, value: float) -> None:
+        if not math.isfinite(value) or value > ACTIVATION_LIMIT:
+            raise TrainingDivergedError(
+                f"the generated LoRA's norm reached {value:.3g} at step {self.step} (working "
+                "ones stay under ~100)")
 
     def load_checkpoint(self, path: str) -> None:
         state = load_state(path, CHECKPOINT_KIND)
@@ -272,35 +366,52 @@ class Trainer:
         self.xt_cache = {k: [tuple(e) for e in v] for k, v in state["xt_cache"].items()}
         self.step, self.history = int(state["step"]), list(state["history"])
         self.xt_samplings, self.xt_seconds = int(state["xt"][0]), float(state["xt"][1])
+        self._levels = dict(state["levels"])
+        self.checkpoint_step = self.step
 
     # -- the loop --
     def run(self, checkpoint_path: str | None = None,
             on_progress: Callable[[Progress], None] | None = None) -> TrainResult:
         """Train to `config.steps`; any interruption (cancel, error) first saves a checkpoint.
 
-        A NaN/inf loss raises `TrainingDivergedError` and keeps the last good checkpoint.
+        Divergence raises `TrainingDivergedError` naming the cause and the last good checkpoint,
+        which it leaves as it was.
         """
         started = time.perf_counter()
         self.module.train()
         erase_probe, retain_probe = self._probe_prompts()
         try:
             while self.step < self.config.steps:
-                losses = self.train_step()
+                point = self._rewind_point()
+                try:
+                    losses = self.train_step()
+                except BaseException:
+                    self._rewind(point)
+                    raise
+                self.step += 1
                 record = {"step": self.step, **losses}
+                self.history.append(record)
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
                     record["erase_activation"] = float(self.activation(erase_probe).mean())
                     record["retain_activation"] = (
                         float(self.activation(retain_probe).mean()) if retain_probe else 0.0
                     )
-                self.history.append(record)
+                    self._check_activation(max(record["erase_activation"],
+                                               record["retain_activation"]))
                 if checkpoint_path and self.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_path)
                 if on_progress:
                     on_progress(Progress(
                         self.step, self.config.steps, losses, record.get("erase_activation"),
                         record.get("retain_activation"), time.perf_counter() - started))
-        except TrainingDivergedError:
-            raise
+        except TrainingDivergedError as error:
+            kept = (f"the last good checkpoint is {checkpoint_path} (step {self.checkpoint_step})"
+                    if checkpoint_path and self.checkpoint_step is not None
+                    else "no checkpoint was written")
+            raise TrainingDivergedError(
+                f"training diverged: {error}. Lower the learning rate (now "
+                f"{self.config.learning_rate:g}) or eta (now {self.config.eta:g}). No network was "
+                f"written; {kept}") from None
         except BaseException:
             if checkpoint_path:
                 self.save_checkpoint(checkpoint_path)
@@ -348,5 +459,7 @@ def _config_record(config: TrainConfig) -> dict:
     record = asdict(config)
     for free in ("steps", "log_every", "checkpoint_every"):
         record.pop(free)
-    record["concepts"] = [[c.name, c.anchor] for c in config.concepts]
+    pairs = [[c.name, c.anchor] for c in config.concepts]
+    record["concepts"] = (concepts_digest([f"{n} -> {a}" for n, a in pairs])
+                          if config.hide_concepts else pairs)
     return record

@@ -135,8 +135,8 @@ class StaticLoRA:
 def train_unhype(world: World, task: ErasureTask, *, variant: str = "paper",
                  objective: str = "trajectory", steps: int = 600, seed: int = 0,
                  rank: int = 4, hidden: int = 128, learning_rate: float = 1e-3,
-                 removal_step: float = 1.0, eta: float = COLOUR_ETA, retain_weight: float = 1.0,
-                 trajectory_length: int = 50, on_progress=None) -> tuple[UnHypeNetwork, dict]:
+                 eta: float = COLOUR_ETA, trajectory_length: int = 50,
+                 on_progress=None, **settings) -> tuple[UnHypeNetwork, dict]:
     """An UnHype network for the world, trained on main colour words and caption templates."""
     targets = targets_from_preset(world.unet, "sd-cross-kv")
     net_config = HyperNetConfig(embed_dim=world.clip.model.ln_final.normalized_shape[0],
@@ -146,9 +146,8 @@ def train_unhype(world: World, task: ErasureTask, *, variant: str = "paper",
     config = TrainConfig(
         concepts=[Concept(c, "") for c in task.erase], retain_prompts=task.retain_prompts(),
         templates=task.training_templates(), objective=objective, steps=steps,
-        learning_rate=learning_rate, eta=eta, removal_step=removal_step,
-        retain_weight=retain_weight, xt_cache_size=32, seed=seed, log_every=25,
-        lr_every=max(steps // 3, 1))
+        learning_rate=learning_rate, eta=eta, xt_cache_size=32, seed=seed, log_every=25,
+        lr_every=max(steps * 3 // 4, 1), **settings)
     info = NetworkInfo("proving-ground", "sd-cross-kv", embedding_source="proving-ground tiny CLIP",
                        title=f"proving ground: erase {', '.join(task.erase)}")
     trainer = Trainer(world.denoiser, net_config, targets, info, config)
