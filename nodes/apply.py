@@ -3,6 +3,7 @@
 import comfy.patcher_extension
 
 from ..unhype import TargetMismatchError, resolve_targets
+from .conditioner import PartsAtSampling
 from .dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA, mark_positive
 
 
@@ -54,4 +55,6 @@ class ApplyDynamicLoRA:
                                DynamicLoRA(unhype, strength, mode))
         if mode == "conditional only" and not m.get_wrappers(wrappers.PREDICT_NOISE, WRAPPER_KEY):
             m.add_wrapper_with_key(wrappers.PREDICT_NOISE, WRAPPER_KEY, mark_positive)
+        if not m.get_wrappers(wrappers.SAMPLER_SAMPLE, WRAPPER_KEY):
+            m.add_wrapper_with_key(wrappers.SAMPLER_SAMPLE, WRAPPER_KEY, PartsAtSampling(unhype))
         return (m,)

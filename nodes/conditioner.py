@@ -2,15 +2,20 @@
 
 The embedding travels in the cond dict's `model_conds` (the only way extra data reaches the
 model call), as `[1, 1 + D]` = `[flag 1.0, pooled...]`. The cond tensor and `pooled_output` are
-left as they are, so the base model sees exactly what it would without UnHype.
+left as they are, so the base model sees exactly what it would without UnHype. An entry whose
+tokens come from several texts (the chunks of a long prompt, a Conditioning (Concat)) gets the
+embedding of its most strongly triggering part (nodes/parts.py); `PartsAtSampling` redoes that
+when a node between the Conditioner and the sampler changed the tokens.
 """
+
+import logging
 
 import comfy.conds
 import torch
 
 from .dynamic_lora import EMBEDDING_KEY, pack_embedding
+from .parts import CHUNK, MEMORY, Part, split
 
-CHUNK = 77  # CLIP context: ComfyUI encodes longer prompts in 77-token chunks
 POOLED_NAMES = {
     768: "CLIP-L pooled embeddings (SD1.x / Flux)",
     1024: "OpenCLIP-H pooled embeddings (SD2.x)",
@@ -18,6 +23,13 @@ POOLED_NAMES = {
     2048: "CLIP-L+G pooled embeddings (SD3)",
 }
 CLIP_CONDS = {"sd1", "sd2", "sdxl"}  # families whose cond tensor is CLIP output in 77-token chunks
+RESOLVED_FOR = "unhype_resolved_for"  # cond dict key: the tensor the packed embedding was read from
+UNSEEN = (
+    "the tokens marked NOT SEEN reach the model but not the UnHype network, so a "
+    "concept in them is not erased: they are the chunks after the first of a long prompt, or "
+    "text joined by Conditioning (Concat), that no UnHype node encoded. Encode that text with "
+    "UnHype Text Encode, or put an UnHype Conditioner on it before it is joined."
+)
 
 
 def _pooled_name(width: int) -> str:
@@ -43,6 +55,32 @@ def check_pooled(node: str, network, pooled, index: int) -> torch.Tensor:
     return pooled[:1]
 
 
+def entry_parts(node: str, network, cond, pooled, index: int) -> list[Part]:
+    """The entry's parts with checked pooled vectors; its own pooled vector is remembered for
+    its first block, so a later Concat that appends this entry can find it again."""
+    pooled = check_pooled(node, network, pooled, index)
+    parts = split(cond, pooled, chunked=network.info.base_arch in CLIP_CONDS)
+    if parts[0].pooled is pooled and parts[0].end > parts[0].start:
+        MEMORY.remember(cond[0, parts[0].start:parts[0].end], pooled)
+    for part in parts:
+        if part.pooled is not None:
+            part.pooled = check_pooled(node, network, part.pooled, index)
+    return parts
+
+
+def strongest(network, entries: list[list[Part]]) -> list[tuple[int, list[float | None]]]:
+    """For each entry, the index of its most strongly triggering part and every part's
+    activation (None for a part not seen), from one pass of the network."""
+    seen = [p.pooled for parts in entries for p in parts if p.pooled is not None]
+    values = iter(network.activation(torch.cat(seen)).tolist() if seen else [])
+    out = []
+    for parts in entries:
+        scores = [next(values) if p.pooled is not None else None for p in parts]
+        best = max((i for i, v in enumerate(scores) if v is not None), key=lambda i: scores[i])
+        out.append((best, scores))
+    return out
+
+
 def with_embedding(entry: list, pooled: torch.Tensor) -> list:
     """A copy of one [tensor, dict] entry whose model_conds carry the packed embedding."""
     options = dict(entry[1])
@@ -50,6 +88,7 @@ def with_embedding(entry: list, pooled: torch.Tensor) -> list:
         **options.get("model_conds", {}),
         EMBEDDING_KEY: comfy.conds.CONDRegular(pack_embedding(pooled)),
     }
+    options[RESOLVED_FOR] = entry[0]
     return [entry[0], options]
 
 
@@ -64,11 +103,84 @@ def header(network) -> str:
     return f"{info.title} [{info.base_arch}, {info.target_preset}]"
 
 
+def entry_lines(label: str, network, parts: list[Part], best: int, scores) -> list[str]:
+    if len(parts) == 1:
+        return [f"{label}: {describe(scores[0], network)}"]
+    unit = "chunk" if network.info.base_arch in CLIP_CONDS else "part"
+    lines = [f"{label}: {len(parts)} {unit}s, {parts[-1].end} tokens; the most strongly "
+             "triggering one decides the LoRA"]
+    for k, (part, value) in enumerate(zip(parts, scores)):
+        where = f"  {unit} {k + 1} of {len(parts)} (tokens {part.start + 1}-{part.end})"
+        if value is None:
+            lines.append(f"{where}: NOT SEEN")
+        else:
+            lines.append(f"{where}: {describe(value, network)}{'  <- used' if k == best else ''}")
+    return lines
+
+
+def condition(node: str, network, conditioning, label=None) -> tuple[list, str]:
+    """Conditioning with every entry's embedding packed, and the report."""
+    entries = [entry_parts(node, network, e[0], e[1].get("pooled_output"), i)
+               for i, e in enumerate(conditioning)]
+    chosen = strongest(network, entries)
+    out = [with_embedding(e, parts[best].pooled)
+           for e, parts, (best, _) in zip(conditioning, entries, chosen)]
+    lines = [header(network)]
+    for i, (parts, (best, scores)) in enumerate(zip(entries, chosen)):
+        lines += entry_lines(label or f"entry {i + 1}", network, parts, best, scores)
+    if any(p.pooled is None for parts in entries for p in parts):
+        lines.append(f"WARNING: {UNSEEN}")
+        logging.warning("%s: %s", node, UNSEEN)
+    return out, "\n".join(lines)
+
+
+class PartsAtSampling:
+    """SAMPLER_SAMPLE wrapper: an entry whose tokens changed after UnHype Conditioner (e.g.
+    Conditioner, then Conditioning (Concat), which keeps only the first part's dict) gets the
+    embedding of its most strongly triggering part, as if the Conditioner had come last. Works on
+    the guider's own copies of the conds, made for this sampling run."""
+
+    def __init__(self, network):
+        self.network = network
+
+    def __deepcopy__(self, memo):
+        """Deep copies of a ModelPatcher's options share it: it holds nothing mutable."""
+        return self
+
+    def __call__(self, executor, guider, *args, **kwargs):
+        for conds in (guider.conds or {}).values():
+            for c in conds:
+                self.refresh(c)
+        return executor(guider, *args, **kwargs)
+
+    def refresh(self, c: dict) -> None:
+        packed = (c.get("model_conds") or {}).get(EMBEDDING_KEY)
+        tokens = c.get("cross_attn")
+        if packed is None or tokens is None or c.get(RESOLVED_FOR) is tokens:
+            return
+        if float(packed.cond[0, 0]) < 0.5:  # flag off: this entry runs the base model
+            return
+        node = "Apply Dynamic LoRA"
+        parts = entry_parts(node, self.network, tokens, c.get("pooled_output"), 0)
+        best, _ = strongest(self.network, [parts])[0]
+        packed = comfy.conds.CONDRegular(pack_embedding(parts[best].pooled))
+        c["model_conds"] = {**c["model_conds"], EMBEDDING_KEY: packed}
+        c[RESOLVED_FOR] = tokens
+        unseen = [f"{p.start + 1}-{p.end}" for p in parts if p.pooled is None]
+        if unseen:
+            logging.warning(
+                "%s: a conditioning entry changed after UnHype Conditioner (e.g. by Conditioning "
+                "(Concat)); its tokens %s were NOT SEEN by the network, so a concept in them is "
+                "not erased. Encode that text with UnHype Text Encode, or put an UnHype "
+                "Conditioner on it before it is joined.", node, ", ".join(unseen))
+
+
 class UnHypeConditioner:
     DESCRIPTION = (
         "Attaches each prompt's UnHype embedding to its conditioning, so Apply Dynamic LoRA can "
-        "give every prompt its own LoRA. Use it on the positive AND the negative. The report "
-        "shows how strongly each entry triggers the network (0..1)."
+        "give every prompt its own LoRA. Use it on the positive AND the negative, after any "
+        "Conditioning (Concat). The report shows how strongly each entry (and each part of a "
+        "joined or long one) triggers the network (0..1), and warns about parts it cannot see."
     )
     CATEGORY = "UnHype"
     RETURN_TYPES = ("CONDITIONING", "STRING")
@@ -86,21 +198,7 @@ class UnHypeConditioner:
         }
 
     def condition(self, conditioning, unhype):
-        node = "UnHype Conditioner"
-        pooled = [check_pooled(node, unhype, e[1].get("pooled_output"), i)
-                  for i, e in enumerate(conditioning)]
-        out = [with_embedding(e, p) for e, p in zip(conditioning, pooled)]
-        activations = unhype.activation(torch.cat(pooled)).tolist() if pooled else []
-        lines = [header(unhype)]
-        for i, (entry, value) in enumerate(zip(conditioning, activations)):
-            line = f"entry {i + 1}: {describe(value, unhype)}"
-            cond = entry[0]
-            if (unhype.info.base_arch in CLIP_CONDS and cond is not None and cond.ndim == 3
-                    and cond.shape[1] > CHUNK):
-                line += (f"; long prompt ({cond.shape[1] // CHUNK} chunks of 77 tokens): only "
-                         "the first chunk was seen, use UnHype Text Encode to check them all")
-            lines.append(line)
-        report = "\n".join(lines)
+        out, report = condition("UnHype Conditioner", unhype, conditioning)
         return {"ui": {"text": [report]}, "result": (out, report)}
 
 
@@ -130,11 +228,24 @@ def chunk_pooled(clip, tokens: dict, key: str) -> torch.Tensor:
     return torch.cat(pooled)
 
 
+def remember_chunks(network, cond: torch.Tensor, chunks: torch.Tensor) -> None:
+    """Each 77-token chunk of a CLIP cond with its own pooled vector, so the chunks count as
+    parts; tokens not laid out in those chunks (Flux's T5) count as one part, described by the
+    most strongly triggering chunk."""
+    if network.info.base_arch in CLIP_CONDS and cond.shape[1] == CHUNK * len(chunks):
+        for k in range(len(chunks)):
+            MEMORY.remember(cond[0, k * CHUNK:(k + 1) * CHUNK], chunks[k:k + 1])
+    else:
+        best = int(network.activation(chunks).argmax())
+        MEMORY.remember(cond[0], chunks[best:best + 1])
+
+
 class UnHypeTextEncode:
     DESCRIPTION = (
         "CLIP Text Encode that also attaches the UnHype embedding, reading every 77-token chunk "
         "of a long prompt: the most strongly triggering chunk decides the LoRA, so a concept "
-        "placed late in a long prompt is still caught."
+        "placed late in a long prompt is still caught. Its chunks stay known when the output is "
+        "joined to another prompt with Conditioning (Concat)."
     )
     CATEGORY = "UnHype"
     RETURN_TYPES = ("CONDITIONING", "STRING")
@@ -159,22 +270,10 @@ class UnHypeTextEncode:
             )
         tokens = clip.tokenize(text)
         conditioning = clip.encode_from_tokens_scheduled(tokens)
-        key = pooled_source_key(tokens)
-        chunks = chunk_pooled(clip, tokens, key)
-        lines = [header(unhype)]
-        if chunks is None:  # one chunk: the ordinary pooled vector already saw the whole prompt
-            pooled = [check_pooled(node, unhype, e[1].get("pooled_output"), i)
-                      for i, e in enumerate(conditioning)]
-            value = unhype.activation(pooled[0]).item()
-            lines.append(f"prompt (1 chunk): {describe(value, unhype)}")
-        else:
+        chunks = chunk_pooled(clip, tokens, pooled_source_key(tokens))
+        if chunks is not None:  # one chunk: the ordinary pooled vector already saw all of it
             check_pooled(node, unhype, chunks[:1], 0)
-            values = unhype.activation(chunks)
-            best = int(values.argmax())
-            pooled = [chunks[best : best + 1]] * len(conditioning)
-            for k, value in enumerate(values.tolist()):
-                mark = "  <- used" if k == best else ""
-                lines.append(f"chunk {k + 1} of {len(values)}: {describe(value, unhype)}{mark}")
-        out = [with_embedding(e, p) for e, p in zip(conditioning, pooled)]
-        report = "\n".join(lines)
+            for entry in conditioning:
+                remember_chunks(unhype, entry[0], chunks)
+        out, report = condition(node, unhype, conditioning, label="prompt")
         return {"ui": {"text": [report]}, "result": (out, report)}

@@ -1,5 +1,6 @@
 """Shared pieces of the inference-node tests (tests/test_nodes_*.py): the in-process host, tiny
-UnHype networks for tiny models, an independent merged-weight reference and direct model calls."""
+UnHype networks for tiny models, a tiny CLIP, an independent merged-weight reference and direct
+model calls."""
 
 import copy
 import sys
@@ -97,3 +98,51 @@ def dynamic_state(patcher):
     ns = host()[0]
     key = ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL
     return patcher.get_wrappers(key, "unhype")
+
+
+def forget_parts():
+    """Clear what UnHype nodes remember of the texts they saw (process-wide, nodes/parts.py)."""
+    sys.modules[host()[1].__name__ + ".nodes.parts"].MEMORY.clear()
+
+
+def make_tiny_clip():
+    """A tiny random CLIP-L (width 64) built with ComfyUI's classes and its real tokenizer."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    from comfy_host import fill_random_
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
+                                                    comfy.sd1_clip.SD1ClipModel)
+    config = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+              "num_hidden_layers": 2, "projection_dim": 64}
+    clip = comfy.sd.CLIP(target=target, model_options={"clip_l_model_config": config,
+                                                       "dtype": torch.float32})
+    fill_random_(clip.cond_stage_model, seed=3, std=0.5)
+    return clip
+
+
+FILLER = " ".join(["a"] * 75)  # exactly the first 77-token chunk (start + 75 + end)
+CONCEPT = "tench fish swimming in a pond"
+
+
+def pooled_of(clip, text):
+    return clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)[1].float()
+
+
+def concept_detector(tiny_model, concept, other, base_arch="sd1"):
+    """A network whose LoRA is exactly zero unless the pooled vector points at `concept`."""
+    network = make_network(tiny_model.model.diffusion_model, embed_dim=64, seed=6,
+                           base_arch=base_arch)
+    direction = (concept / concept.norm()).flatten()
+    high, low = float(direction @ concept.flatten()), float(direction @ other.flatten())
+    assert high > low
+    with torch.no_grad():
+        for head in network.module.generator.up_heads:
+            head[0].weight.zero_()
+            head[0].weight[:, :64] = direction * (20.0 / (high - low))
+            head[0].bias.fill_(-(high + low) / 2 * (20.0 / (high - low)))
+            head[2].bias.zero_()
+    network.info.activation_reference = float(network.activation(concept).item())
+    return network

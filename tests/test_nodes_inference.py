@@ -10,6 +10,7 @@ from _nodes_helpers import (  # noqa: F401
     _unhype_host,
     call_model,
     dynamic_state,
+    forget_parts,
     hooks_left,
     host,
     make_network,
@@ -117,6 +118,7 @@ def test_apply_does_not_touch_the_input_model(tiny, network):
 
 
 def test_conditioner_packs_embedding_without_mutating(network):
+    forget_parts()
     pooled = torch.randn(1, D)
     cond = [[torch.randn(1, 154, D), {"pooled_output": pooled, "strength": 0.5,
                                       "model_conds": {"other": "x"}}],
@@ -134,8 +136,10 @@ def test_conditioner_packs_embedding_without_mutating(network):
         assert torch.equal(entry[1]["pooled_output"], source)  # the model's own input unchanged
     assert result[0][1]["model_conds"]["other"] == "x" and result[0][1]["strength"] == 0.5
     lines = report.splitlines()
-    assert len(lines) == 3 and "entry 1" in lines[1] and "long prompt" in lines[1]
-    assert "UnHype Text Encode" in lines[1] and "long prompt" not in lines[2]
+    assert lines[1].startswith("entry 1: 2 chunks, 154 tokens")
+    assert "chunk 2 of 2 (tokens 78-154): NOT SEEN" in lines[3]
+    assert lines[4].startswith("entry 2: raw LoRA norm")
+    assert lines[5].startswith("WARNING") and "UnHype Text Encode" in lines[5]
 
 
 def test_conditioner_errors_name_both_sides(network):

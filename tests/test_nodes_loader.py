@@ -8,7 +8,18 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import _unhype_host, host, make_network, node  # noqa: F401
+from _nodes_helpers import (  # noqa: F401
+    CONCEPT,
+    FILLER,
+    _unhype_host,
+    concept_detector,
+    forget_parts,
+    host,
+    make_network,
+    make_tiny_clip,
+    node,
+    pooled_of,
+)
 
 pytestmark = pytest.mark.host
 
@@ -74,51 +85,25 @@ def test_loader_errors_are_node_errors(unhype_folder):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_clip():
-    import comfy.sd
-    import comfy.sd1_clip
-    import comfy.supported_models_base
-
-    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
-                                                    comfy.sd1_clip.SD1ClipModel)
-    config = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
-              "num_hidden_layers": 2, "projection_dim": 64}
-    clip = comfy.sd.CLIP(target=target, model_options={"clip_l_model_config": config,
-                                                       "dtype": torch.float32})
-    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.5)
-    return clip
-
-
-FILLER = " ".join(["a"] * 75)  # exactly the first 77-token chunk (start + 75 + end)
-CONCEPT = "tench fish swimming in a pond"
-
-
-def pooled_of(clip, text):
-    return clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)[1].float()
-
-
-def concept_detector(tiny_model, concept, other):
-    """A network whose LoRA is exactly zero unless the pooled vector points at `concept`."""
-    network = make_network(tiny_model.model.diffusion_model, embed_dim=64, seed=6)
-    direction = (concept / concept.norm()).flatten()
-    high, low = float(direction @ concept.flatten()), float(direction @ other.flatten())
-    assert high > low
-    with torch.no_grad():
-        for head in network.module.generator.up_heads:
-            head[0].weight.zero_()
-            head[0].weight[:, :64] = direction * (20.0 / (high - low))
-            head[0].bias.fill_(-(high + low) / 2 * (20.0 / (high - low)))
-            head[2].bias.zero_()
-    network.info.activation_reference = float(network.activation(concept).item())
-    return network
+    return make_tiny_clip()
 
 
 def test_text_encode_catches_a_concept_after_77_tokens(tiny_clip):
     ns = host()[0]
+    forget_parts()
     model = ch.build_tiny_sd1_model(ns)
     concept, filler = pooled_of(tiny_clip, CONCEPT), pooled_of(tiny_clip, FILLER)
     network = concept_detector(model, concept, filler)
     prompt = FILLER + " " + CONCEPT
     assert len(tiny_clip.tokenize(prompt)["l"]) == 2
+
+    # CLIPTextEncode + Conditioner: the pooled vector is the first chunk's; the second is unseen
+    plain = ch.run_node(ns.nodes.CLIPTextEncode, clip=tiny_clip, text=prompt)[0]
+    conditioned, plain_report = ch.run_node(node("UnHypeConditioner"), conditioning=plain,
+                                            unhype=network)
+    assert "chunk 1 of 2 (tokens 1-77): activation 0.00  <- used" in plain_report
+    assert "chunk 2 of 2 (tokens 78-154): NOT SEEN" in plain_report
+    assert "WARNING" in plain_report and "UnHype Text Encode" in plain_report
 
     result = node("UnHypeTextEncode")().encode(tiny_clip, prompt, network)
     conditioning, report = result["result"]
@@ -128,15 +113,11 @@ def test_text_encode_catches_a_concept_after_77_tokens(tiny_clip):
     torch.testing.assert_close(network.activation(chosen), network.activation(concept))
     assert network.activation(chosen).item() == pytest.approx(1.0)
     assert network.activation(filler).item() == 0.0
-    assert "chunk 2 of 2: activation 1.00  <- used" in report
-
-    # encodes exactly like CLIPTextEncode; the plain Conditioner only sees the first chunk
-    plain = ch.run_node(ns.nodes.CLIPTextEncode, clip=tiny_clip, text=prompt)[0]
+    assert "chunk 2 of 2 (tokens 78-154): activation 1.00  <- used" in report
+    assert "NOT SEEN" not in report
+    # encodes exactly like CLIPTextEncode
     assert torch.equal(plain[0][0], conditioning[0][0])
     assert torch.equal(plain[0][1]["pooled_output"], conditioning[0][1]["pooled_output"])
-    conditioned, plain_report = ch.run_node(node("UnHypeConditioner"), conditioning=plain,
-                                            unhype=network)
-    assert "activation 0.00" in plain_report and "UnHype Text Encode" in plain_report
 
 
 def test_text_encode_short_prompt_matches_conditioner(tiny_clip):
@@ -149,4 +130,4 @@ def test_text_encode_short_prompt_matches_conditioner(tiny_clip):
     conditioned = ch.run_node(node("UnHypeConditioner"), conditioning=plain, unhype=network)[0]
     assert torch.equal(encoded[0][1]["model_conds"]["unhype_embedding"].cond,
                        conditioned[0][1]["model_conds"]["unhype_embedding"].cond)
-    assert "1 chunk" in report
+    assert report.splitlines()[1].startswith("prompt: raw LoRA norm")
