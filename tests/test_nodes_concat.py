@@ -9,6 +9,7 @@ import torch
 import comfy_host as ch
 from _nodes_helpers import (  # noqa: F401
     CONCEPT,
+    FILLER,
     _unhype_host,
     concept_detector,
     forget_parts,
@@ -192,3 +193,17 @@ def test_parts_of_any_length_without_77_token_chunks(tiny, clip):
     assert "part 1 of 3 (tokens 1-40): activation 0.00" in report
     assert "part 2 of 3 (tokens 41-53): NOT SEEN" in report
     assert "part 3 of 3 (tokens 54-78): activation 1.00  <- used" in report
+
+
+def test_text_encode_long_prompt_for_a_family_without_chunks(tiny, clip):
+    """A network for a family whose tokens are not 77-token CLIP chunks (Flux's T5): the whole
+    token block counts as one part, described by the most strongly triggering CLIP chunk."""
+    concept = pooled_of(clip, CONCEPT)
+    network = concept_detector(tiny, concept, pooled_of(clip, FILLER), base_arch="flux")
+    prompt = FILLER + " " + CONCEPT
+    encoded, report = ch.run_node(node("UnHypeTextEncode"), clip=clip, text=prompt,
+                                  unhype=network)
+    assert report.splitlines()[1] == "prompt: activation 1.00"
+    torch.testing.assert_close(packed_pooled(encoded), concept)
+    joined, report = condition(concat(encode(clip, ORDINARY), encoded), network)
+    assert "part 2 of 2 (tokens 78-231): activation 1.00  <- used" in report
