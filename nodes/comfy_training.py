@@ -21,16 +21,11 @@ from dataclasses import dataclass, field
 import folder_paths
 import torch
 
-from ..unhype import HyperNetConfig, NetworkInfo, save_unhype, targets_from_preset
-from ..unhype.headless import HeadlessConfig, TrainingSettings
-from ..unhype.prompts import (
-    GENERIC_TEMPLATES,
-    TRAINING_PRESETS,
-    builtin_retain_prompts,
-    parse_concepts,
-    parse_prompt_lines,
-)
-from ..unhype.training import CHECKPOINT_KIND, Progress, TrainConfig, Trainer
+from ..unhype import NetworkInfo, save_unhype, targets_from_preset
+from ..unhype.headless import HeadlessConfig
+from ..unhype.prompts import builtin_retain_prompts, parse_prompt_lines
+from ..unhype.settings import ConfigError, TrainingSettings, build_configs
+from ..unhype.training import CHECKPOINT_KIND, Progress, Trainer, TrainingDivergedError
 from .comfy_denoiser import FAMILIES, ComfyDenoiser, model_family
 from .loader import FOLDER as NETWORK_FOLDER
 from .loader import register_model_folder
@@ -56,8 +51,8 @@ register_model_folder()
 register_checkpoint_folder()
 
 
-class TrainingError(ValueError):
-    """A clear, user-facing reason why training cannot start."""
+class TrainingError(ConfigError):
+    """A clear, user-facing reason why training cannot start or go on."""
 
 
 # -- names and folders --
@@ -159,11 +154,6 @@ class Plan:
 
     family: str
     target_preset: str
-    templates: list[str]
-    eta: float
-    rank: int
-    hidden: int
-    concepts: list
     retain_prompts: list[str]
     notes: list[str] = field(default_factory=list)
 
@@ -171,31 +161,14 @@ class Plan:
 def make_plan(settings: TrainingSettings, family: str) -> Plan:
     settings.validate()
     notes = []
-    if settings.preset == "custom":
-        templates = parse_prompt_lines(settings.templates) or list(GENERIC_TEMPLATES)
-        eta, rank, anchor = settings.eta, settings.rank or 6, ""
-    else:
-        preset = TRAINING_PRESETS[settings.preset]
-        templates, eta, anchor = list(preset["templates"]), preset["eta"], preset["anchor"]
-        rank = settings.rank or preset["rank"]
-        if settings.templates.strip():
-            notes.append("templates are used with the 'custom' preset only: ignored")
-    if family == "flux" and not settings.rank and settings.preset != "custom":
-        rank = 4  # the paper's Flux rank (code)
+    if settings.preset != "custom" and settings.templates.strip():
+        notes.append("templates are used with the 'custom' preset only: ignored")
     target_preset = FAMILIES[family]["target_preset"]
     if settings.target_preset != "auto":
         target_preset = settings.target_preset
-    try:
-        concepts = parse_concepts(settings.concepts, default_anchor=anchor)
-    except ValueError as error:
-        raise TrainingError(f"erase concepts: {error}") from None
     builtin = builtin_retain_prompts() if settings.builtin_retain else []
     retain = list(dict.fromkeys(parse_prompt_lines(settings.retain_prompts) + builtin))
-    erased = {c.name.lower() for c in concepts}
-    retain = [p for p in retain if p.lower() not in erased]
-    hidden = settings.hidden or (100 if family == "flux" else 512)
-    return Plan(family, target_preset, templates, float(eta), int(rank), int(hidden), concepts,
-                retain, notes)
+    return Plan(family, target_preset, retain, notes)
 
 
 def build_trainer(denoiser: ComfyDenoiser, settings: TrainingSettings, plan: Plan) -> Trainer:
@@ -204,17 +177,9 @@ def build_trainer(denoiser: ComfyDenoiser, settings: TrainingSettings, plan: Pla
     except ValueError as error:
         raise TrainingError(str(error)) from None
     embed_dim = int(denoiser.embed([""]).shape[1])
-    net_config = HyperNetConfig(
-        embed_dim=embed_dim, rank=plan.rank, hidden=plan.hidden, variant=settings.variant,
-        alpha0=0.5 if plan.family == "flux" else 1.0, seed=settings.seed)
+    net_config, config = build_configs(settings, plan.family, plan.retain_prompts, embed_dim)
     info = NetworkInfo(plan.family, plan.target_preset, title=sanitise_name(settings.save_name),
                        embedding_source=_embedding_source(embed_dim))
-    config = TrainConfig(
-        concepts=plan.concepts, retain_prompts=plan.retain_prompts, templates=plan.templates,
-        objective=settings.objective, steps=settings.steps, learning_rate=settings.learning_rate,
-        eta=plan.eta, seed=settings.seed, checkpoint_every=settings.checkpoint_every,
-        xt_cache_size=settings.xt_cache_size, retain_batch=settings.retain_batch,
-        lr_gamma=0.5 if plan.family == "flux" else 0.9, hide_concepts=settings.hide_concepts)
     return Trainer(denoiser, net_config, targets, info, config)
 
 
@@ -268,13 +233,18 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
             log(f"resuming {os.path.basename(resume)} at step {trainer.step}")
         else:
             checkpoint_path = unique_path(checkpoint_dir, stem)
-        log(f"UnHype training: {len(plan.concepts)} concept(s) on {family} "
-            f"({plan.target_preset}, {len(trainer.module.targets)} layers, rank {plan.rank}, "
-            f"{settings.variant}), {settings.objective}, {settings.steps} steps on "
+        net, config = trainer.module.config, trainer.config
+        log(f"UnHype training: {len(config.concepts)} concept(s) on {family} "
+            f"({plan.target_preset}, {len(trainer.module.targets)} layers, rank {net.rank}, "
+            f"{net.variant}), {config.objective}, {config.steps} steps, learning rate "
+            f"{config.learning_rate:g}, eta {config.eta:g} on "
             f"{denoiser.device}; checkpoint {checkpoint_path}")
         for note in plan.notes:
             log(note)
-        result = trainer.run(checkpoint_path, on_progress)
+        try:
+            result = trainer.run(checkpoint_path, on_progress)
+        except TrainingDivergedError as error:
+            raise TrainingError(str(error)) from None
         network = result.network.to("cpu")
         path = unique_path(output_dir, stem)
         save_unhype(path, network)

@@ -12,11 +12,8 @@ import sys
 import comfy.model_management
 import comfy.utils
 
-from ..unhype import PRESETS
-from ..unhype.headless import PRESET_NAMES, ConfigError, TrainingSettings
-from ..unhype.hypernet import VARIANTS
-from ..unhype.training import OBJECTIVES
-from .comfy_training import TrainingError, checkpoint_names, loss_plot, run_training
+from ..unhype.settings import SETTINGS, ConfigError, Setting, TrainingSettings
+from .comfy_training import checkpoint_names, loss_plot, run_training
 
 NO_RESUME = "none"
 EVENT = "unhype.training"
@@ -34,6 +31,27 @@ def _send(event: str, data: dict) -> None:
         logging.debug("UnHype: could not send %s: %s", event, error)
 
 
+def _widget(setting: Setting) -> tuple:
+    """A node input from its one declaration in unhype/settings.py."""
+    options = {"default": setting.default, "tooltip": setting.tooltip}
+    if setting.advanced:
+        options["advanced"] = True
+    if setting.name == "resume":
+        return [NO_RESUME, *checkpoint_names()], {**options, "default": NO_RESUME}
+    if setting.choices:
+        return list(setting.choices), options
+    if setting.kind is str:
+        return "STRING", {**options, "multiline": setting.multiline}
+    if setting.kind is bool:
+        return "BOOLEAN", options
+    options.update(min=setting.low, max=setting.high)
+    if setting.kind is float:
+        options.update(step=setting.step or 0.01, round=False)
+    elif setting.step:
+        options["step"] = int(setting.step)
+    return ("FLOAT" if setting.kind is float else "INT"), options
+
+
 class UnHypeTrainer:
     DESCRIPTION = (
         "Trains an UnHype concept-erasure hypernetwork on this model (SD1.x, SD2.x, SDXL, "
@@ -49,105 +67,26 @@ class UnHypeTrainer:
 
     @classmethod
     def INPUT_TYPES(cls):
-        defaults = TrainingSettings()
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint: its pooled "
-                                             "embedding is what the network reads."}),
-                "erase_concepts": ("STRING", {
-                    "multiline": True, "default": "",
-                    "tooltip": "One concept per line; 'concept -> anchor' maps it to an anchor "
-                               "(e.g. 'tench -> fish'). Without an anchor the preset's is used."}),
-                "preset": (list(PRESET_NAMES), {
-                    "default": defaults.preset,
-                    "tooltip": "Templates, eta, rank and default anchor: objects (empty anchor, "
-                               "eta 0.3), people ('a person', eta 1), explicit content ('a fully "
-                               "clothed person', eta 2, rank 1), custom (the optional inputs)."}),
-                "objective": (list(OBJECTIVES), {
-                    "default": defaults.objective,
-                    "tooltip": "trajectory: the paper's; direct: ESD loss at s=T (ablation)."}),
-                "steps": ("INT", {"default": defaults.steps, "min": 1, "max": 1_000_000}),
-                "learning_rate": ("FLOAT", {"default": defaults.learning_rate, "min": 1e-7,
-                                            "max": 1.0, "step": 1e-5, "round": False}),
-                "rank": ("INT", {"default": 0, "min": 0, "max": 64,
-                                 "tooltip": "0: the preset's rank (6; 1 for explicit content; "
-                                            "4 on Flux)."}),
-                "variant": (list(VARIANTS), {
-                    "default": defaults.variant,
-                    "tooltip": "paper: one MLP pair per layer (~180M parameters on SD1.x); "
-                               "compact: a shared trunk (far smaller)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
-                "save_name": ("STRING", {
-                    "default": "unhype",
-                    "tooltip": "File name in models/unhype (letters, digits, _ - . only; an "
-                               "existing file is never overwritten: _2, _3 ... is appended)."}),
-                "checkpoint_every": ("INT", {"default": defaults.checkpoint_every, "min": 1,
-                                             "max": 1_000_000}),
-            },
-            "optional": {
-                "retain_prompts": ("STRING", {
-                    "multiline": True, "default": "",
-                    "tooltip": "Prompts to keep untouched, one per line, used together with the "
-                               "built-in list of everyday prompts."}),
-                "builtin_retain": ("BOOLEAN", {
-                    "default": True,
-                    "tooltip": "Also keep the built-in list of a few hundred everyday prompts "
-                               "untouched."}),
-                "resume": ([NO_RESUME, *checkpoint_names()], {
-                    "default": NO_RESUME,
-                    "tooltip": "A checkpoint from models/unhype_checkpoints to continue (same "
-                               "settings; steps may grow)."}),
-                "templates": ("STRING", {
-                    "multiline": True, "default": "",
-                    "tooltip": "custom preset: prompt templates, one per line, '{}' = concept."}),
-                "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
-                                  "tooltip": "custom preset: ESD guidance strength."}),
-                "target_preset": (["auto", *sorted(PRESETS)], {
-                    "default": "auto",
-                    "tooltip": "Layers that get the LoRA; auto picks from the model family."}),
-                "hidden": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                   "tooltip": "Hypernetwork width; 0: 512 (SD) / 100 (Flux)."}),
-                "guidance": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1,
-                                       "tooltip": "CFG of the ESD sampling (Flux: guidance); "
-                                                  "0: 7.5 (Flux 3.5)."}),
-                "sampling_steps": ("INT", {"default": 50, "min": 2, "max": 1000,
-                                           "tooltip": "Schedule length of the ESD partial "
-                                                      "sampling."}),
-                "resolution": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8,
-                                       "tooltip": "Training resolution in pixels; 0: 512 SD1 / "
-                                                  "768 SD2 / 1024 SDXL / 512 Flux."}),
-                "xt_cache_size": ("INT", {"default": 32, "min": 0, "max": 4096,
-                                          "tooltip": "x_t samples kept per concept and reused; "
-                                                     "0 samples every step."}),
-                "hide_concepts": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": "Record only a SHA-256 of the concept list in the file, not the "
-                               "concepts and anchors."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+        required = {
+            "model": ("MODEL",),
+            "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint: its pooled embedding "
+                                         "is what the network reads."}),
         }
+        optional = {}
+        for setting in SETTINGS:
+            (optional if setting.optional else required)[setting.name] = _widget(setting)
+        return {"required": required, "optional": optional,
+                "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def train(self, model, clip, erase_concepts, preset, objective, steps, learning_rate, rank,
-              variant, seed, save_name, checkpoint_every, retain_prompts="", builtin_retain=True,
-              resume=NO_RESUME, templates="", eta=1.0, target_preset="auto", hidden=0, guidance=0.0,
-              sampling_steps=50, resolution=0, xt_cache_size=32, hide_concepts=False,
-              unique_id=None):
+    def train(self, model, clip, unique_id=None, **inputs):
         node = "UnHype Trainer"
-        if not erase_concepts or not erase_concepts.strip():
-            raise ValueError(f"{node}: no concepts to erase: write one per line in "
-                             "'erase_concepts', e.g. 'tench -> fish'")
-        settings = TrainingSettings(
-            concepts=erase_concepts, retain_prompts=retain_prompts or "",
-            builtin_retain=bool(builtin_retain), preset=preset,
-            templates=templates or "", eta=float(eta), target_preset=target_preset,
-            objective=objective, steps=int(steps), learning_rate=float(learning_rate),
-            rank=int(rank), variant=variant, hidden=int(hidden), seed=int(seed),
-            save_name=save_name, checkpoint_every=int(checkpoint_every),
-            resume="" if resume in (None, NO_RESUME) else resume, guidance=float(guidance),
-            sampling_steps=int(sampling_steps), resolution=int(resolution),
-            xt_cache_size=int(xt_cache_size), hide_concepts=bool(hide_concepts))
-        bar = comfy.utils.ProgressBar(int(steps), node_id=unique_id)
+        if inputs.get("resume") == NO_RESUME:
+            inputs["resume"] = ""
+        try:
+            settings = TrainingSettings(**inputs).validate()
+        except (TypeError, ConfigError) as error:
+            raise ValueError(f"{node}: {error}") from None
+        bar = comfy.utils.ProgressBar(1, node_id=unique_id)
 
         def on_progress(progress):
             bar.update_absolute(progress.step, progress.steps)
@@ -161,7 +100,7 @@ class UnHypeTrainer:
         try:
             outcome = run_training(model, clip, settings, on_progress=on_progress,
                                    log=lambda line: logging.info("UnHype Trainer: %s", line))
-        except (TrainingError, ConfigError) as error:  # user-facing; anything else is a bug
+        except ConfigError as error:  # user-facing; anything else is a bug
             raise ValueError(f"{node}: {error}") from None
         _send(EVENT, {"node": unique_id, "done": True, "file": outcome.name})
         plot = loss_plot(outcome.history)

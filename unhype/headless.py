@@ -19,85 +19,12 @@ import importlib.util
 import json
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .hypernet import VARIANTS
-from .prompts import TRAINING_PRESETS
-from .targets import PRESETS
-from .training import OBJECTIVES
+from .settings import SETTINGS, ConfigError, TrainingSettings
 
-PRESET_NAMES = (*TRAINING_PRESETS, "custom")
 PACK_MODULE = "comfyui_unhype"
-
-
-class ConfigError(ValueError):
-    """A headless training config that cannot be used, with what to fix."""
-
-
-@dataclass
-class TrainingSettings:
-    """Everything the Trainer node and the headless trainer take (0 / "" / "auto" = default)."""
-
-    concepts: str = ""  # one per line, "concept -> anchor" optional
-    retain_prompts: str = ""  # one per line, used with the built-in list
-    builtin_retain: bool = True  # add unhype.prompts' few hundred everyday prompts
-    preset: str = "objects"
-    templates: str = ""  # custom preset: one per line, with "{}" for the concept
-    eta: float = 1.0  # custom preset only
-    target_preset: str = "auto"  # auto: from the model family
-    objective: str = "trajectory"
-    steps: int = 2000
-    learning_rate: float = 1e-4
-    rank: int = 0  # 0: the preset's rank
-    variant: str = "paper"
-    hidden: int = 0  # 0: 512 (SD) / 100 (Flux), as in the paper's code
-    seed: int = 0
-    save_name: str = "unhype"
-    checkpoint_every: int = 100
-    resume: str = ""  # a checkpoint file (name in models/unhype_checkpoints, or a path)
-    guidance: float = 0.0  # 0: 7.5 (CFG for SD) / 3.5 (Flux guidance)
-    sampling_steps: int = 50
-    resolution: int = 0  # 0: the family's (512 SD1, 768 SD2, 1024 SDXL, 512 Flux)
-    xt_cache_size: int = 32
-    retain_batch: int = 8
-    hide_concepts: bool = False
-
-    def validate(self) -> TrainingSettings:
-        problems = []
-        if not self.concepts.strip():
-            problems.append("concepts: nothing to erase; give at least one concept")
-        if self.preset not in PRESET_NAMES:
-            problems.append(f"preset: {self.preset!r} is not one of {list(PRESET_NAMES)}")
-        if self.target_preset != "auto" and self.target_preset not in PRESETS:
-            problems.append(
-                f"target_preset: {self.target_preset!r} is not 'auto' or one of {sorted(PRESETS)}")
-        if self.objective not in OBJECTIVES:
-            problems.append(f"objective: {self.objective!r} is not one of {list(OBJECTIVES)}")
-        if self.variant not in VARIANTS:
-            problems.append(f"variant: {self.variant!r} is not one of {list(VARIANTS)}")
-        if self.preset == "custom" and self.templates.strip():
-            bad = [t for t in _lines(self.templates) if "{}" not in t]
-            if bad:
-                problems.append(f"templates: each needs '{{}}' for the concept: {bad[:3]}")
-        for name, low in (("steps", 1), ("rank", 0), ("hidden", 0), ("seed", 0),
-                          ("checkpoint_every", 1), ("sampling_steps", 2), ("resolution", 0),
-                          ("xt_cache_size", 0), ("retain_batch", 1)):
-            if getattr(self, name) < low:
-                problems.append(f"{name}: must be >= {low}, got {getattr(self, name)}")
-        for name in ("learning_rate",):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("eta", "guidance"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if problems:
-            raise ConfigError("invalid training settings:\n  " + "\n  ".join(problems))
-        return self
-
-
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 @dataclass
@@ -114,19 +41,14 @@ class HeadlessConfig:
 HEADLESS_FIELDS = {"checkpoint": str, "comfyui_path": str, "output": str, "checkpoint_dir": str,
                    "device": str}
 DEVICES = ("auto", "cpu", "gpu")
-_TEXT_FIELDS = {"concepts", "retain_prompts", "templates"}  # a string or a list of strings
-
-
-def _setting_types() -> dict[str, type]:
-    defaults = TrainingSettings()
-    return {f.name: type(getattr(defaults, f.name)) for f in fields(TrainingSettings)}
+_TEXT_FIELDS = {s.name for s in SETTINGS if s.multiline}  # a string or a list of strings
 
 
 def parse_config(data: dict, source: str = "config") -> HeadlessConfig:
     """Validate a config mapping: unknown keys, missing fields and wrong types are errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a table / object of settings")
-    types = _setting_types()
+    types = {setting.name: setting.kind for setting in SETTINGS}
     known = set(types) | set(HEADLESS_FIELDS)
     unknown = sorted(set(data) - known)
     problems = []

@@ -80,18 +80,6 @@ PERSON_TEMPLATES = [
     "{} playing guitar",
 ]
 
-TRAINING_PRESETS = {
-    # eta and rank follow the authors' code (PAPER.md); anchors are used when a line has none.
-    "objects": {"templates": GENERIC_TEMPLATES, "eta": 0.3, "rank": 6, "anchor": ""},
-    "people": {"templates": PERSON_TEMPLATES, "eta": 1.0, "rank": 6, "anchor": "a person"},
-    "explicit content": {
-        "templates": GENERIC_TEMPLATES,
-        "eta": 2.0,
-        "rank": 1,
-        "anchor": "a fully clothed person",
-    },
-}
-
 _SUBJECTS = [
     "a dog", "a cat", "a horse", "a cow", "a sheep", "a bird", "a duck", "a fish",
     "a rabbit", "a squirrel", "a bicycle", "a car", "a bus", "a train", "a boat",

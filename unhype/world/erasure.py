@@ -17,19 +17,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ..hypernet import HyperNetConfig, RowFactors
+from ..hypernet import RowFactors
 from ..lora import row_lora
 from ..network import NetworkInfo, UnHypeNetwork
-from ..prompts import Concept
+from ..settings import FAMILY_DEFAULTS, TrainingSettings, build_configs
 from ..targets import targets_from_preset
-from ..training import TrainConfig, Trainer
+from ..training import Trainer
 from . import World
 from .data import COLOURS, PARAPHRASES, SHAPES, TEMPLATES
 
 COLOUR_INDEX = {c.word: i for i, c in enumerate(COLOURS)}
-# ESD strength for colours: eta 1 left 10-40% of erased prompts red after 600 steps, eta 3
-# erased all within 300 (the paper's presets use 0.3 for objects, 2.0 for nudity).
-COLOUR_ETA = 3.0
+FAMILY = "proving-ground"
+COLOUR_ETA = FAMILY_DEFAULTS[FAMILY]["eta"]
 
 
 @dataclass
@@ -132,23 +131,20 @@ class StaticLoRA:
 
 # -- training ---------------------------------------------------------------------------------
 
-def train_unhype(world: World, task: ErasureTask, *, variant: str = "paper",
-                 objective: str = "trajectory", steps: int = 600, seed: int = 0,
-                 rank: int = 4, hidden: int = 128, learning_rate: float = 1e-3,
-                 eta: float = COLOUR_ETA, trajectory_length: int = 50,
-                 on_progress=None, **settings) -> tuple[UnHypeNetwork, dict]:
-    """An UnHype network for the world, trained on main colour words and caption templates."""
+def train_unhype(world: World, task: ErasureTask, *, on_progress=None,
+                 **settings) -> tuple[UnHypeNetwork, dict]:
+    """An UnHype network for the world, with the UnHype Trainer's defaults for the proving-ground
+    family (unhype/settings.py) unless `settings` (Trainer settings) say otherwise: the caption
+    templates with main shape words, the other colours as retain prompts."""
+    settings = TrainingSettings(
+        concepts="\n".join(task.erase), preset="custom",
+        templates="\n".join(task.training_templates()), builtin_retain=False,
+        **settings).validate()
+    embed_dim = world.clip.model.ln_final.normalized_shape[0]
+    net_config, config = build_configs(settings, FAMILY, task.retain_prompts(), embed_dim)
+    config.log_every = 25
     targets = targets_from_preset(world.unet, "sd-cross-kv")
-    net_config = HyperNetConfig(embed_dim=world.clip.model.ln_final.normalized_shape[0],
-                                rank=rank, hidden=hidden, trajectory_length=trajectory_length,
-                                variant=variant, compact_trunk=hidden, compact_code=64,
-                                compact_layer_embed=16, seed=seed)
-    config = TrainConfig(
-        concepts=[Concept(c, "") for c in task.erase], retain_prompts=task.retain_prompts(),
-        templates=task.training_templates(), objective=objective, steps=steps,
-        learning_rate=learning_rate, eta=eta, xt_cache_size=32, seed=seed, log_every=25,
-        lr_every=max(steps * 3 // 4, 1), **settings)
-    info = NetworkInfo("proving-ground", "sd-cross-kv", embedding_source="proving-ground tiny CLIP",
+    info = NetworkInfo(FAMILY, "sd-cross-kv", embedding_source="proving-ground tiny CLIP",
                        title=f"proving ground: erase {', '.join(task.erase)}")
     trainer = Trainer(world.denoiser, net_config, targets, info, config)
     result = trainer.run(on_progress=on_progress)

@@ -1,0 +1,213 @@
+"""Trainer settings, each declared once: the Trainer node's inputs, the headless config's keys and
+their bounds, and the values the core trainer gets all come from `SETTINGS`, `PRESETS` and
+`FAMILY_DEFAULTS`.
+
+A numeric setting left at 0 means "the default": a model family's value (Flux, the proving
+ground) wins over the preset's, which wins over `COMMON`. The presets follow the authors'
+configs (PAPER.md): objects = their Imagenette run, people = celebrities, explicit content = SD
+nudity; Flux = their Flux nudity run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, make_dataclass
+
+from .hypernet import VARIANTS, HyperNetConfig
+from .prompts import (
+    GENERIC_TEMPLATES,
+    PERSON_TEMPLATES,
+    Concept,
+    parse_concepts,
+    parse_prompt_lines,
+)
+from .targets import PRESETS as TARGET_PRESETS
+from .training import OBJECTIVES, TrainConfig
+
+#: what every run uses unless a preset or family says otherwise
+COMMON = {"removal_step": 1e-4, "lr_gamma": 0.9, "lr_every": 3000, "alpha0": 1.0,
+          "trajectory_length": 300, "hidden": 512}
+
+PRESETS = {
+    "objects": {"templates": GENERIC_TEMPLATES, "anchor": "", "eta": 0.3, "rank": 6,
+                "steps": 6000, "learning_rate": 5e-5, "retain_learning_rate": 5e-5,
+                "removal_weight": 5.0, "retain_weight": 5.0},
+    "people": {"templates": PERSON_TEMPLATES, "anchor": "a person", "eta": 1.0, "rank": 6,
+               "steps": 4000, "learning_rate": 1e-4, "retain_learning_rate": 3e-4,
+               "removal_weight": 10.0, "retain_weight": 5.0},
+    "explicit content": {"templates": GENERIC_TEMPLATES, "anchor": "a fully clothed person",
+                         "eta": 2.0, "rank": 1, "hidden": 100, "steps": 4000,
+                         "learning_rate": 1e-3, "retain_learning_rate": 1e-3,
+                         "removal_weight": 10.0, "retain_weight": 0.1},
+    # your templates (generic ones when none are given), the empty anchor, the people schedule
+    "custom": {"templates": GENERIC_TEMPLATES, "anchor": "", "eta": 1.0, "rank": 6,
+               "steps": 4000, "learning_rate": 1e-4, "retain_learning_rate": 3e-4,
+               "removal_weight": 10.0, "retain_weight": 5.0},
+}
+
+FAMILY_DEFAULTS = {
+    "flux": {"rank": 4, "hidden": 100, "alpha0": 0.5, "lr_gamma": 0.5, "learning_rate": 1e-5,
+             "retain_learning_rate": 2e-5, "removal_step": 1e-3, "removal_weight": 2.0,
+             "retain_weight": 1.0},
+    # the CPU world of unhype/world/: a 2M-parameter UNet learns in hundreds of steps, not
+    # thousands; colours need a stronger ESD push (eta 3; README, proving ground)
+    "proving-ground": {"rank": 4, "hidden": 128, "trajectory_length": 50, "steps": 1000,
+                       "learning_rate": 1e-3, "retain_learning_rate": 1e-3, "eta": 3.0,
+                       "lr_every": 750},
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its type and default, its bounds, and how the node shows it."""
+
+    name: str
+    default: object
+    tooltip: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    multiline: bool = False
+    optional: bool = False  # an optional node input
+    advanced: bool = False  # collapsed on the node
+    step: float | None = None
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+
+_DEFAULT = "0: the default (model family, then preset)."
+
+# Node inputs in this order (a saved UI workflow stores widget values by position: append only).
+SETTINGS = (
+    Setting("concepts", "", "One concept per line; 'concept -> anchor' maps it to an anchor "
+            "(e.g. 'tench -> fish'). Without an anchor the preset's is used.", multiline=True),
+    Setting("preset", "objects", "Templates, anchor and schedule of one of the authors' runs: "
+            "objects (empty anchor, eta 0.3), people ('a person', eta 1), explicit content ('a "
+            "fully clothed person', eta 2, rank 1), custom (your templates).",
+            choices=tuple(PRESETS)),
+    Setting("objective", "trajectory", "trajectory: the paper's, as its authors train it (ESD "
+            "gradient at a random s + smoothness along s); direct: ESD loss at s=T (ablation).",
+            choices=OBJECTIVES),
+    Setting("steps", 0, "Training steps. " + _DEFAULT, 0, 1_000_000),
+    Setting("learning_rate", 0.0, "Adam learning rate of the removal step. " + _DEFAULT, 0.0,
+            1.0, step=1e-5),
+    Setting("rank", 0, "LoRA rank. " + _DEFAULT, 0, 64),
+    Setting("variant", "paper", "paper: one MLP pair per layer (~180M parameters on SD1.x); "
+            "compact: a shared trunk (far smaller).", choices=VARIANTS),
+    Setting("seed", 0, "Seed of the network's initialisation and of every random draw.", 0,
+            2**31 - 1),
+    Setting("save_name", "unhype", "File name in models/unhype (letters, digits, _ - . kept; "
+            "an existing file is never overwritten: _2, _3 ... is appended)."),
+    Setting("checkpoint_every", 100, "Steps between resumable checkpoints in "
+            "models/unhype_checkpoints.", 1, 1_000_000),
+    Setting("retain_prompts", "", "Prompts to keep untouched, one per line, used together with "
+            "the built-in list of everyday prompts.", multiline=True, optional=True),
+    Setting("builtin_retain", True, "Also keep the built-in list of a few hundred everyday "
+            "prompts untouched.", optional=True),
+    Setting("resume", "", "A checkpoint from models/unhype_checkpoints to continue (same "
+            "settings; steps may grow).", optional=True),
+    Setting("templates", "", "custom preset: prompt templates, one per line, '{}' = concept.",
+            multiline=True, optional=True),
+    Setting("eta", 0.0, "ESD strength: how far past the anchor to push. " + _DEFAULT, 0.0, 10.0,
+            optional=True, advanced=True, step=0.05),
+    Setting("target_preset", "auto", "Layers that get the LoRA; auto picks from the model "
+            "family.", choices=("auto", *sorted(TARGET_PRESETS)), optional=True, advanced=True),
+    Setting("hidden", 0, "Hypernetwork width. " + _DEFAULT, 0, 4096, optional=True,
+            advanced=True),
+    Setting("guidance", 0.0, "CFG of the ESD sampling (Flux: guidance). 0: 7.5 (Flux 3.5).",
+            0.0, 30.0, optional=True, advanced=True, step=0.1),
+    Setting("sampling_steps", 50, "Schedule length of the ESD partial sampling.", 2, 1000,
+            optional=True, advanced=True),
+    Setting("resolution", 0, "Training resolution in pixels; 0: 512 SD1 / 768 SD2 / 1024 SDXL "
+            "/ 512 Flux / 32 proving ground.", 0, 4096, optional=True, advanced=True, step=8),
+    Setting("xt_cache_size", 32, "x_t samples kept per concept and reused; 0 samples every "
+            "step.", 0, 4096, optional=True, advanced=True),
+    Setting("hide_concepts", False, "Record only a SHA-256 of the concept list in the file and "
+            "the checkpoints, not the concepts and anchors.", optional=True, advanced=True),
+    Setting("retain_learning_rate", 0.0, "Adam learning rate of the retention step. " + _DEFAULT,
+            0.0, 1.0, optional=True, advanced=True, step=1e-5),
+    Setting("removal_weight", 0.0, "w_rm: weight of the trajectory term. " + _DEFAULT, 0.0,
+            1000.0, optional=True, advanced=True),
+    Setting("retain_weight", 0.0, "w_rt: weight of the retention loss. " + _DEFAULT, 0.0, 1000.0,
+            optional=True, advanced=True),
+    Setting("removal_step", 0.0, "lambda: the gradient-step size the trajectory learns. "
+            + _DEFAULT, 0.0, 1.0, optional=True, advanced=True, step=1e-5),
+    Setting("retain_batch", 32, "Retain prompts per retention step (the authors: 1000, which "
+            "costs far more memory at SD size).", 1, 4096, optional=True, advanced=True),
+)
+#: settings where 0 means "the family's or the preset's value"
+DEFAULTED = ("steps", "learning_rate", "rank", "eta", "hidden", "retain_learning_rate",
+             "removal_weight", "retain_weight", "removal_step")
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used, with what to fix."""
+
+
+def _validate(self) -> TrainingSettings:
+    problems = []
+    try:
+        parse_concepts(self.concepts)
+    except ValueError as error:
+        problems.append(f"concepts: {error}")
+    for setting in SETTINGS:
+        value = getattr(self, setting.name)
+        if setting.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            setattr(self, setting.name, value)
+        if not isinstance(value, setting.kind) or (setting.kind is int and
+                                                   isinstance(value, bool)):
+            problems.append(f"{setting.name}: expected {setting.kind.__name__}, got "
+                            f"{type(value).__name__} {value!r}")
+        elif setting.choices and value not in setting.choices:
+            problems.append(f"{setting.name}: {value!r} is not one of {list(setting.choices)}")
+        elif setting.low is not None and not setting.low <= value <= setting.high:
+            problems.append(f"{setting.name}: must be between {setting.low:g} and "
+                            f"{setting.high:g}, got {value!r}")
+    if self.preset == "custom" and self.templates.strip():
+        bad = [t for t in parse_prompt_lines(self.templates) if "{}" not in t]
+        if bad:
+            problems.append(f"templates: each needs '{{}}' for the concept: {bad[:3]}")
+    if problems:
+        raise ConfigError("invalid training settings:\n  " + "\n  ".join(problems))
+    return self
+
+
+def _resolve(self, family: str) -> dict:
+    """Every value the run uses: set ones, then the family's, the preset's, then COMMON's."""
+    values = {**COMMON, **PRESETS[self.preset], **FAMILY_DEFAULTS.get(family, {})}
+    values.update({name: getattr(self, name) for name in DEFAULTED if getattr(self, name)})
+    if self.preset == "custom" and self.templates.strip():
+        values["templates"] = parse_prompt_lines(self.templates)
+    values["templates"] = list(values["templates"])
+    return values
+
+
+TrainingSettings = make_dataclass(
+    "TrainingSettings", [(s.name, s.kind, field(default=s.default)) for s in SETTINGS],
+    namespace={"validate": _validate, "resolve": _resolve,
+               "__doc__": "Everything the Trainer node and the headless trainer take."})
+
+
+def build_configs(settings: TrainingSettings, family: str, retain_prompts: list[str],
+                  embed_dim: int) -> tuple[HyperNetConfig, TrainConfig]:
+    """The network's and the trainer's configs for validated settings on a model family."""
+    values = settings.resolve(family)
+    concepts: list[Concept] = parse_concepts(settings.concepts, default_anchor=values["anchor"])
+    erased = {c.name.lower() for c in concepts}
+    net = HyperNetConfig(
+        embed_dim=embed_dim, rank=int(values["rank"]), hidden=int(values["hidden"]),
+        trajectory_length=int(values["trajectory_length"]), alpha0=values["alpha0"],
+        variant=settings.variant, seed=settings.seed)
+    train = TrainConfig(
+        concepts=concepts, retain_prompts=[p for p in retain_prompts if p.lower() not in erased],
+        templates=values["templates"], objective=settings.objective, steps=int(values["steps"]),
+        learning_rate=values["learning_rate"],
+        retain_learning_rate=values["retain_learning_rate"], eta=values["eta"],
+        removal_step=values["removal_step"], removal_weight=values["removal_weight"],
+        retain_weight=values["retain_weight"], retain_batch=settings.retain_batch,
+        xt_cache_size=settings.xt_cache_size, lr_gamma=values["lr_gamma"],
+        lr_every=int(values["lr_every"]), seed=settings.seed,
+        checkpoint_every=settings.checkpoint_every, hide_concepts=settings.hide_concepts)
+    return net, train
