@@ -1,109 +1,136 @@
-"""Erasure in the proving ground: UnHype variants against a static ESD-x LoRA, one table.
+"""Erasure in the proving ground: UnHype objectives and variants against a static ESD-x LoRA.
 
-    python benchmarks/bench_erasure.py [--samples 100] [--steps 600] [--out benchmarks/results]
+    python benchmarks/bench_erasure.py --seeds 0 1 2 [--samples 100] [--out benchmarks/results]
 
-Every method is trained on the same world with the same seed and judged on the same prompts and
-noise as the base model (paired). Scores are relative to the base model (see
-unhype/world/erasure.py); raw accuracies go to the JSON file next to the table.
+Every method is trained on the same world and judged on the same prompts and noise as the base
+model (paired), per seed; the table gives the mean over seeds and the spread (min..max). UnHype
+rows use the UnHype Trainer's defaults for the proving-ground family (unhype/settings.py) unless
+the row says otherwise. Scores are relative to the base model (unhype/world/erasure.py); raw
+accuracies go to the JSON file next to the table. Seeds can run in separate processes
+(`--seeds 1 --out DIR/1`) and be merged with `--merge DIR/0 DIR/1 ...`.
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
-import torch
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from unhype.world import load_world  # noqa: E402
-from unhype.world.erasure import (  # noqa: E402
-    ErasureTask,
-    accuracies,
-    draw_prompts,
-    scores,
-    train_static_esd,
-    train_unhype,
-    unhype_patch,
-)
-
-TASKS = {
-    "1 concept (red)": ["red"],
-    "3 concepts": ["red", "blue", "green"],
-    "all but three (5)": ["red", "orange", "yellow", "green", "blue"],
-}
+SINGLE, THREE = ["red"], ["red", "blue", "green"]
+JUDGES = ("clip", "pixel")
+SCORES = ("efficacy", "specificity", "generality", "paraphrase_efficacy", "h_o")
 
 
-def methods(steps: int):
-    """(task, method label, trainer) for every row of the table."""
-    single = TASKS["1 concept (red)"]
-    return [
-        (single, "static ESD-x LoRA (rank 4)",
-         lambda w, t: train_static_esd(w, t, steps=steps).patch(w)),
-        (single, "UnHype paper, trajectory",
-         lambda w, t: unhype_patch(w, train_unhype(w, t, steps=steps)[0])),
-        (single, "UnHype paper, direct",
-         lambda w, t: unhype_patch(w, train_unhype(w, t, steps=steps, objective="direct")[0])),
-        (single, "UnHype compact, trajectory",
-         lambda w, t: unhype_patch(w, train_unhype(w, t, steps=steps, variant="compact")[0])),
-        (single, "UnHype compact, direct",
-         lambda w, t: unhype_patch(w, train_unhype(w, t, steps=steps, variant="compact",
-                                                   objective="direct")[0])),
-        (TASKS["3 concepts"], "UnHype paper, direct, 3 concepts",
-         lambda w, t: unhype_patch(w, train_unhype(w, t, steps=steps, objective="direct")[0])),
-        (TASKS["all but three (5)"], "UnHype paper, direct, all but three",
-         lambda w, t: unhype_patch(w, train_unhype(w, t, steps=steps, objective="direct")[0])),
+def rows():
+    """(label, erased colours, Trainer settings or None for static ESD-x) per table row."""
+    unhype = [
+        ("UnHype paper, trajectory (default)", {}),
+        ("UnHype paper, direct", {"objective": "direct"}),
+        ("UnHype compact, trajectory", {"variant": "compact"}),
+        ("UnHype compact, direct", {"variant": "compact", "objective": "direct"}),
     ]
+    return [
+        ("static ESD-x LoRA (rank 4)", SINGLE, None),
+        *[(label, SINGLE, settings) for label, settings in unhype],
+        ("static ESD-x LoRA (rank 4)", THREE, None),
+        *[(label, THREE, settings) for label, settings in unhype[:2]],
+        ("UnHype paper, trajectory, 2000 steps", THREE, {"steps": 2000}),
+    ]
+
+
+def run_seed(seed: int, samples: int) -> list[dict]:
+    from unhype.world import load_world
+    from unhype.world.erasure import (
+        ErasureTask,
+        accuracies,
+        draw_prompts,
+        scores,
+        train_static_esd,
+        train_unhype,
+        unhype_patch,
+    )
+
+    world = load_world()
+    baselines, results = {}, []
+    for label, erase, settings in rows():
+        task = ErasureTask(erase)
+        drawn = draw_prompts(task, samples, seed)
+        if tuple(erase) not in baselines:
+            baselines[tuple(erase)] = accuracies(world, drawn, seed)
+        before = baselines[tuple(erase)]
+        started = time.perf_counter()
+        if settings is None:
+            patch = train_static_esd(world, task, seed=seed).patch(world)
+        else:
+            patch = unhype_patch(world, train_unhype(world, task, seed=seed, **settings)[0])
+        seconds = time.perf_counter() - started
+        after = accuracies(world, drawn, seed, patch)
+        row = {"method": label, "erase": erase, "seed": seed, "train_seconds": round(seconds, 1),
+               **{judge: scores(before, after, judge) for judge in JUDGES},
+               "accuracy_before": before, "accuracy_after": after}
+        results.append(row)
+        print(f"seed {seed} {label} ({', '.join(erase)}): clip H_o {row['clip']['h_o']:.3f}, "
+              f"pixel H_o {row['pixel']['h_o']:.3f}, {seconds:.0f}s", flush=True)
+    return results
+
+
+def table(results: list[dict]) -> str:
+    """Mean and min..max over seeds, per method, erased set and judge."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["method"], tuple(row["erase"])), []).append(row)
+    lines = ["| method | erased | judge | seeds | " + " | ".join(SCORES).replace(
+        "paraphrase_efficacy", "paraphrase") + " | train s |", "|" + "---|" * 10]
+    for (method, erase), group in groups.items():
+        for judge in JUDGES:
+            cells = []
+            for score in SCORES:
+                values = [100 * r[judge][score] for r in group]
+                spread = f" ({min(values):.0f}..{max(values):.0f})" if len(values) > 1 else ""
+                cells.append(f"{statistics.mean(values):.1f}{spread}")
+            seconds = statistics.mean(r["train_seconds"] for r in group)
+            lines.append(f"| {method} | {', '.join(erase)} | {judge} | {len(group)} | "
+                         + " | ".join(cells) + f" | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def write(out: str, results: list[dict], args: dict) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "erasure.json"), "w") as handle:
+        json.dump({"args": args, "rows": results}, handle, indent=2)
+    text = table(results)
+    with open(os.path.join(out, "erasure.md"), "w") as handle:
+        handle.write(text + "\n")
+    print(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=100, help="per erased set; others get 3x")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest for the tiny models)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--merge", nargs="+", metavar="DIR",
+                        help="merge the erasure.json of earlier runs into --out; no training")
     args = parser.parse_args()
+    if args.merge:
+        results = []
+        for folder in args.merge:
+            with open(os.path.join(folder, "erasure.json")) as handle:
+                results += json.load(handle)["rows"]
+        write(args.out, results, {"merged": args.merge})
+        return
+    if args.samples < 1 or args.threads < 1:
+        parser.error("--samples and --threads must be at least 1")
+    import torch
+
     torch.set_num_threads(args.threads)
-    world = load_world()
-    baselines, rows = {}, []
-    for erase, label, train in methods(args.steps):
-        task = ErasureTask(erase)
-        drawn = draw_prompts(task, args.samples, args.seed)
-        key = tuple(erase)
-        if key not in baselines:
-            baselines[key] = accuracies(world, drawn, args.seed)
-        started = time.perf_counter()
-        torch.manual_seed(args.seed)
-        patch = train(world, task)
-        seconds = time.perf_counter() - started
-        after = accuracies(world, drawn, args.seed, patch)
-        row = {"method": label, "erase": erase, "train_seconds": round(seconds, 1),
-               "clip": scores(baselines[key], after, "clip"),
-               "pixel": scores(baselines[key], after, "pixel"),
-               "accuracy_before": baselines[key], "accuracy_after": after}
-        rows.append(row)
-        print(f"{label}: clip H_o {row['clip']['h_o']:.3f}, pixel H_o {row['pixel']['h_o']:.3f}",
-              flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "erasure.json"), "w") as handle:
-        json.dump({"args": vars(args), "rows": rows}, handle, indent=2)
-    header = ("| method | erased | judge | efficacy | specificity | generality | paraphrase "
-              "| H_o | train s |")
-    lines = [header, "|" + "---|" * 9]
-    for row in rows:
-        for judge in ("clip", "pixel"):
-            s = row[judge]
-            lines.append(
-                f"| {row['method']} | {', '.join(row['erase'])} | {judge} | "
-                f"{100 * s['efficacy']:.1f} | {100 * s['specificity']:.1f} | "
-                f"{100 * s['generality']:.1f} | {100 * s['paraphrase_efficacy']:.1f} | "
-                f"{100 * s['h_o']:.1f} | {row['train_seconds']:.0f} |")
-    table = "\n".join(lines)
-    with open(os.path.join(args.out, "erasure.md"), "w") as handle:
-        handle.write(table + "\n")
-    print(table)
+    results = [row for seed in args.seeds for row in run_seed(seed, args.samples)]
+    write(args.out, results, vars(args))
 
 
 if __name__ == "__main__":

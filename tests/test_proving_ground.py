@@ -152,7 +152,7 @@ def test_an_older_comfyui_gets_a_clear_error(monkeypatch, piece):
 def test_base_model_in_comfyui_knows_colours(loaded, world):
     """KSampler (euler, 25 steps, CFG 4, negative = empty prompt) paints the prompted colour:
     4 samples for each of the 8 colours, shapes and caption forms varied, judged twice."""
-    from unhype.world.data import COLOURS, SHAPES, TEMPLATES
+    from unhype.world.vocabulary import COLOURS, SHAPES, TEMPLATES
 
     ns = host()[0]
     model, clip, vae = loaded

@@ -70,7 +70,7 @@ def test_trajectory_term_is_the_distance_to_a_gradient_step():
     term = float(trainer._trajectory_loss(embedding, 5, now).detach())
     alpha0 = trainer.module.config.alpha0
     parts = [x.grad for f in now.values() for x in (f.down, f.up)]
-    parts += [(f.down.grad * f.down).sum().reshape(1) / alpha0 for f in now.values()]
+    parts += [(f.down.grad * f.down.detach()).sum().reshape(1) / alpha0 for f in now.values()]
     expected = sum(float((0.5 * g).pow(2).sum()) for g in parts) / sum(g.numel() for g in parts)
     assert term > 0
     assert term == pytest.approx(trainer.config.removal_weight * expected, rel=1e-5)

@@ -8,17 +8,11 @@ import torch
 from torch import nn
 
 from unhype.world import WEIGHTS_DIR, load_world
-from unhype.world.data import (
-    COLOURS,
-    PARAPHRASES,
-    SHAPES,
-    TEMPLATES,
-    make_dataset,
-    to_float,
-)
+from unhype.world.data import make_dataset, to_float
 from unhype.world.denoiser import WorldDenoiser
 from unhype.world.tiny_clip import trained_token_ids
 from unhype.world.tiny_unet import cross_attention_names
+from unhype.world.vocabulary import COLOURS, PARAPHRASES, SHAPES, TEMPLATES
 
 
 @pytest.fixture(scope="module")

@@ -4,35 +4,27 @@ Host-free core: prompt embedding -> `HyperNetwork` -> per-row factors -> `row_lo
 Nothing here imports ComfyUI.
 """
 
-from .fileformat import UnHypeFileError, load_unhype, read_header, save_unhype
-from .hypernet import Factors, HyperNetConfig, HyperNetwork, RowFactors, lora_norm
-from .lora import row_lora, row_lora_delta
-from .network import NetworkInfo, UnHypeNetwork
-from .targets import (
-    PRESETS,
-    Target,
-    TargetMismatchError,
-    resolve_targets,
-    targets_from_preset,
-)
+from importlib import import_module
 
-__all__ = [
-    "PRESETS",
-    "Factors",
-    "HyperNetConfig",
-    "HyperNetwork",
-    "NetworkInfo",
-    "RowFactors",
-    "Target",
-    "TargetMismatchError",
-    "UnHypeFileError",
-    "UnHypeNetwork",
-    "load_unhype",
-    "lora_norm",
-    "read_header",
-    "resolve_targets",
-    "row_lora",
-    "row_lora_delta",
-    "save_unhype",
-    "targets_from_preset",
-]
+# Exported names and their modules, imported on first use: `python -m unhype --help` and the
+# command line's argument errors answer without loading torch.
+_EXPORTS = {
+    "fileformat": ("UnHypeFileError", "load_unhype", "read_header", "save_unhype"),
+    "hypernet": ("Factors", "HyperNetConfig", "HyperNetwork", "RowFactors", "lora_norm"),
+    "lora": ("row_lora", "row_lora_delta"),
+    "network": ("NetworkInfo", "UnHypeNetwork"),
+    "targets": ("PRESETS", "Target", "TargetMismatchError", "resolve_targets",
+                "targets_from_preset"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_MODULE_OF)

@@ -1,31 +1,81 @@
-"""Command line: `python -m unhype demo` and `python -m unhype train CONFIG`."""
+"""Command line: `python -m unhype demo` and `python -m unhype train CONFIG`.
+
+Arguments are checked before anything heavy is imported: `--help` and a wrong argument answer at
+once, with one line and exit status 2.
+"""
 
 import argparse
+import os
 import sys
+
+from .choices import OBJECTIVES
+from .world.vocabulary import COLOURS
+
+
+def _count(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _writable_folder(parser: argparse.ArgumentParser, path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".unhype-write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        parser.error(f"--out {path}: cannot write there ({error.strerror}); pick a folder you "
+                     "can write to")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unhype", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m unhype", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="erase a concept in the bundled proving-ground world")
-    demo.add_argument("--concept", default="red", help="colour to erase (default: red)")
+    demo = commands.add_parser(
+        "demo", help="erase a colour in the bundled proving-ground world (CPU, minutes)")
+    demo.add_argument("--concept", default="red", choices=[c.word for c in COLOURS],
+                      help="colour to erase")
     demo.add_argument("--out", default="unhype-demo", help="output folder (default: unhype-demo)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
-    demo.add_argument("--samples", type=int, default=None, help="images per prompt set")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--objective", default=OBJECTIVES[0], choices=OBJECTIVES,
+                      help="trajectory (the Trainer's default, the paper's) or direct (ablation)")
+    demo.add_argument("--steps", type=_count(0), default=0,
+                      help="training steps; 0 (default) = the Trainer's default for the proving "
+                           "ground (1000)")
+    demo.add_argument("--samples", type=_count(1), default=100,
+                      help="images per prompt set when measuring (default: 100)")
+    demo.add_argument("--seed", type=_count(0), default=0)
+    demo.add_argument("--threads", type=_count(1), default=1,
+                      help="torch CPU threads (default 1: fastest for the tiny world)")
 
     train = commands.add_parser("train", help="train a network on a ComfyUI model, headless")
     train.add_argument("config", help="TOML or JSON file (see README, Headless training)")
 
     args = parser.parse_args(argv)
     if args.command == "demo":
+        _writable_folder(demo, args.out)
+        import torch
+
+        torch.set_num_threads(args.threads)
         from .demo import run_demo
 
         run_demo(concept=args.concept, out=args.out, steps=args.steps, samples=args.samples,
-                 seed=args.seed)
+                 seed=args.seed, objective=args.objective)
         return 0
-    from .headless import ConfigError, train_from_config
+    if not os.path.isfile(args.config):
+        train.error(f"{args.config}: no such config file (see workflows/"
+                    "train_config.example.toml)")
+    from .headless import train_from_config
+    from .settings import ConfigError
 
     try:
         train_from_config(args.config)

@@ -1,8 +1,10 @@
 """`python -m unhype demo`: erase a colour in the bundled proving-ground world, show and measure it.
 
-Writes to the output folder: `grid.png` (the same prompts and noise before and after, erased
-prompts next to untouched ones), `metrics.json` (efficacy, specificity, generality, h_o,
-seconds and the raw accuracies) and the trained network as an UnHype `.safetensors` file.
+Trains with the UnHype Trainer's defaults for the proving ground (unhype/settings.py), then
+writes to the output folder: `grid.png` (the same prompts and noise before and after, erased
+prompts next to untouched ones, with a caption), `metrics.json` (efficacy, specificity,
+generality, h_o, seconds and the raw accuracies) and the trained network as an UnHype
+`.safetensors` file: a proving-ground network, which no real model can use.
 """
 
 import json
@@ -11,11 +13,10 @@ import sys
 import time
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .fileformat import save_unhype
 from .world import load_world
-from .world.data import COLOURS
 from .world.erasure import (
     ErasureTask,
     accuracies,
@@ -25,11 +26,8 @@ from .world.erasure import (
     train_unhype,
     unhype_patch,
 )
+from .world.vocabulary import COLOURS
 
-DEMO_STEPS = 300
-# The paper's trajectory objective did not erase within a CPU-sized budget in this world (see the
-# README's results table); the direct objective does, so the demo uses it.
-DEMO_OBJECTIVE = "direct"
 DEMO_SAMPLES = 100
 CELL = 96
 
@@ -52,85 +50,128 @@ class ProgressBar:
         sys.stderr.flush()
 
 
+def article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def grid_prompts(concept: str) -> list[tuple[str, str]]:
     """(label, prompt) rows: erased prompt, held-out synonym and paraphrase, then kept colours."""
     colour = next(c for c in COLOURS if c.word == concept)
     others = [c.word for c in COLOURS if c.word != concept][:3]
     return [
-        ("erased", f"a {concept} circle"),
-        ("erased: synonym", f"a {colour.synonyms[0]} square"),
-        ("erased: paraphrase", f"a picture with a {concept} ring in it"),
-        *[("kept", f"a {other} {shape}") for other, shape in zip(others, ["circle", "square",
-                                                                           "triangle"])],
+        ("erased", f"{article(concept)} circle"),
+        ("erased: synonym", f"{article(colour.synonyms[0])} square"),
+        ("erased: paraphrase", f"a dark image of one {concept} ring"),
+        *[("kept", f"{article(other)} {shape}") for other, shape in zip(others, ["circle",
+                                                                                "square",
+                                                                                "triangle"])],
+    ]
+
+
+def caption(concept: str, metrics: dict) -> list[str]:
+    return [
+        f"UnHype proving ground: the network was trained to erase \"{concept}\" (main word "
+        "only). Same prompts and noise in both halves.",
+        "synonym: a word for the colour never used in training; paraphrase: a sentence form "
+        "never used in training; kept: other colours.",
+        f"Scores over {metrics['samples_per_set']['erased']} samples per set (tiny CLIP judge): "
+        f"efficacy {100 * metrics['efficacy']:.0f}%, specificity "
+        f"{100 * metrics['specificity']:.0f}%, generality {100 * metrics['generality']:.0f}%, "
+        f"H_o {100 * metrics['h_o']:.0f}%.",
+        "A proving-ground network: it works only with this tiny world, not with real models.",
     ]
 
 
 def render_grid(rows: list[tuple[str, str]], before: torch.Tensor, after: torch.Tensor,
-                per_row: int) -> Image.Image:
-    label_width, header = 260, 24
+                per_row: int, notes: list[str]) -> Image.Image:
+    font = ImageFont.load_default(size=15)
+    small = ImageFont.load_default(size=13)
+    label_width, header, footer = 300, 30, 22 * len(notes) + 12
     width = label_width + 2 * per_row * CELL + 12
-    canvas = Image.new("RGB", (width, header + len(rows) * CELL), (255, 255, 255))
+    canvas = Image.new("RGB", (width, header + len(rows) * CELL + footer), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    draw.text((label_width, 4), "before (base model)", fill=(0, 0, 0))
-    draw.text((label_width + per_row * CELL + 12, 4), "after (UnHype)", fill=(0, 0, 0))
+    draw.text((label_width, 6), "before (base model)", fill=(0, 0, 0), font=font)
+    draw.text((label_width + per_row * CELL + 12, 6), "after (UnHype)", fill=(0, 0, 0),
+              font=font)
     for r, (label, prompt) in enumerate(rows):
         top = header + r * CELL
-        draw.text((6, top + CELL // 2 - 14), label, fill=(120, 0, 0) if "erased" in label
-                  else (0, 90, 0))
-        draw.text((6, top + CELL // 2 + 2), f'"{prompt}"', fill=(0, 0, 0))
+        draw.text((8, top + CELL // 2 - 20), label, font=font,
+                  fill=(150, 0, 0) if "erased" in label else (0, 110, 0))
+        draw.text((8, top + CELL // 2 + 2), f'"{prompt}"', fill=(0, 0, 0), font=small)
         for k in range(per_row):
             for column, images in enumerate((before, after)):
                 pixels = (images[r * per_row + k].permute(1, 2, 0) * 255).byte().numpy()
                 tile = Image.fromarray(pixels).resize((CELL, CELL), Image.NEAREST)
                 left = label_width + column * (per_row * CELL + 12) + k * CELL
                 canvas.paste(tile, (left, top))
+    for index, note in enumerate(notes):
+        draw.text((8, header + len(rows) * CELL + 8 + 22 * index), note, fill=(40, 40, 40),
+                  font=small)
     return canvas
 
 
-def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int | None = None,
-             samples: int | None = None, seed: int = 0) -> dict:
+def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0,
+             samples: int | None = None, seed: int = 0, objective: str = "trajectory") -> dict:
+    """Train, measure, draw; `steps` 0 = the Trainer's default for the proving ground."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     task = ErasureTask([concept])
     world = load_world()
-    steps = steps or DEMO_STEPS
     samples = samples or DEMO_SAMPLES
     os.makedirs(out, exist_ok=True)
 
-    bar = ProgressBar(steps, f"training UnHype to erase {concept!r}")
-    network, training = train_unhype(
-        world, task, objective=DEMO_OBJECTIVE, steps=steps, seed=seed,
-        on_progress=lambda p: bar.update(p.step, f"ESD loss {p.losses['esd']:.2e}"))
-    save_unhype(os.path.join(out, f"erase-{concept}.safetensors"), network)
+    bar = ProgressBar(1, f"training UnHype ({objective}) to erase {concept!r}")
 
-    sys.stderr.write(f"measuring: {samples} samples per prompt set, before and after\n")
+    def progress(p):
+        bar.total = p.steps
+        bar.update(p.step, f"ESD loss {p.losses['esd']:.2e}")
+
+    network, training = train_unhype(world, task, objective=objective, steps=steps, seed=seed,
+                                     on_progress=progress)
+    network_path = os.path.join(out, f"erase-{concept}.safetensors")
+    save_unhype(network_path, network)
+
+    measuring = time.perf_counter()
     drawn = draw_prompts(task, samples, seed)
-    before = accuracies(world, drawn, seed)
-    after = accuracies(world, drawn, seed, unhype_patch(world, network))
-
-    rows, per_row = grid_prompts(concept), 4
-    prompts = [prompt for _, prompt in rows for _ in range(per_row)]
-    grid_before = generate(world, prompts, seed + 7)
-    grid_after = generate(world, prompts, seed + 7, unhype_patch(world, network))
-    render_grid(rows, grid_before, grid_after, per_row).save(os.path.join(out, "grid.png"))
+    sets = len(drawn)
+    bar = ProgressBar(2 * sets, f"measuring: {samples} samples per set, before and after")
+    before = accuracies(world, drawn, seed, on_set=lambda i: bar.update(i + 1))
+    after = accuracies(world, drawn, seed, unhype_patch(world, network),
+                       on_set=lambda i: bar.update(sets + i + 1))
 
     clip_scores, pixel_scores = scores(before, after, "clip"), scores(before, after, "pixel")
     metrics = {
         "concept": concept,
+        "objective": objective,
         **{k: round(v, 4) for k, v in clip_scores.items()},
         "judge": "tiny CLIP zero-shot (pixel judge in 'pixel_judge')",
         "pixel_judge": {k: round(v, 4) for k, v in pixel_scores.items()},
         "accuracy_before": before,
         "accuracy_after": after,
         "samples_per_set": {name: len(items) for name, items in drawn.items()},
-        "training_steps": steps,
+        "training_steps": network.info.training["steps"],
         "training_seconds": round(training["seconds"], 1),
-        "seconds": round(time.perf_counter() - started, 1),
+        "measuring_seconds": round(time.perf_counter() - measuring, 1),
     }
-    with open(os.path.join(out, "metrics.json"), "w") as handle:
+
+    rows, per_row = grid_prompts(concept), 4
+    prompts = [prompt for _, prompt in rows for _ in range(per_row)]
+    grid_before = generate(world, prompts, seed + 7)
+    grid_after = generate(world, prompts, seed + 7, unhype_patch(world, network))
+    grid_path = os.path.join(out, "grid.png")
+    render_grid(rows, grid_before, grid_after, per_row, caption(concept, metrics)).save(grid_path)
+
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics_path = os.path.join(out, "metrics.json")
+    with open(metrics_path, "w") as handle:
         json.dump(metrics, handle, indent=2)
     sys.stderr.write(
-        f"efficacy {metrics['efficacy']:.2f}  specificity {metrics['specificity']:.2f}  "
-        f"generality {metrics['generality']:.2f}  H_o {metrics['h_o']:.2f}  "
-        f"({metrics['seconds']:.0f}s) -> {out}/grid.png, {out}/metrics.json\n")
+        f"erased {concept!r}: efficacy {100 * metrics['efficacy']:.0f}%, specificity "
+        f"{100 * metrics['specificity']:.0f}%, generality {100 * metrics['generality']:.0f}%, "
+        f"H_o {100 * metrics['h_o']:.0f}% (tiny CLIP judge; pixel judge H_o "
+        f"{100 * pixel_scores['h_o']:.0f}%)\n"
+        f"took {metrics['seconds']:.0f}s: training {metrics['training_seconds']:.0f}s, "
+        f"measuring {metrics['measuring_seconds']:.0f}s\n"
+        f"grid     {grid_path}\nmetrics  {metrics_path}\n"
+        f"network  {network_path} (a proving-ground network: not for real models)\n")
     return metrics

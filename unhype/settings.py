@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, make_dataclass
 
+from .choices import OBJECTIVES
 from .hypernet import VARIANTS, HyperNetConfig
 from .prompts import (
     GENERIC_TEMPLATES,
@@ -21,7 +22,7 @@ from .prompts import (
     parse_prompt_lines,
 )
 from .targets import PRESETS as TARGET_PRESETS
-from .training import OBJECTIVES, TrainConfig
+from .training import TrainConfig
 
 #: what every run uses unless a preset or family says otherwise
 COMMON = {"removal_step": 1e-4, "lr_gamma": 0.9, "lr_every": 3000, "alpha0": 1.0,

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_state, save_state
+from .choices import OBJECTIVES
 from .denoiser import Denoiser
 from .fileformat import concepts_digest
 from .hypernet import Factors, HyperNetConfig, HyperNetwork, RowFactors, lora_norm
@@ -26,7 +27,6 @@ from .network import NetworkInfo, UnHypeNetwork
 from .prompts import Concept, fill
 from .targets import Target
 
-OBJECTIVES = ("trajectory", "direct")
 CHECKPOINT_KIND = "unhype-training-checkpoint"
 
 

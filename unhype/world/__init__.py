@@ -18,16 +18,19 @@ both runs are bit-for-bit deterministic for a given seed):
         Synonym and paraphrase prompts (160 each): colour 100% / 100%, shape 86%.
 """
 
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the models load torch: imported when a world is loaded
+    import torch
 
-from . import tiny_clip, tiny_unet
-from .denoiser import WorldDenoiser
-from .judge import Judge
-from .tiny_clip import TinyClip
-from .tiny_unet import TinyUNet
+    from .denoiser import WorldDenoiser
+    from .judge import Judge
+    from .tiny_clip import TinyClip
+    from .tiny_unet import TinyUNet
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 
@@ -42,6 +45,10 @@ class World:
 
 def load_world(device: str | torch.device = "cpu", weights_dir: str = WEIGHTS_DIR) -> World:
     """Frozen world from `weights_dir` (eval mode, requires_grad off everywhere)."""
+    from . import tiny_clip, tiny_unet
+    from .denoiser import WorldDenoiser
+    from .judge import Judge
+
     clip = tiny_clip.load_tiny_clip(os.path.join(weights_dir, tiny_clip.WEIGHTS_FILE), device)
     unet = tiny_unet.load_tiny_unet(os.path.join(weights_dir, tiny_unet.WEIGHTS_FILE), device)
     return World(clip=clip, unet=unet, denoiser=WorldDenoiser(unet, clip), judge=Judge(clip))

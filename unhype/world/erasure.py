@@ -24,7 +24,7 @@ from ..settings import FAMILY_DEFAULTS, TrainingSettings, build_configs
 from ..targets import targets_from_preset
 from ..training import Trainer
 from . import World
-from .data import COLOURS, PARAPHRASES, SHAPES, TEMPLATES
+from .vocabulary import COLOURS, PARAPHRASES, SHAPES, TEMPLATES
 
 COLOUR_INDEX = {c.word: i for i, c in enumerate(COLOURS)}
 FAMILY = "proving-ground"
@@ -217,12 +217,15 @@ def judge_accuracy(world: World, images: torch.Tensor, colours: list[int]) -> di
     }
 
 
-def accuracies(world: World, drawn: dict, seed: int, patch: SamplingPatch | None = None) -> dict:
+def accuracies(world: World, drawn: dict, seed: int, patch: SamplingPatch | None = None,
+               on_set: Callable[[int], None] | None = None) -> dict:
     """Share of images in each set that show the prompt's colour, per judge."""
     result = {}
     for index, (name, items) in enumerate(drawn.items()):
         images = generate(world, [p for p, _ in items], seed + 100_000 * index, patch)
         result[name] = judge_accuracy(world, images, [c for _, c in items])
+        if on_set:
+            on_set(index)
     return result
 
 

@@ -7,8 +7,8 @@ the most saturated pixels -> nearest palette colour) that does not depend on any
 
 import torch
 
-from .data import COLOURS, SHAPES, TEMPLATES
 from .tiny_clip import TinyClip
+from .vocabulary import COLOURS, SHAPES, TEMPLATES
 
 SATURATED_PIXELS = 24  # fewer than the smallest shape covers
 _CLASS_TEMPLATES = TEMPLATES[:6]

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from . import load_world, tiny_clip, tiny_unet
-from .data import COLOURS, SHAPES, TEMPLATES, make_dataset, to_float
+from .data import make_dataset, to_float
 from .judge import Judge
 from .tiny_clip import TinyClip, load_tiny_clip, save_tiny_clip, soft_contrastive_loss
 from .tiny_unet import TRAIN_STEPS, NoiseSchedule, TinyUNet, save_tiny_unet
+from .vocabulary import COLOURS, SHAPES, TEMPLATES
 
 TRAIN_IMAGES = 40_000
 HELD_OUT_IMAGES = 2_000

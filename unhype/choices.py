@@ -1,0 +1,4 @@
+"""Option names shared by the command line, the settings and the trainer, in a module that imports
+nothing, so the command line can offer them without loading torch."""
+
+OBJECTIVES = ("trajectory", "direct")
