@@ -5,7 +5,7 @@ import torch
 
 import unhype
 from toy_denoiser import ToyDenoiser
-from unhype.prompts import Concept, builtin_retain_prompts
+from unhype.prompts import DROP_ANCHOR, Concept, builtin_retain_prompts, fill
 from unhype.training import TrainConfig, Trainer, TrainingDivergedError
 
 TEMPLATES = ["a photo of {}", "{}", "a {} in a field"]
@@ -237,6 +237,21 @@ def test_trained_file_has_full_metadata(tmp_path, hide):
     assert loaded.info.activation_reference and loaded.info.activation_reference > 0
     metadata, _ = unhype.read_header(path)
     assert metadata["modelspec.architecture"] == "unhype-proving-ground/unhype"
+
+
+def test_drop_anchor_is_the_erase_prompt_without_the_concept():
+    assert fill("a photo of a {} circle", DROP_ANCHOR) == "a photo of a circle"
+    trainer = make_trainer(steps=1)
+    trainer.config.concepts = [Concept("zebra", DROP_ANCHOR)]
+    seen = []
+    predict = trainer.denoiser.predict
+    trainer.denoiser.predict = lambda x, t, prompts: seen.append(prompts[0]) or predict(x, t,
+                                                                                        prompts)
+    for _ in range(5):
+        seen.clear()
+        _, _, _, prompt, _ = trainer._draw_removal()
+        anchor = seen[-2]  # the ESD target: anchor, then the prompt
+        assert "zebra" in prompt and anchor == " ".join(prompt.replace("zebra", "").split())
 
 
 def test_config_errors_are_clear():

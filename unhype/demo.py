@@ -77,7 +77,8 @@ def caption(concept: str, metrics: dict) -> list[str]:
         f"Scores over {metrics['samples_per_set']['erased']} samples per set (tiny CLIP judge): "
         f"efficacy {100 * metrics['efficacy']:.0f}%, specificity "
         f"{100 * metrics['specificity']:.0f}%, generality {100 * metrics['generality']:.0f}%, "
-        f"H_o {100 * metrics['h_o']:.0f}%.",
+        f"H_o {100 * metrics['h_o']:.0f}%; the erased prompts keep their shape in "
+        f"{100 * metrics['shape_kept']:.0f}% of the base model's cases.",
         "A proving-ground network: it works only with this tiny world, not with real models.",
     ]
 
@@ -169,7 +170,8 @@ def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0,
         f"erased {concept!r}: efficacy {100 * metrics['efficacy']:.0f}%, specificity "
         f"{100 * metrics['specificity']:.0f}%, generality {100 * metrics['generality']:.0f}%, "
         f"H_o {100 * metrics['h_o']:.0f}% (tiny CLIP judge; pixel judge H_o "
-        f"{100 * pixel_scores['h_o']:.0f}%)\n"
+        f"{100 * pixel_scores['h_o']:.0f}%); shape kept on erased prompts "
+        f"{100 * metrics['shape_kept']:.0f}%\n"
         f"took {metrics['seconds']:.0f}s: training {metrics['training_seconds']:.0f}s, "
         f"measuring {metrics['measuring_seconds']:.0f}s\n"
         f"grid     {grid_path}\nmetrics  {metrics_path}\n"

@@ -141,8 +141,14 @@ def parse_prompt_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+#: anchor meaning "the same prompt without the concept" ("a red circle" -> "a circle")
+DROP_ANCHOR = "-"
+
+
 def fill(template: str, subject: str) -> str:
-    """Template with the subject; an empty subject gives the empty prompt, as ESD's anchor does."""
+    """Template with the subject; an empty subject gives the empty prompt, as ESD's anchor does;
+    DROP_ANCHOR gives the template with the slot left out."""
     if not subject:
         return ""
-    return re.sub(r"\s+", " ", template.format(subject)).strip()
+    text = template.format("" if subject == DROP_ANCHOR else subject)
+    return re.sub(r"\s+", " ", text).strip()

@@ -82,7 +82,8 @@ _DEFAULT = "0: the default (model family, then preset)."
 # Node inputs in this order (a saved UI workflow stores widget values by position: append only).
 SETTINGS = (
     Setting("concepts", "", "One concept per line; 'concept -> anchor' maps it to an anchor "
-            "(e.g. 'tench -> fish'). Without an anchor the preset's is used.", multiline=True),
+            "(e.g. 'tench -> fish'); 'concept -> -' anchors each prompt to itself without the "
+            "concept. Without an anchor the preset's is used.", multiline=True),
     Setting("preset", "objects", "Templates, anchor and schedule of one of the authors' runs: "
             "objects (empty anchor, eta 0.3), people ('a person', eta 1), explicit content ('a "
             "fully clothed person', eta 2, rank 1), custom (your templates).",

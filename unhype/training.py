@@ -24,7 +24,7 @@ from .fileformat import concepts_digest
 from .hypernet import Factors, HyperNetConfig, HyperNetwork, RowFactors, lora_norm
 from .lora import row_lora
 from .network import NetworkInfo, UnHypeNetwork
-from .prompts import Concept, fill
+from .prompts import DROP_ANCHOR, Concept, fill
 from .targets import Target
 
 CHECKPOINT_KIND = "unhype-training-checkpoint"
@@ -154,25 +154,24 @@ class Trainer:
         return torch.stack([self._embeddings[p] for p in prompts]).to(self.device)
 
     def _sample_xt(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """An ESD x_t for concept `index`, from the cache once it holds `xt_cache_size` samples.
-
-        The cache keeps templates, not prompts, so a checkpoint never spells out a concept.
-        """
+        """(x_t, t, template) for concept `index`, from the cache once it holds `xt_cache_size`
+        samples. The cache keeps templates, not prompts, so a checkpoint never spells out a
+        concept."""
         concept = self.config.concepts[index]
         pool = self.xt_cache.setdefault(str(index), [])
         if self.config.xt_cache_size and len(pool) >= self.config.xt_cache_size:
-            x_t, t, template = pool[self._randint(len(pool))]
-            return x_t, t, fill(template, concept.name)
+            return pool[self._randint(len(pool))]
         template = self.config.templates[self._randint(len(self.config.templates))]
-        prompt = fill(template, concept.name)
         started = time.perf_counter()
         with torch.no_grad():
-            x_t, t = self.denoiser.sample_xt(prompt, self.config.removal_batch, self.generator)
+            x_t, t = self.denoiser.sample_xt(fill(template, concept.name),
+                                             self.config.removal_batch, self.generator)
         self.xt_seconds += time.perf_counter() - started
         self.xt_samplings += 1
+        entry = (x_t.detach(), t.detach(), template)
         if self.config.xt_cache_size:
-            pool.append((x_t.detach(), t.detach(), template))
-        return x_t.detach(), t.detach(), prompt
+            pool.append(entry)
+        return entry
 
     def _esd_target(self, x_t, t, prompt: str, anchor: str) -> torch.Tensor:
         rows = x_t.shape[0]
@@ -194,9 +193,12 @@ class Trainer:
         """(prompt embedding, x_t, t, prompt, ESD target): every model call of the removal."""
         index = self._randint(len(self.config.concepts))
         concept = self.config.concepts[index]
-        x_t, t, prompt = self._sample_xt(index)
+        x_t, t, template = self._sample_xt(index)
         x_t, t = x_t.to(self.device), t.to(self.device)
+        prompt = fill(template, concept.name)
         anchor_template = self.config.templates[self._randint(len(self.config.templates))]
+        if concept.anchor == DROP_ANCHOR:  # the erase prompt itself, without the concept
+            anchor_template = template
         target = self._esd_target(x_t, t, prompt, fill(anchor_template, concept.anchor))
         return self._embed([prompt]), x_t, t, prompt, target
 

@@ -55,13 +55,13 @@ class ErasureTask:
     def retain_prompts(self) -> list[str]:
         return [fill_colour(t, c) for c in self.kept for t in self.training_templates()]
 
-    def prompt_sets(self) -> dict[str, list[tuple[str, int]]]:
-        """(prompt, intended colour index) per evaluation set."""
+    def prompt_sets(self) -> dict[str, list[tuple[str, int, int]]]:
+        """(prompt, intended colour index, intended shape index) per evaluation set."""
 
         def prompts(words, templates, colour_of):
             return [
-                (t.format(colour=w, shape=s.word), COLOUR_INDEX[colour_of(w)])
-                for w in words for t in templates for s in SHAPES
+                (t.format(colour=w, shape=s.word), COLOUR_INDEX[colour_of(w)], index)
+                for w in words for t in templates for index, s in enumerate(SHAPES)
             ]
 
         synonym_of = {syn: c.word for c in COLOURS for syn in c.synonyms}
@@ -131,13 +131,14 @@ class StaticLoRA:
 
 # -- training ---------------------------------------------------------------------------------
 
-def train_unhype(world: World, task: ErasureTask, *, on_progress=None,
+def train_unhype(world: World, task: ErasureTask, *, anchor: str = "", on_progress=None,
                  **settings) -> tuple[UnHypeNetwork, dict]:
     """An UnHype network for the world, with the UnHype Trainer's defaults for the proving-ground
     family (unhype/settings.py) unless `settings` (Trainer settings) say otherwise: the caption
-    templates with main shape words, the other colours as retain prompts."""
+    templates with main shape words, the other colours as retain prompts, `anchor` for every
+    colour ("": plain ESD; prompts.DROP_ANCHOR: the prompt without the colour)."""
     settings = TrainingSettings(
-        concepts="\n".join(task.erase), preset="custom",
+        concepts="\n".join(f"{colour} -> {anchor}" for colour in task.erase), preset="custom",
         templates="\n".join(task.training_templates()), builtin_retain=False,
         **settings).validate()
     embed_dim = world.clip.model.ln_final.normalized_shape[0]
@@ -203,17 +204,21 @@ def generate(world: World, prompts: list[str], seed: int, patch: SamplingPatch |
     return torch.cat(images)
 
 
-def draw_prompts(task: ErasureTask, per_set: int, seed: int) -> dict[str, list[tuple[str, int]]]:
+def draw_prompts(task: ErasureTask, per_set: int,
+                 seed: int) -> dict[str, list[tuple[str, int, int]]]:
     picker = random.Random(seed)
     return {name: [picker.choice(items) for _ in range(per_set * (3 if name == "others" else 1))]
             for name, items in task.prompt_sets().items()}
 
 
-def judge_accuracy(world: World, images: torch.Tensor, colours: list[int]) -> dict[str, float]:
-    intended = torch.tensor(colours)
+def judge_accuracy(world: World, images: torch.Tensor, colours: list[int],
+                   shapes: list[int]) -> dict[str, float]:
+    """Prompted colour by both judges, prompted shape by the CLIP judge ("shape")."""
+    colour, shape = torch.tensor(colours), torch.tensor(shapes)
     return {
-        "clip": float((world.judge.clip_colour(images) == intended).float().mean()),
-        "pixel": float((world.judge.pixel_colour(images) == intended).float().mean()),
+        "clip": float((world.judge.clip_colour(images) == colour).float().mean()),
+        "pixel": float((world.judge.pixel_colour(images) == colour).float().mean()),
+        "shape": float((world.judge.clip_shape(images) == shape).float().mean()),
     }
 
 
@@ -222,8 +227,9 @@ def accuracies(world: World, drawn: dict, seed: int, patch: SamplingPatch | None
     """Share of images in each set that show the prompt's colour, per judge."""
     result = {}
     for index, (name, items) in enumerate(drawn.items()):
-        images = generate(world, [p for p, _ in items], seed + 100_000 * index, patch)
-        result[name] = judge_accuracy(world, images, [c for _, c in items])
+        images = generate(world, [p for p, _, _ in items], seed + 100_000 * index, patch)
+        result[name] = judge_accuracy(world, images, [c for _, c, _ in items],
+                                      [s for _, _, s in items])
         if on_set:
             on_set(index)
     return result
@@ -234,13 +240,17 @@ def _harmonic(values: list[float]) -> float:
 
 
 def scores(before: dict, after: dict, judge: str) -> dict[str, float]:
-    """Efficacy, specificity, generality, paraphrase efficacy and H_o relative to the base."""
+    """Efficacy, specificity, generality, paraphrase efficacy and H_o relative to the base, and
+    how much of the erased prompts' shape survives ("shape_kept", CLIP shape judge)."""
 
     def removed(name):
         base = before[name][judge]
         return max(0.0, min(1.0, 1 - after[name][judge] / base)) if base else 0.0
 
-    specificity = min(1.0, after["others"][judge] / max(before["others"][judge], 1e-9))
+    def kept(name, key):
+        return min(1.0, after[name][key] / max(before[name][key], 1e-9))
+
+    specificity = kept("others", judge)
     efficacy, generality = removed("erased"), removed("synonyms")
     return {
         "efficacy": efficacy,
@@ -248,4 +258,5 @@ def scores(before: dict, after: dict, judge: str) -> dict[str, float]:
         "generality": generality,
         "paraphrase_efficacy": removed("paraphrases"),
         "h_o": _harmonic([efficacy, specificity, generality]),
+        "shape_kept": kept("erased", "shape"),
     }
