@@ -186,11 +186,17 @@ def evaluate_samples(out: str, seed: int, samples: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["clip", "unet", "eval"])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", default="world-weights",
+                        help="folder of the weights (default: world-weights; 'unet' and 'eval' "
+                             "read the CLIP there, 'eval' the UNet too)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=0,
+                        help="training steps; 0: the recipe's (clip 1200, unet 3000)")
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
+    if args.steps < 0 or args.samples < 1:
+        parser.error("--steps must be >= 0 and --samples >= 1")
+    args.steps = args.steps or {"clip": 1200, "unet": 3000}.get(args.command, 0)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     if args.command == "clip":
