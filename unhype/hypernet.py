@@ -61,12 +61,6 @@ class RowFactors:
     down: torch.Tensor  # [rows, rank, in_features]   (A)
     up: torch.Tensor  # [rows, delta_features, rank]  (B)
 
-    def to(self, device=None, dtype=None) -> "RowFactors":
-        return RowFactors(self.down.to(device, dtype), self.up.to(device, dtype))
-
-    def select(self, rows: torch.Tensor) -> "RowFactors":
-        return RowFactors(self.down[rows], self.up[rows])
-
 
 Factors = dict[str, RowFactors]
 
