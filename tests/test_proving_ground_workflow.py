@@ -22,9 +22,7 @@ pytestmark = pytest.mark.host
 
 WORKFLOW = Path(__file__).resolve().parent.parent / "workflows" / "proving_ground_erase.json"
 # Trainer inputs the workflow sets for the world; every other input keeps the node's default.
-# (The concepts input is "erase_concepts" before the trainer-settings refactor, "concepts" after.)
-CONCEPTS = ("erase_concepts", "concepts")
-WORLD_SETTINGS = {*CONCEPTS, "preset", "steps", "templates", "retain_prompts", "resolution",
+WORLD_SETTINGS = {"concepts", "preset", "steps", "templates", "retain_prompts", "resolution",
                   "save_name"}
 ERASED = "red"
 
@@ -68,7 +66,7 @@ def test_workflow_is_valid_and_trains_with_the_default_settings(object_info, wor
                if name in defaults and name not in WORLD_SETTINGS and value != defaults[name]}
     assert changed == {}, "the workflow must train with the Trainer's defaults"
     assert trainer["inputs"]["preset"] == "custom" and trainer["inputs"]["resolution"] == 32
-    assert [trainer["inputs"][k] for k in CONCEPTS if k in trainer["inputs"]] == [ERASED]
+    assert trainer["inputs"]["concepts"] == ERASED
     templates = trainer["inputs"]["templates"].splitlines()
     assert templates and all("{}" in t for t in templates)
     assert not any(ERASED in p for p in trainer["inputs"]["retain_prompts"].splitlines())
@@ -90,9 +88,6 @@ def test_workflow_erases_red_and_keeps_the_other_colours(comfy_server, object_in
 
     index = {c.word: i for i, c in enumerate(COLOURS)}
     api = to_api(workflow, object_info)
-    trainer = next(n for n in api.values() if n["class_type"] == "UnHypeTrainer")
-    defaults = trainer_defaults(object_info)  # as shipped, unless the node's defaults moved
-    trainer["inputs"].update({k: v for k, v in defaults.items() if k not in WORLD_SETTINGS})
     ids = {n["_meta"]["title"]: k for k, n in api.items()}
     erased_text, kept_text = by_title(api, "Erased prompt"), by_title(api, "Kept prompt")
     samplers = [by_title(api, t) for t in ("before", "after", "kept")]
