@@ -149,6 +149,7 @@ def test_an_older_comfyui_gets_a_clear_error(monkeypatch, piece):
         ch.run_node(node("UnHypeProvingGround"))
 
 
+@pytest.mark.slow
 def test_base_model_in_comfyui_knows_colours(loaded, world):
     """KSampler (euler, 25 steps, CFG 4, negative = empty prompt) paints the prompted colour:
     4 samples for each of the 8 colours, shapes and caption forms varied, judged twice."""

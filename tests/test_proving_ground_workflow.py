@@ -82,6 +82,7 @@ def judge_saved(server, outputs: dict, node_id: str, world, colour: int) -> tupl
             int((world.judge.clip_colour(images) == colour).sum()))
 
 
+@pytest.mark.slow
 def test_workflow_erases_red_and_keeps_the_other_colours(comfy_server, object_info, workflow,
                                                          world):
     from unhype.world.vocabulary import COLOURS, SHAPES, TEMPLATES
