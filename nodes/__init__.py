@@ -17,5 +17,9 @@ from . import proving_ground  # noqa: E402  (the world of unhype/world/ as MODEL
 
 NODES.append(("UnHypeProvingGround", "UnHype Proving Ground", proving_ground.UnHypeProvingGround))
 
+from . import bake  # noqa: E402  (a prompt's LoRA as an ordinary LoRA file)
+
+NODES.append(("UnHypeBakeLoRA", "UnHype Bake LoRA", bake.UnHypeBakeLoRA))
+
 NODE_CLASS_MAPPINGS = {name: cls for name, _, cls in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {name: display for name, display, _ in NODES}

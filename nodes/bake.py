@@ -1,0 +1,146 @@
+"""UnHype Bake LoRA: the LoRA a network generates for one prompt, saved as an ordinary LoRA file.
+
+The prompt's embedding is read from the conditioning exactly as Apply Dynamic LoRA reads it at
+sampling time (nodes/conditioner.py), the LoRA is made by the core (unhype/bake.py) and written
+to models/loras under a sanitised, never-overwritten name.
+"""
+
+import os
+
+import folder_paths
+import torch
+
+from ..unhype.bake import KEY_FORMATS, bake_lora, hides_concepts, lora_metadata, save_lora
+from .comfy_training import EXTENSION, sanitise_name, unique_path
+from .conditioner import PartsAtSampling, describe
+from .dynamic_lora import EMBEDDING_KEY
+
+NODE = "UnHype Bake LoRA"
+FOLDER = "loras"
+
+
+def read_prompt(network, conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled embedding [1, D], token states [1, T, C]) of the one prompt in `conditioning`.
+
+    An entry whose tokens changed after UnHype Conditioner (a Concat) is re-read as sampling
+    would (PartsAtSampling); several entries must describe the same prompt: a static LoRA has
+    one set of weights.
+    """
+    if not conditioning:
+        raise ValueError(f"{NODE}: the conditioning is empty")
+    prompts = []
+    for index, (tokens, options) in enumerate(conditioning):
+        packed = (options.get("model_conds") or {}).get(EMBEDDING_KEY)
+        if packed is None:
+            raise ValueError(
+                f"{NODE}: conditioning entry {index + 1} carries no UnHype embedding: connect "
+                "the output of UnHype Conditioner or UnHype Text Encode")
+        width = packed.cond.shape[-1] - 1
+        if width != network.config.embed_dim:
+            raise ValueError(
+                f"{NODE}: the conditioning carries {width}-d embeddings but the network "
+                f"'{network.info.title}' reads {network.config.embed_dim}-d ones: use the same "
+                "network in UnHype Conditioner and here")
+        entry = {**options, "cross_attn": tokens}
+        PartsAtSampling(network).refresh(entry)
+        packed = entry["model_conds"][EMBEDDING_KEY].cond
+        if float(packed[0, 0]) < 0.5:
+            raise ValueError(f"{NODE}: conditioning entry {index + 1} is marked to run the base "
+                             "model: there is no LoRA to bake")
+        prompts.append((packed[:1, 1:].float(), tokens))
+    embedding, tokens = prompts[0]
+    for other, other_tokens in prompts[1:]:
+        if not torch.equal(other, embedding) or not torch.equal(other_tokens, tokens):
+            raise ValueError(
+                f"{NODE}: the conditioning has {len(conditioning)} entries with different "
+                "prompts (Conditioning (Combine), areas?), and a baked LoRA holds one prompt's "
+                "weights: bake each prompt from its own text encoder")
+    return embedding, tokens
+
+
+def cap_lines(network, layers, strength: float) -> list[str]:
+    """What the norm cap does for this prompt, and where the baked file differs from it."""
+    cap = network.config.norm_cap
+    if cap is None:
+        return ["norm cap: none in this network (the baked LoRA is the dynamic one exactly)"]
+    baked = [layer for layer in layers if layer.cap == "baked"]
+    binding = [layer for layer in baked if layer.gain < 1.0]
+    lines = []
+    if baked:
+        lines.append(
+            f"norm cap {cap:g}: {len(baked)} layers read the prompt's tokens, so their cap is "
+            f"baked exactly; it binds on {len(binding)}"
+            + (f" (gains {min(x.gain for x in binding):.3g}..{max(x.gain for x in binding):.3g})"
+               if binding else ""))
+    image = [layer for layer in layers if layer.cap == "image"]
+    if image:
+        lines.append(
+            f"norm cap {cap:g}: {len(image)} layers read the image, which changes with the "
+            "latent and the step: their cap is not baked, so the file equals Apply Dynamic "
+            f"LoRA (strength {strength:g}) wherever the cap does not bind there, and is "
+            "stronger where it would")
+    return lines
+
+
+class UnHypeBakeLoRA:
+    DESCRIPTION = (
+        "Saves the LoRA the UnHype network generates for one prompt as an ordinary LoRA file in "
+        "models/loras (load it with LoraLoaderModelOnly at strength 1, or share it). Connect the "
+        "prompt's conditioning from UnHype Conditioner / UnHype Text Encode. A static LoRA "
+        "applies to every prompt, the negative included."
+    )
+    CATEGORY = "UnHype"
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("lora_name", "report")
+    OUTPUT_TOOLTIPS = ("The saved file's name in models/loras.", "What was baked, and how.")
+    OUTPUT_NODE = True
+    FUNCTION = "bake"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "conditioning": ("CONDITIONING", {
+                    "tooltip": "One prompt, from UnHype Conditioner or UnHype Text Encode."}),
+                "unhype": ("UNHYPE",),
+                "strength": ("FLOAT", {
+                    "default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                    "tooltip": "Apply Dynamic LoRA's strength to bake (the norm cap depends on "
+                               "it); load the file at strength 1."}),
+                "save_name": ("STRING", {"default": "unhype_baked"}),
+                "key_format": (list(KEY_FORMATS), {
+                    "default": KEY_FORMATS[0],
+                    "tooltip": "comfyui: diffusion_model.<layer> keys (ComfyUI's LoRA saver); "
+                               "kohya: lora_unet_<layer> keys. ComfyUI loads both."}),
+            },
+            "optional": {
+                "prompt": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "The prompt's text, for the file's title and description only "
+                               "(stored as a SHA-256 when the network hides its concepts)."}),
+            },
+        }
+
+    def bake(self, conditioning, unhype, strength, save_name, key_format, prompt=""):
+        embedding, tokens = read_prompt(unhype, conditioning)
+        baked = bake_lora(unhype, embedding, strength, context=tokens, key_format=key_format)
+        stem = sanitise_name(save_name)
+        path = unique_path(folder_paths.get_folder_paths(FOLDER)[0], stem)
+        save_lora(path, baked, lora_metadata(unhype, baked, prompt, strength, stem))
+        name = os.path.basename(path)
+        hidden = hides_concepts(unhype) and prompt.strip()
+        report = "\n".join([
+            f"saved {name}" + ("" if name == stem + EXTENSION
+                               else f" ({stem}{EXTENSION} exists: not overwritten)"),
+            f"folder {os.path.dirname(path)}",
+            f"from {unhype.info.title} [{unhype.info.base_arch}, {unhype.info.target_preset}], "
+            f"{len(baked.layers)} layers, rank {baked.rank}, strength {strength:g}, "
+            f"{key_format} keys",
+            f"prompt: {describe(float(unhype.activation(embedding)[0]), unhype)}"
+            + (" (its text is stored as a SHA-256: the network hides its concepts)"
+               if hidden else ""),
+            *cap_lines(unhype, baked.layers, strength),
+            "Load with LoraLoaderModelOnly at strength 1: it applies to every prompt, the "
+            "negative too, unlike Apply Dynamic LoRA.",
+        ])
+        return {"ui": {"text": [report]}, "result": (name, report)}

@@ -1,0 +1,168 @@
+"""Bake the LoRA an UnHype network generates for one prompt into an ordinary LoRA file.
+
+Apply Dynamic LoRA adds, to each target's output for a row, strength · gain · up down x, where
+`gain` is the per-row norm cap (unhype/lora.py `row_lora_delta`): min(1, cap / ‖LoRA output‖)
+over the row's tokens. A static LoRA has no such factor, so it is folded into `up` where it is
+fixed for the prompt: layers that read the prompt's own tokens (SD-style cross-attention k/v,
+whose input is the conditioning tensor) get exactly the dynamic path's gain. Layers whose input
+is the image (self-attention, Flux) change with the latent and the step: their cap is not baked,
+and the baked LoRA equals the dynamic one wherever the cap does not bind there.
+
+Fused Flux targets (the v slice of `qkv` / `linear1`) are written as a LoRA of the whole fused
+weight whose up rows outside the slice are zero, so every loader that reads plain keys applies
+it, and exactly to the slice.
+"""
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import torch
+from safetensors.torch import save_file
+
+from .fileformat import IMPLEMENTATION_URL
+from .lora import row_lora_delta
+from .network import BASE_ARCHITECTURES, UnHypeNetwork
+
+#: "comfyui": `diffusion_model.<module>.lora_up.weight` (what ComfyUI's own LoRA saver writes);
+#: "kohya": `lora_unet_<module with _>.lora_up.weight`. ComfyUI loads both.
+KEY_FORMATS = ("comfyui", "kohya")
+#: Targets whose input is the prompt's token states (the conditioning tensor) in every family
+#: whose targets carry these names (SD1.x, SD2.x, SDXL, the proving ground).
+READS_PROMPT = re.compile(r"(^|\.)attn2\.to_[kv]$")
+
+
+@dataclass
+class BakedLayer:
+    name: str
+    #: the norm cap's factor folded into this layer (1.0: the cap does not bind or is not baked)
+    gain: float
+    #: "baked" (exact for the prompt), "image" (input varies with the image: not baked), "off"
+    cap: str
+    #: LoRA output norm on the prompt's tokens, for layers that read them
+    output_norm: float | None = None
+
+
+@dataclass
+class BakedLoRA:
+    tensors: dict[str, torch.Tensor]
+    layers: list[BakedLayer]
+    rank: int
+    embedding_sha256: str
+
+
+def lora_key(module: str, key_format: str) -> str:
+    if key_format == "comfyui":
+        return f"diffusion_model.{module}"
+    if key_format == "kohya":
+        return "lora_unet_" + module.replace(".", "_")
+    raise ValueError(f"key format must be one of {KEY_FORMATS}, got {key_format!r}")
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    data = tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+@torch.no_grad()
+def bake_lora(network: UnHypeNetwork, embedding: torch.Tensor, strength: float = 1.0,
+              context: torch.Tensor | None = None, key_format: str = "comfyui") -> BakedLoRA:
+    """The LoRA Apply Dynamic LoRA gives the prompt with pooled `embedding` [1, D] at `strength`.
+
+    `context` [1, T, C] is the prompt's conditioning tensor: with it, the norm cap is baked for
+    the layers that read it. Tensors are float32 on the CPU, alpha = rank (scale 1).
+    """
+    embedding = embedding.detach().reshape(1, -1).float()
+    factors = network.factors(embedding)
+    cap = network.config.norm_cap
+    if context is not None:
+        context = context.detach().reshape(1, -1, context.shape[-1]).float()
+    tensors, layers, rank = {}, [], network.config.rank
+    scale = torch.tensor([float(strength)])
+    for target in network.targets:
+        f = factors[target.name]
+        layer = BakedLayer(target.name, 1.0, "off" if cap is None else "image")
+        if READS_PROMPT.search(target.name) and context is not None:
+            if context.shape[-1] != target.in_features:
+                raise ValueError(
+                    f"{target.name} reads {target.in_features}-d tokens but the conditioning's "
+                    f"are {context.shape[-1]}-d: it was not made with this model's text encoder")
+            uncapped = row_lora_delta(context, f, scale).norm()
+            layer.output_norm = float(uncapped)
+            if cap is not None:
+                capped = row_lora_delta(context, f, scale, cap).norm()
+                layer.gain = float(capped / uncapped) if uncapped > 0 else 1.0
+                layer.cap = "baked"
+        up = f.up[0].to("cpu", torch.float32) * (float(strength) * layer.gain)
+        if target.out_slice is not None:
+            low, high = target.out_slice
+            whole = up.new_zeros(target.out_features, rank)
+            whole[low:high] = up
+            up = whole
+        key = lora_key(target.name, key_format)
+        tensors[f"{key}.lora_up.weight"] = up.contiguous()
+        tensors[f"{key}.lora_down.weight"] = f.down[0].to("cpu", torch.float32).contiguous()
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank))
+        layers.append(layer)
+    return BakedLoRA(tensors, layers, rank, tensor_sha256(embedding))
+
+
+def hides_concepts(network: UnHypeNetwork) -> bool:
+    """A network saved with hidden concepts stores only their hash (no "concepts" entry)."""
+    return "concepts" not in network.info.training
+
+
+def lora_metadata(network: UnHypeNetwork, baked: BakedLoRA, prompt: str, strength: float,
+                  title: str) -> dict[str, str]:
+    """ModelSpec keys naming the source network and the prompt (its SHA-256 when the network
+    hides its concepts: the prompt would tell them), plus what a reader needs to reproduce it."""
+    info, prompt = network.info, prompt.strip()
+    if not prompt:
+        shown, record = "an unnamed prompt", {}
+    elif hides_concepts(network):
+        digest = hashlib.sha256(prompt.encode()).hexdigest()
+        shown, record = f"a prompt with SHA-256 {digest}", {"prompt_sha256": digest}
+    else:
+        shown, record = repr(prompt), {"prompt": prompt}
+    source = {key: info.training[key] for key in ("concepts", "concepts_sha256", "concept_count")
+              if key in info.training}
+    baked_cap = [layer.name for layer in baked.layers if layer.cap == "baked"]
+    description = (
+        f"Static LoRA baked from the UnHype network '{info.title}' ({info.base_arch}, "
+        f"{info.target_preset}) for {shown} at strength {strength:g}: the LoRA Apply Dynamic "
+        "LoRA gives that prompt. Loaded as an ordinary LoRA it applies to every prompt, the "
+        "negative included.")
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{BASE_ARCHITECTURES[info.base_arch]}/lora",
+        "modelspec.implementation": IMPLEMENTATION_URL,
+        "modelspec.title": title,
+        "modelspec.description": description,
+        "modelspec.date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "modelspec.tags": "unhype,concept-erasure,lora,baked",
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(baked.rank),
+        "ss_network_alpha": str(baked.rank),
+        "unhype.baked_from": json.dumps({
+            "network": info.title, "base_arch": info.base_arch,
+            "target_preset": info.target_preset, **source, **record,
+            "embedding_sha256": baked.embedding_sha256, "strength": strength,
+            "norm_cap": network.config.norm_cap, "cap_baked_layers": len(baked_cap),
+            "cap_not_baked_layers": sum(layer.cap == "image" for layer in baked.layers),
+        }),
+    }
+
+
+def save_lora(path: str, baked: BakedLoRA, metadata: dict[str, str]) -> None:
+    """Write atomically (temp file + rename), like the network files."""
+    temporary = f"{path}.partial-write"
+    try:
+        save_file(baked.tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
