@@ -1,10 +1,48 @@
 """Apply Dynamic LoRA: MODEL + UNHYPE -> MODEL whose every batch row gets its prompt's LoRA."""
 
+import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..unhype import TargetMismatchError, resolve_targets
 from .conditioner import PartsAtSampling
 from .dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA, mark_positive
+
+#: key of the hypernetworks in the MODEL's additional models (ModelPatcher.set_additional_models)
+ADDITIONAL_MODELS_KEY = "unhype_hypernetworks"
+
+
+class HypernetworkPatcher(comfy.model_patcher.ModelPatcher):
+    """The UnHype hypernetwork as a ComfyUI-managed model, resident whole or not at all.
+
+    ComfyUI loads, counts and offloads it with the diffusion model. Its layers are plain
+    nn.Linear, which ComfyUI cannot cast to the compute device per call as it does comfy.ops
+    layers, so a partial load or unload would leave one module split across two devices. When
+    ComfyUI offers less memory than the whole network needs, it stays on the offload device and
+    runs there (once per prompt, not per step). It stays in float32: its forward is written in
+    float32 and runs once per prompt, so only its size is at stake, and that is now counted.
+    """
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False,
+             full_load=False):
+        whole = full_load or lowvram_model_memory >= self.model_size()
+        # with no memory offered and no full load, ComfyUI moves none of the plain layers
+        super().load(device_to, lowvram_model_memory if whole else 0, force_patch_weights,
+                     full_load=whole)
+
+    def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
+        freed = self.loaded_size()
+        self.unpatch_model(device_to)  # the whole module, buffers and top-level tensors included
+        return freed
+
+
+def attach_hypernetwork(m, network) -> None:
+    """Register the network's module as an additional model of the MODEL clone `m` (once)."""
+    managed = m.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
+    if any(p.model is network.module for p in managed):
+        return
+    patcher = HypernetworkPatcher(network.module, load_device=m.load_device,
+                                  offload_device=m.offload_device)
+    m.set_additional_models(ADDITIONAL_MODELS_KEY, [*managed, patcher])
 
 
 def describe_model(model) -> str:
@@ -50,9 +88,12 @@ class ApplyDynamicLoRA:
                 f"{unhype.info.base_arch} (target preset {unhype.info.target_preset}), but the "
                 f"model is {describe_model(m)}. {error}"
             ) from None
+        attach_hypernetwork(m, unhype)
+        state = DynamicLoRA(unhype, strength, mode)
         wrappers = comfy.patcher_extension.WrappersMP
-        m.add_wrapper_with_key(wrappers.APPLY_MODEL, WRAPPER_KEY,
-                               DynamicLoRA(unhype, strength, mode))
+        m.add_wrapper_with_key(wrappers.APPLY_MODEL, WRAPPER_KEY, state)
+        m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, WRAPPER_KEY,
+                                state.release)
         if mode == "conditional only" and not m.get_wrappers(wrappers.PREDICT_NOISE, WRAPPER_KEY):
             m.add_wrapper_with_key(wrappers.PREDICT_NOISE, WRAPPER_KEY, mark_positive)
         if not m.get_wrappers(wrappers.SAMPLER_SAMPLE, WRAPPER_KEY):

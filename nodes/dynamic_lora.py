@@ -8,7 +8,6 @@ once (LRU cache), selects the rows that get a LoRA and runs the model inside `ro
 forward hooks are removed when the call returns or raises. Nothing here imports ComfyUI.
 """
 
-import copy
 import threading
 from collections import OrderedDict
 
@@ -91,69 +90,85 @@ def mark_positive(executor, x, timestep, model_options=None, seed=None):
 class DynamicLoRA:
     """State behind one Apply Dynamic LoRA node: network, strength, mode and the factor caches.
 
+    The hypernetwork runs where ComfyUI's memory manager put the shared module (Apply Dynamic
+    LoRA registers it as an additional model of the MODEL): on the GPU when it was loaded there,
+    on the offload device when ComfyUI had no room for it; this class never copies or moves it.
+    Per-prompt factors are kept on the CPU (an LRU bounded in bytes), so a prompt costs one
+    hypernetwork pass across runs; the stacked factors of the last few batch layouts live on the
+    sampling device only until the run ends (`release`, called by ComfyUI's cleanup).
+
     Safe to share between ModelPatcher clones and threads (multi-GPU runs clones in threads):
     all mutable state is behind one lock and the shared UnHypeNetwork is never modified.
     """
 
-    def __init__(self, network, strength: float, mode: str, cache_size: int = 32):
+    def __init__(self, network, strength: float, mode: str, cache_bytes: int = 64 * 2**20,
+                 device_layouts: int = 4):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.network, self.strength, self.mode = network, float(strength), mode
-        self.cache_size = cache_size
+        self.cache_bytes, self.device_layouts = int(cache_bytes), int(device_layouts)
         self.hypernet_calls = 0  # number of hypernetwork forwards, for tests and benchmarks
         self._lock = threading.Lock()
-        self._modules: dict[str, torch.nn.Module] = {}
-        self._factors: OrderedDict = OrderedDict()  # (device, bytes) -> {name: RowFactors [1,...]}
-        self._last = None  # (key tuple, dtype) -> stacked factors of the last batch
+        self._factors: OrderedDict = OrderedDict()  # embedding bytes -> {name: RowFactors [1,..]}
+        self._factor_bytes = 0
+        self._on_device: OrderedDict = OrderedDict()  # (keys, device, dtype) -> stacked factors
 
     def __deepcopy__(self, memo):
         """Deep copies of a ModelPatcher's options share this state: it is thread-safe, never
         mutated from outside, and a Lock cannot be copied."""
         return self
 
-    def _module_on(self, device: torch.device) -> torch.nn.Module:
-        key = str(device)
-        if key not in self._modules:
-            module = self.network.module
-            if next(module.parameters()).device != device:
-                # a private copy: the shared network stays where it is
-                module = copy.deepcopy(module).to(device)
-            self._modules[key] = module
-        return self._modules[key]
+    def release(self, *_):
+        """Drop the factors kept on the sampling device (end of a sampling run): between runs
+        nothing of this node occupies device memory outside ComfyUI's accounting."""
+        with self._lock:
+            self._on_device.clear()
+
+    def _generate(self, rows: torch.Tensor) -> dict:
+        """Factors for embeddings [R, D] from the shared module, on the device it is on."""
+        module = self.network.module
+        device = next(module.parameters()).device
+        with torch.no_grad():
+            computed = module(rows.to(device))
+        self.hypernet_calls += 1
+        return {name: RowFactors(f.down.cpu(), f.up.cpu()) for name, f in computed.items()}
 
     def factors_for(self, embeddings: torch.Tensor, device: torch.device, dtype) -> dict:
-        """Stacked per-row factors for pooled embeddings [R, D], each distinct one computed once."""
+        """Stacked per-row factors for pooled embeddings [R, D] on `device` in `dtype`; each
+        distinct embedding goes through the hypernetwork once."""
         host = embeddings.detach().to("cpu", torch.float32).contiguous()
-        keys = tuple((str(device), row.numpy().tobytes()) for row in host)
+        keys = tuple(row.numpy().tobytes() for row in host)
+        layout = (keys, str(device), dtype)
         with self._lock:
-            if self._last is not None and self._last[0] == (keys, dtype):
-                return self._last[1]
-            missing = [i for i, k in enumerate(keys) if k not in self._factors]
-            unique = list(dict.fromkeys(keys[i] for i in missing))
+            if layout in self._on_device:
+                self._on_device.move_to_end(layout)
+                return self._on_device[layout]
+            unique = list(dict.fromkeys(k for k in keys if k not in self._factors))
             if unique:
-                first = {k: keys.index(k) for k in unique}
-                batch = host[[first[k] for k in unique]].to(device)
-                with torch.no_grad():
-                    computed = self._module_on(device)(batch)
-                self.hypernet_calls += 1
+                computed = self._generate(host[[keys.index(k) for k in unique]])
                 for j, key in enumerate(unique):
-                    self._factors[key] = {
-                        name: RowFactors(f.down[j : j + 1], f.up[j : j + 1])
-                        for name, f in computed.items()
-                    }
+                    entry = {name: RowFactors(f.down[j:j + 1].clone(), f.up[j:j + 1].clone())
+                             for name, f in computed.items()}
+                    self._factors[key] = entry
+                    self._factor_bytes += sum(f.down.nbytes + f.up.nbytes
+                                              for f in entry.values())
             for key in keys:
                 self._factors.move_to_end(key)
+            needed = len(set(keys))
+            while self._factor_bytes > self.cache_bytes and len(self._factors) > needed:
+                _, dropped = self._factors.popitem(last=False)
+                self._factor_bytes -= sum(f.down.nbytes + f.up.nbytes for f in dropped.values())
             parts = [self._factors[k] for k in keys]
             stacked = {
                 name: RowFactors(
-                    torch.cat([p[name].down for p in parts]).to(dtype),
-                    torch.cat([p[name].up for p in parts]).to(dtype),
+                    torch.cat([p[name].down for p in parts]).to(device, dtype),
+                    torch.cat([p[name].up for p in parts]).to(device, dtype),
                 )
                 for name in parts[0]
             }
-            while len(self._factors) > max(self.cache_size, len(set(keys))):
-                self._factors.popitem(last=False)
-            self._last = ((keys, dtype), stacked)
+            self._on_device[layout] = stacked
+            while len(self._on_device) > self.device_layouts:
+                self._on_device.popitem(last=False)
             return stacked
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,

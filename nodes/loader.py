@@ -2,7 +2,7 @@
 
 import os
 import threading
-from collections import OrderedDict
+import weakref
 
 import folder_paths
 
@@ -29,8 +29,10 @@ def register_model_folder() -> None:
 
 register_model_folder()
 
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 4
+#: Networks still alive somewhere (ComfyUI's execution cache, a patched MODEL), by file key.
+#: Weak: ComfyUI's execution cache decides how long a network lives, so the memory a network
+#: takes is freed when ComfyUI lets go of it; two Loaders of one file share one network.
+_LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _LOCK = threading.Lock()
 
 
@@ -39,18 +41,14 @@ def _file_key(path: str) -> tuple:
     return (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
 
 
-def load_cached(path: str):
-    """Load (or reuse) a network; a rewritten file (new mtime or size) is loaded again."""
+def load_shared(path: str):
+    """The network of `path`: the live one if any, else loaded; a rewritten file (new mtime or
+    size) is loaded again."""
     key = _file_key(path)
     with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    network = load_unhype(path)
-    with _LOCK:
-        _CACHE[key] = network
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        network = _LIVE.get(key)
+        if network is None:
+            network = _LIVE[key] = load_unhype(path)
     return network
 
 
@@ -93,6 +91,6 @@ class UnHypeLoader:
     def load(self, unhype_name):
         path = _full_path(unhype_name)
         try:
-            return (load_cached(path),)
+            return (load_shared(path),)
         except UnHypeFileError as error:
             raise ValueError(f"UnHype Loader: {error}") from None

@@ -1,6 +1,7 @@
 """Inference nodes in-process on tiny random models built with ComfyUI's own classes."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -410,3 +411,78 @@ def test_binding_cap_row_ignores_a_longer_companion(tiny, mode):
     if mode == "all rows":  # the long negative's own row: its own 154 tokens, as when alone
         neg_alone, _ = first_call_rows(patched, neg, pos, cfg=1.0)
         torch.testing.assert_close(batched[1], neg_alone[0], rtol=1e-5, atol=1e-6)
+
+
+def managed_patchers(patcher, network):
+    ns = host()[0]
+    key = sys.modules[host()[1].__name__ + ".nodes.apply"].ADDITIONAL_MODELS_KEY
+    return [p for p in patcher.get_additional_models_with_key(key)
+            if p.model is network.module and isinstance(p, ns.model_patcher.ModelPatcher)]
+
+
+def test_hypernetwork_is_loaded_by_comfyui_memory_management(tiny, network):
+    """The network's own module is an additional model of the patched MODEL: ComfyUI's KSampler
+    loads it (current_loaded_models, sized in full) and the wrapper runs it there, no copy."""
+    ns = host()[0]
+    mm = ns.comfy.model_management
+    pos, neg = conditioned(network, seed=40)
+    patched = apply(tiny, network, 1.0, "conditional only")
+    assert len(managed_patchers(patched, network)) == 1 and not managed_patchers(tiny, network)
+    assert len(managed_patchers(apply(patched, network, 0.5, "all rows"), network)) == 1
+    seen = []
+
+    def during_sampling(executor, *args, **kwargs):
+        seen.append([lm.model for lm in mm.current_loaded_models if lm.model is not None])
+        return executor(*args, **kwargs)
+
+    patched.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "spy",
+                                 during_sampling)
+    used = []
+    handle = network.module.register_forward_hook(lambda m, a, out: used.append(m))
+    try:
+        latent = {"samples": torch.zeros(1, 4, 8, 8)}
+        ch.run_node(ns.nodes.KSampler, model=patched, seed=0, steps=2, cfg=5.0,
+                    sampler_name="euler", scheduler="normal", positive=pos, negative=neg,
+                    latent_image=latent, denoise=1.0)
+    finally:
+        handle.remove()
+    loaded = [m for m in seen[0] if m.model is network.module]
+    assert loaded and loaded[0].model_size() == mm.module_size(network.module)
+    assert loaded[0].loaded_size() == loaded[0].model_size()
+    assert used == [network.module]  # one pass, on the shared module itself
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(dynamic_state(patched)[0]).values())
+    assert dynamic_state(patched)[0]._on_device == {}  # released when sampling ended
+
+
+def test_hypernetwork_patcher_is_resident_whole_or_not_at_all(tiny, network):
+    """Plain Linear layers cannot be cast per call: ComfyUI offering part of the network's size
+    loads none of it, a partial unload unloads all of it (never a module split over devices)."""
+    patcher = managed_patchers(apply(tiny, network), network)[0].clone()
+    cpu, size = torch.device("cpu"), patcher.model_size()
+    try:
+        patcher.load(cpu, lowvram_model_memory=size // 2)
+        assert patcher.loaded_size() == 0
+        patcher.load(cpu, lowvram_model_memory=size)
+        assert patcher.loaded_size() == size
+        assert patcher.partially_unload(cpu, memory_to_free=1) == size
+        assert patcher.loaded_size() == 0
+    finally:
+        patcher.detach()
+
+
+def test_factor_cache_is_bounded_in_bytes(network):
+    """Per-prompt factors are kept on the CPU up to a byte budget; a batch's own prompts stay."""
+    dynamic = sys.modules[host()[1].__name__ + ".nodes.dynamic_lora"]
+    cpu = torch.device("cpu")
+    probe = dynamic.DynamicLoRA(network, 1.0, "all rows")
+    probe.factors_for(torch.randn(1, D), cpu, torch.float32)
+    one = probe._factor_bytes
+    state = dynamic.DynamicLoRA(network, 1.0, "all rows", cache_bytes=2 * one)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        state.factors_for(torch.randn(1, D, generator=gen), cpu, torch.float32)
+    assert len(state._factors) == 2 and state._factor_bytes == 2 * one
+    assert state.hypernet_calls == 5
+    state.factors_for(torch.randn(3, D, generator=gen), cpu, torch.float32)
+    assert len(state._factors) == 3 and state.hypernet_calls == 6
+    assert all(f.down.device == cpu for entry in state._factors.values() for f in entry.values())

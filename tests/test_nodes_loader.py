@@ -1,8 +1,10 @@
-"""UnHype Loader (model folder, cache, errors) and UnHype Text Encode (long prompts)."""
+"""UnHype Loader (model folder, sharing, errors) and UnHype Text Encode (long prompts)."""
 
+import gc
 import os
 import sys
 import time
+import weakref
 
 import pytest
 import torch
@@ -48,7 +50,7 @@ def test_folder_registration_keeps_extra_paths():
         folder_paths.folder_names_and_paths["unhype"] = saved
 
 
-def test_loader_lists_loads_and_caches(unhype_folder):
+def test_loader_lists_loads_and_shares(unhype_folder):
     core = host()[2]
     model = ch.build_tiny_sd1_model(host()[0])
     network = make_network(model.model.diffusion_model, seed=1)
@@ -59,7 +61,7 @@ def test_loader_lists_loads_and_caches(unhype_folder):
     assert "net.safetensors" in choices and "other.ckpt" not in choices
     first = loader().load("net.safetensors")[0]
     assert [t.name for t in first.targets] == [t.name for t in network.targets]
-    assert loader().load("net.safetensors")[0] is first  # cached
+    assert loader().load("net.safetensors")[0] is first  # a live network is shared
     changed = loader.IS_CHANGED("net.safetensors")
     time.sleep(0.01)
     core.save_unhype(str(unhype_folder / "net.safetensors"), make_network(
@@ -70,6 +72,11 @@ def test_loader_lists_loads_and_caches(unhype_folder):
     emb = torch.randn(1, 64)
     assert not torch.equal(first.factors(emb)[first.targets[0].name].up,
                            second.factors(emb)[second.targets[0].name].up)
+    # nothing private keeps a network alive: once ComfyUI (here: the test) lets go, it is freed
+    gone = weakref.ref(second)
+    del first, second
+    gc.collect()
+    assert gone() is None
 
 
 def test_loader_errors_are_node_errors(unhype_folder):
