@@ -4,8 +4,7 @@ Nothing here is part of the pack. pytest fixtures that wrap these helpers live i
 ``tests/conftest.py``; this module is importable from test files as ``comfy_host`` (pyproject adds
 ``tests/`` to ``pythonpath``).
 
-Discovery order for a ComfyUI checkout (same as ``.ci/setup``): ``$COMFYUI_PATH``,
-``~/.cache/comfyui/ComfyUI``, ``../ComfyUI`` next to the repository.
+Which ComfyUI checkout: ``unhype/discovery.py`` decides, for the tests as for ``.ci/``.
 """
 
 from __future__ import annotations
@@ -34,41 +33,24 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACK_DIR_NAME = "comfyui-unhype"  # folder name under custom_nodes in server tests
 PACK_MODULE_NAME = "comfyui_unhype"  # sys.modules name for the in-process pack
-NO_COMFY_REASON = (
-    "no ComfyUI checkout: set COMFYUI_PATH or put one at ~/.cache/comfyui/ComfyUI"
-)
 FIXTURE_CACHE = Path(
     os.environ.get("UNHYPE_FIXTURE_CACHE", Path.home() / ".cache" / "unhype" / "fixtures")
 )
 
 
 # --------------------------------------------------------------------------------------------
-# discovery
+# discovery (the rules live in unhype/discovery.py, shared with .ci/ and the headless trainer)
 # --------------------------------------------------------------------------------------------
-def _is_comfyui(path: Path) -> bool:
-    return (path / "main.py").is_file() and (path / "comfy" / "cli_args.py").is_file()
-
-
-def comfyui_candidates() -> list[tuple[str, Path]]:
-    out = []
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        out.append(("$COMFYUI_PATH", Path(env).expanduser()))
-    out.append(("~/.cache/comfyui/ComfyUI", Path.home() / ".cache" / "comfyui" / "ComfyUI"))
-    out.append(("../ComfyUI", REPO_ROOT.parent / "ComfyUI"))
-    if REPO_ROOT.parent.name == "custom_nodes":  # cloned into ComfyUI/custom_nodes/
-        out.append(("../..", REPO_ROOT.parent.parent))
-    return out
-
-
 def find_comfyui() -> tuple[Path | None, str]:
-    """Return (path, description). path is None when no checkout is found."""
-    tried = []
-    for label, path in comfyui_candidates():
-        if _is_comfyui(path):
-            return path.resolve(), f"ComfyUI at {path.resolve()}"
-        tried.append(f"{label}={path}")
-    return None, NO_COMFY_REASON + " (tried " + ", ".join(tried) + ")"
+    """(path, "ComfyUI VERSION at PATH"), or (None, why none was found)."""
+    install_core_finder()
+    from unhype import discovery
+
+    try:
+        path = discovery.find()
+    except discovery.ComfyUINotFound as error:
+        return None, str(error)
+    return path, f"ComfyUI {discovery.version(path)} at {path}"
 
 
 # --------------------------------------------------------------------------------------------

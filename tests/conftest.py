@@ -68,7 +68,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(reason=comfy_host.NO_COMFY_REASON)
+    skip = pytest.mark.skip(reason=_COMFY_DESC)
     for item in items:
         if item.get_closest_marker("host") is not None:
             _HOST_NODEIDS.add(item.nodeid)
@@ -94,7 +94,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     line = f"host tests: {passed} passed, {skipped} skipped"
     if failed:
         line += f", {failed} failed"
-    terminalreporter.write_line(line)
+    # .ci/run reads this line (one pytest run per ComfyUI version)
+    where = f"on {_COMFY_DESC}" if _COMFY_PATH is not None else f"({_COMFY_DESC})"
+    terminalreporter.write_line(f"{line} {where}")
     if TIMINGS:
         terminalreporter.write_line(
             "harness timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in TIMINGS.items())
@@ -107,7 +109,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="session")
 def comfyui_path() -> Path:
     if _COMFY_PATH is None:
-        pytest.skip(comfy_host.NO_COMFY_REASON)
+        pytest.skip(_COMFY_DESC)
     return _COMFY_PATH
 
 

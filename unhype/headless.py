@@ -4,7 +4,7 @@ The config has the Trainer node's fields plus where the model and ComfyUI are:
 
     checkpoint = "/models/v1-5-pruned-emaonly.safetensors"   # required: the model to train on
     concepts = ["tench -> fish", "church"]                   # required: one per item (or a string)
-    comfyui_path = "~/ComfyUI"    # default: $COMFYUI_PATH, then ~/.cache/comfyui/ComfyUI
+    comfyui_path = "~/ComfyUI"    # default: as unhype/discovery.py finds it ($COMFYUI_PATH, ...)
     output = "out/"               # folder of the final file (default: ComfyUI's models/unhype)
 
 See workflows/train_config.example.toml for every field. This module never imports ComfyUI at
@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import discovery
 from .settings import SETTINGS, ConfigError, TrainingSettings
 
 PACK_MODULE = "comfyui_unhype"
@@ -116,19 +117,11 @@ def load_config(path: str | os.PathLike) -> HeadlessConfig:
 
 
 def find_comfyui(configured: str | None = None) -> Path:
-    """The ComfyUI checkout: the config's, else $COMFYUI_PATH, else ~/.cache/comfyui/ComfyUI."""
-    candidates = [configured] if configured else []
-    if not configured:
-        if os.environ.get("COMFYUI_PATH"):
-            candidates.append(os.environ["COMFYUI_PATH"])
-        candidates.append(str(Path.home() / ".cache" / "comfyui" / "ComfyUI"))
-    for candidate in candidates:
-        path = Path(candidate).expanduser()
-        if (path / "main.py").is_file() and (path / "comfy" / "cli_args.py").is_file():
-            return path.resolve()
-    raise ConfigError(
-        f"no ComfyUI checkout found (tried {candidates}): set comfyui_path in the config or the "
-        "COMFYUI_PATH environment variable")
+    """The config's ComfyUI checkout, else the first one unhype/discovery.py finds."""
+    try:
+        return discovery.find(configured)
+    except discovery.ComfyUINotFound as error:
+        raise ConfigError(f"{error}; or set comfyui_path in the config") from None
 
 
 def pack_root() -> Path:
