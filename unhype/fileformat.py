@@ -21,6 +21,18 @@ from .targets import Target
 FORMAT_NAME = "unhype"
 FORMAT_VERSION = 1
 IMPLEMENTATION_URL = "https://github.com/unhype/comfyui-unhype"
+# A network is trained from its base model's predictions, so it carries the base model's terms.
+BASE_LICENSES = {
+    "sd1": "CreativeML Open RAIL-M",
+    "sd2": "CreativeML Open RAIL++-M",
+    "sdxl": "CreativeML Open RAIL++-M",
+    "flux": "FLUX.1 [dev] Non-Commercial License",
+    "proving-ground": "MIT",  # the world ships with this pack
+}
+USAGE_HINT = (
+    "Not a LoRA: load it with UnHype Loader (ComfyUI pack comfyui-unhype), put UnHype "
+    "Conditioner on both prompts and Apply Dynamic LoRA on the model."
+)
 
 
 class UnHypeFileError(ValueError):
@@ -33,7 +45,18 @@ def concepts_digest(concepts: list[str]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
-def _metadata(network: UnHypeNetwork) -> dict[str, str]:
+def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """ModelSpec's hash_sha256: SHA-256 of the tensor data as safetensors lays it out (after the
+    header; tensors of one dtype in name order), "0x"-prefixed. One tensor copied at a time."""
+    if len({t.dtype for t in tensors.values()}) > 1:
+        raise ValueError("tensor_sha256 expects tensors of one dtype")
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return "0x" + digest.hexdigest()
+
+
+def _metadata(network: UnHypeNetwork, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     info = network.info
     date = info.training.get("date") or datetime.now(UTC).isoformat(timespec="seconds")
     return {
@@ -57,6 +80,11 @@ def _metadata(network: UnHypeNetwork) -> dict[str, str]:
         f"{network.config.rank}, {len(network.targets)} layers)",
         "modelspec.date": date,
         "modelspec.tags": "unhype,concept-erasure,unlearning,hypernetwork,dynamic-lora",
+        "modelspec.hash_sha256": tensor_sha256(tensors),
+        "modelspec.license": BASE_LICENSES[info.base_arch],
+        "modelspec.usage_hint": USAGE_HINT,
+        # not ModelSpec 1.0, but what ComfyUI's asset scanner shows as the base model
+        "modelspec.base_model": BASE_ARCHITECTURES[info.base_arch],
     }
 
 
@@ -68,7 +96,7 @@ def save_unhype(path: str, network: UnHypeNetwork, dtype: torch.dtype = torch.fl
     }
     temporary = f"{path}.partial-write"
     try:
-        save_file(tensors, temporary, metadata=_metadata(network))
+        save_file(tensors, temporary, metadata=_metadata(network, tensors))
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
