@@ -4,6 +4,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..unhype import TargetMismatchError, resolve_targets
+from .aliases import ERASURE
 from .conditioner import PartsAtSampling
 from .dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA, mark_positive
 
@@ -63,7 +64,10 @@ class ApplyDynamicLoRA:
         "'all rows': every prompt gets its LoRA (Flux and other guidance-distilled models)."
     )
     CATEGORY = "UnHype"
+    SEARCH_ALIASES = [*ERASURE, "dynamic LoRA", "per-prompt LoRA", "hypernetwork"]
     RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with each prompt's LoRA added at sampling time; its weights are "
+                       "not changed.",)
     FUNCTION = "apply"
 
     @classmethod

@@ -11,6 +11,7 @@ import folder_paths
 import torch
 
 from ..unhype.bake import KEY_FORMATS, bake_lora, hides_concepts, lora_metadata, save_lora
+from .aliases import ERASURE
 from .comfy_training import EXTENSION, sanitise_name, unique_path
 from .conditioner import PartsAtSampling, describe
 from .dynamic_lora import EMBEDDING_KEY
@@ -90,6 +91,7 @@ class UnHypeBakeLoRA:
         "applies to every prompt, the negative included."
     )
     CATEGORY = "UnHype"
+    SEARCH_ALIASES = [*ERASURE, "bake LoRA", "export LoRA", "save LoRA"]
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("lora_name", "report")
     OUTPUT_TOOLTIPS = ("The saved file's name in models/loras.", "What was baked, and how.")

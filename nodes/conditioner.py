@@ -13,6 +13,7 @@ import logging
 import comfy.conds
 import torch
 
+from .aliases import ERASURE
 from .dynamic_lora import EMBEDDING_KEY, pack_embedding
 from .parts import CHUNK, MEMORY, Part, split
 
@@ -183,8 +184,13 @@ class UnHypeConditioner:
         "joined or long one) triggers the network (0..1), and warns about parts it cannot see."
     )
     CATEGORY = "UnHype"
+    SEARCH_ALIASES = [*ERASURE, "conditioning", "prompt embedding"]
     RETURN_TYPES = ("CONDITIONING", "STRING")
     RETURN_NAMES = ("conditioning", "report")
+    OUTPUT_TOOLTIPS = ("The same conditioning with each entry's UnHype embedding attached: into "
+                       "the sampler's positive or negative.",
+                       "How strongly each entry (and each part of a joined one) triggers the "
+                       "network, 0..1; also shown on the node.")
     OUTPUT_NODE = False
     FUNCTION = "condition"
 
@@ -248,8 +254,13 @@ class UnHypeTextEncode:
         "joined to another prompt with Conditioning (Concat)."
     )
     CATEGORY = "UnHype"
+    SEARCH_ALIASES = [*ERASURE, "CLIP Text Encode", "text encode", "prompt", "long prompt"]
     RETURN_TYPES = ("CONDITIONING", "STRING")
     RETURN_NAMES = ("conditioning", "report")
+    OUTPUT_TOOLTIPS = ("The prompt encoded as CLIP Text Encode does, with its UnHype embedding "
+                       "attached.",
+                       "How strongly each 77-token chunk triggers the network, 0..1; also shown "
+                       "on the node.")
     FUNCTION = "encode"
 
     @classmethod

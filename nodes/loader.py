@@ -7,6 +7,7 @@ import weakref
 import folder_paths
 
 from ..unhype import UnHypeFileError, load_unhype
+from .aliases import ERASURE
 
 FOLDER = "unhype"
 EXTENSIONS = {".safetensors"}
@@ -68,8 +69,11 @@ class UnHypeLoader:
         "Connect it to UnHype Conditioner and Apply Dynamic LoRA."
     )
     CATEGORY = "UnHype"
+    SEARCH_ALIASES = [*ERASURE, "hypernetwork", "load unhype"]
     RETURN_TYPES = ("UNHYPE",)
     RETURN_NAMES = ("unhype",)
+    OUTPUT_TOOLTIPS = ("The network: into UnHype Conditioner (on both prompts) and Apply Dynamic "
+                       "LoRA.",)
     FUNCTION = "load"
 
     @classmethod

@@ -42,6 +42,7 @@ class UnHypeProvingGround:
         "on a CPU. Use EmptyLatentImage at 32x32."
     )
     CATEGORY = "UnHype"
+    SEARCH_ALIASES = ["concept erasure", "toy model", "tiny model", "CPU demo", "test model"]
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
     RETURN_NAMES = ("model", "clip", "vae")
     OUTPUT_TOOLTIPS = ("The world's tiny UNet (eps prediction, 1000-step linear DDPM schedule).",

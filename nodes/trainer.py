@@ -13,6 +13,7 @@ import comfy.model_management
 import comfy.utils
 
 from ..unhype.settings import SETTINGS, ConfigError, Setting, TrainingSettings
+from .aliases import ERASURE
 from .comfy_training import checkpoint_names, loss_plot, run_training
 
 NO_RESUME = "none"
@@ -60,8 +61,13 @@ class UnHypeTrainer:
         "The UNHYPE output can go straight to Apply Dynamic LoRA / UnHype Conditioner."
     )
     CATEGORY = "UnHype"
+    SEARCH_ALIASES = [*ERASURE, "train", "training", "train LoRA", "hypernetwork"]
+    EXPERIMENTAL = True  # as core's own trainer: training in the UI is new ground
     RETURN_TYPES = ("UNHYPE", "IMAGE")
     RETURN_NAMES = ("unhype", "loss_plot")
+    OUTPUT_TOOLTIPS = ("The trained network, also saved to models/unhype: into Apply Dynamic LoRA "
+                       "and UnHype Conditioner.",
+                       "The run's loss curves.")
     OUTPUT_NODE = True
     FUNCTION = "train"
 
