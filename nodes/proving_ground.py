@@ -10,7 +10,8 @@ import inspect
 
 import comfy.sample
 
-TESTED_VERSION = "0.33.0"  # the ComfyUI these nodes were checked with; older ones may lack pieces
+# The oldest ComfyUI tested (requires-comfyui); it has both pieces _check_host looks for.
+from ..unhype.discovery import FLOOR_VERSION
 
 
 class ProvingGroundError(RuntimeError):
@@ -30,7 +31,7 @@ def _check_host() -> None:
                        "(comfy.sample.fix_empty_latent_channels(downscale_ratio_spacial))")
     if missing:
         raise ProvingGroundError(
-            f"UnHype Proving Ground needs ComfyUI {TESTED_VERSION} or newer; this one lacks "
+            f"UnHype Proving Ground needs ComfyUI {FLOOR_VERSION} or newer; this one lacks "
             f"{' and '.join(missing)}. Update ComfyUI.")
 
 
