@@ -3,7 +3,8 @@ page served by the ``comfy_server`` fixture with this pack installed.
 
 What it checks:
 - the page boots, fetches ``/extensions/comfyui-unhype/unhype.js`` and registers our extension
-  (``unhype.report``) with no console error coming from it; our node types are registered;
+  (``unhype.report``) with no console error or warning coming from it (nor the frontend's notice
+  about importing an internal module); our node types are registered;
 - every UI-format ``workflows/*.json`` loads through ``app.loadGraphData`` with no missing node
   types, the same nodes and links as the file, and the page's own prompt builder
   (``app.graphToPrompt``) gives the same API graph as the harness's converter;
@@ -39,6 +40,8 @@ PACK_NODES = ("UnHypeLoader", "UnHypeConditioner", "UnHypeTextEncode", "ApplyDyn
 # how our script shows up in the page's errors: its URL, or the extension name in the frontend's
 # "Error calling extension 'unhype.report' ..." / "Error loading extension <url>" messages
 OUR_NEEDLES = (f"/extensions/{ch.PACK_DIR_NAME}/", EXTENSION_NAME)
+# '[ComfyUI Notice] "scripts/widgets.js" is an internal module, not part of the public API...'
+NOTICE = "[ComfyUI Notice]"
 SCREENSHOT_DIR = Path(tempfile.gettempdir()) / "unhype-browser"
 DOCS_SCREENSHOT = REPO / "docs" / "screenshot-sd15-workflow.png"
 CHROMIUM_FLAGS = [
@@ -172,12 +175,14 @@ class PageSession:
         self.responses.setdefault(urlsplit(resp.url).path, resp.status)
 
     def our_errors(self) -> list[str]:
-        """Console errors and uncaught exceptions that come from (or name) our extension."""
+        """Console errors and warnings and uncaught exceptions that come from (or name) our
+        extension, and the frontend's notices about internal modules (only an extension's import
+        causes those, and ours is the only pack on this server)."""
         def ours(text):
             return any(n in text for n in OUR_NEEDLES)
 
         out = [f"console.{t}: {text} ({url})" for t, text, url in self.console
-               if t == "error" and (ours(url) or ours(text))]
+               if t in ("error", "warning") and (ours(url) or ours(text) or NOTICE in text)]
         return out + [e for e in self.page_errors if ours(e)]
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,47 @@ def test_object_info_lists_the_nodes(object_info):
         assert object_info[name]["category"] == "UnHype"
     assert object_info["ApplyDynamicLoRA"]["input"]["required"]["mode"][0] == [
         "conditional only", "all rows"]
+
+
+def pack_nodes_served(object_info) -> dict:
+    return {name: info for name, info in object_info.items()
+            if info.get("python_module") == f"custom_nodes.{ch.PACK_DIR_NAME}"}
+
+
+def test_every_node_has_a_help_page_as_the_help_panel_fetches_it(comfy_server, object_info):
+    """ComfyUI's node help panel fetches /extensions/<pack>/docs/<NodeId>.md (WEB_DIRECTORY/docs)
+    and resolves the page's pictures against that folder."""
+    ours = pack_nodes_served(object_info)
+    assert set(DISPLAY) <= set(ours)
+    docs = f"/extensions/{ch.PACK_DIR_NAME}/docs/"
+    for name, info in sorted(ours.items()):
+        status, body = comfy_server.request("GET", f"{docs}{name}.md")
+        assert status == 200, f"{name}: no help page web/docs/{name}.md"
+        page = body.decode()
+        assert page.startswith(f"# {info['display_name']}"), name
+        for heading in ("## Inputs", "## Outputs", "## Example", "## Known limits"):
+            assert heading in page, f"{name}: no '{heading}'"
+        assert "Paraphrases can get through" in page and "runtime adapter" in page, name
+        for output in info["output_name"]:
+            assert f"**{output.lower()}**" in page.lower(), f"{name}: output {output} undescribed"
+        pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
+        assert pictures, f"{name}: no picture"
+        for picture in pictures:
+            assert comfy_server.request("GET", docs + picture)[0] == 200, (name, picture)
+    # only scripts are loaded as extensions, not the pages
+    assert all(e.endswith(".js") for e in comfy_server.get_json("/extensions"))
+
+
+def test_library_metadata(object_info):
+    for name, info in pack_nodes_served(object_info).items():
+        assert "concept erasure" in info["search_aliases"], name
+        assert len(info["output_tooltips"]) == len(info["output"]), name
+    trainer = object_info["UnHypeTrainer"]
+    assert trainer["experimental"] is True
+    assert {"unlearning", "forget", "ESD", "safety", "censor"} <= set(trainer["search_aliases"])
+    advanced = [k for k, v in trainer["input"].get("optional", {}).items()
+                if len(v) > 1 and v[1].get("advanced")]
+    assert "eta" in advanced  # collapsed on the node
 
 
 def test_workflows_and_script_are_served(comfy_server):

@@ -1,19 +1,26 @@
 // UnHype: show the report of UnHype Conditioner / UnHype Text Encode on the node after it runs.
+// Public frontend API only (scripts/app.js and the node's addDOMWidget): scripts/widgets.js is
+// internal and the frontend warns when a pack imports it.
 import { app } from "../../scripts/app.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
 
 const REPORT_NODES = new Set(["UnHypeConditioner", "UnHypeTextEncode"]);
+const REPORT = "unhype_report";
 
 function reportWidget(node) {
-  let widget = node.widgets?.find((w) => w.name === "unhype_report");
-  if (widget) return widget;
-  widget = ComfyWidgets.STRING(node, "unhype_report", ["STRING", { multiline: true }], app).widget;
-  if (widget.inputEl) {
-    widget.inputEl.readOnly = true;
-    widget.inputEl.style.opacity = 0.75;
-  }
-  widget.serialize = false; // display only: never saved into the workflow or sent with the prompt
-  if (widget.options) widget.options.serialize = false;
+  const existing = node.widgets?.find((w) => w.name === REPORT);
+  if (existing) return existing;
+  const area = document.createElement("textarea");
+  area.className = "comfy-multiline-input";
+  area.readOnly = true;
+  area.style.opacity = 0.75;
+  const widget = node.addDOMWidget(REPORT, "customtext", area, {
+    getValue: () => area.value,
+    setValue: (value) => {
+      area.value = value;
+    },
+    serialize: false, // display only: never sent with the prompt
+  });
+  widget.serialize = false; // nor saved into the workflow
   return widget;
 }
 
