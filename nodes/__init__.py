@@ -21,5 +21,9 @@ from . import bake  # noqa: E402  (a prompt's LoRA as an ordinary LoRA file)
 
 NODES.append(("UnHypeBakeLoRA", "UnHype Bake LoRA", bake.UnHypeBakeLoRA))
 
+from . import erasure_check  # noqa: E402  (original vs UnHype images, judged offline)
+
+NODES.append(("UnHypeErasureCheck", "UnHype Erasure Check", erasure_check.UnHypeErasureCheck))
+
 NODE_CLASS_MAPPINGS = {name: cls for name, _, cls in NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {name: display for name, display, _ in NODES}

@@ -1,0 +1,186 @@
+"""UnHype Erasure Check: original and UnHype images of the same prompts and seeds, judged offline.
+
+The judging is in the core (unhype/erasure_check.py). This node adds the judge folder
+`models/clip_judge` (CLIP weights for zero-shot judging; more folders with a `clip_judge:` entry
+in extra_model_paths.yaml) and keeps the last judges loaded.
+"""
+
+import os
+import threading
+from collections import OrderedDict
+
+import folder_paths
+
+from ..unhype.erasure_check import (
+    NUDENET_THRESHOLD,
+    OPEN_CLIP_CONFIG,
+    TRANSFORMERS_CONFIG,
+    ColourJudge,
+    JudgeError,
+    NudeNetJudge,
+    check,
+    clip_judge,
+    grid,
+    report,
+)
+
+NODE = "UnHype Erasure Check"
+FOLDER = "clip_judge"
+NO_MODEL = "none"
+PIXEL, WORLD_CLIP, ZERO_SHOT, NUDENET = (
+    "proving ground: pixel colour", "proving ground: tiny CLIP colour", "CLIP zero-shot",
+    "NudeNet (explicit content)")
+JUDGES = (PIXEL, WORLD_CLIP, ZERO_SHOT, NUDENET)
+
+
+def register_judge_folder() -> None:
+    """models/clip_judge, keeping folders that extra_model_paths.yaml registered before us."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    paths, extensions = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    paths = list(paths)
+    if default not in paths:
+        paths.insert(0, default)
+    folder_paths.folder_names_and_paths[FOLDER] = (
+        paths, set(extensions) | {".safetensors"} if extensions else {".safetensors"})
+
+
+register_judge_folder()
+
+
+def clip_models() -> list[str]:
+    """Model folders (open_clip or transformers layout) and single open_clip files, by their
+    path relative to a judge folder."""
+    names = set()
+    for root in folder_paths.get_folder_paths(FOLDER):
+        for folder, subfolders, files in os.walk(root, followlinks=True):
+            relative = os.path.relpath(folder, root).replace(os.sep, "/")
+            if relative != "." and (OPEN_CLIP_CONFIG in files or TRANSFORMERS_CONFIG in files):
+                names.add(relative)
+                subfolders.clear()
+                continue
+            names.update(f if relative == "." else f"{relative}/{f}"
+                         for f in files if f.endswith(".safetensors"))
+    return sorted(names)
+
+
+def _full_path(name: str) -> str:
+    for root in folder_paths.get_folder_paths(FOLDER):
+        path = os.path.join(root, *name.split("/"))
+        if os.path.exists(path):
+            return path
+    folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+    raise JudgeError(f"CLIP zero-shot: {name!r} not found in the judge folders ({folders})")
+
+
+_JUDGES: OrderedDict = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def _cached(key: tuple, build):
+    """The judge for `key`, built once; the last four are kept (a CLIP can be large)."""
+    with _LOCK:
+        if key in _JUDGES:
+            _JUDGES.move_to_end(key)
+            return _JUDGES[key]
+    judge = build()
+    with _LOCK:
+        _JUDGES[key] = judge
+        while len(_JUDGES) > 4:
+            _JUDGES.popitem(last=False)
+    return judge
+
+
+def make_judge(kind: str, concept: str, clip_model: str, other_classes: str,
+               threshold: float) -> tuple:
+    """(judge, index of the erased concept among its classes)."""
+    if kind in (PIXEL, WORLD_CLIP):
+        colour = "pixel" if kind == PIXEL else "clip"
+        judge = _cached(("world", colour), lambda: ColourJudge(colour))
+        return judge, judge.concept_class(concept)
+    if kind == NUDENET:
+        return _cached(("nudenet", threshold), lambda: NudeNetJudge(threshold)), 1
+    if kind != ZERO_SHOT:
+        raise JudgeError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGES)}")
+    if not concept.strip():
+        raise JudgeError("CLIP zero-shot: name the erased concept (the class to look for)")
+    if clip_model == NO_MODEL:
+        folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+        raise JudgeError(
+            "CLIP zero-shot: pick a CLIP in clip_model. Put one in a judge folder "
+            f"({folders}): a model folder with {OPEN_CLIP_CONFIG} and its weights (open_clip), "
+            "a transformers CLIP folder (config.json, model.safetensors, tokenizer files), or "
+            "one open_clip file named after its architecture (ViT-B-32-quickgelu__openai."
+            "safetensors)")
+    path = _full_path(clip_model)
+    classes = [concept.strip()] + [c.strip() for c in other_classes.splitlines() if c.strip()]
+    stamp = os.stat(path).st_mtime_ns
+    return _cached(("clip", path, stamp, tuple(classes)), lambda: clip_judge(path, classes)), 0
+
+
+class UnHypeErasureCheck:
+    DESCRIPTION = (
+        "Compares images made with and without UnHype for the same prompts and seeds: did the "
+        "erased concept disappear (efficacy), did the kept prompts stay (specificity)? Judges "
+        "run offline: the proving ground's colour judges, CLIP zero-shot with weights in "
+        "models/clip_judge, or NudeNet (an optional package) for explicit content."
+    )
+    CATEGORY = "UnHype"
+    RETURN_TYPES = ("FLOAT", "FLOAT", "STRING", "IMAGE")
+    RETURN_NAMES = ("efficacy", "specificity", "report", "grid")
+    OUTPUT_TOOLTIPS = (
+        "Share of erased-prompt pairs whose original shows the concept and whose UnHype image "
+        "does not (NaN when no original shows it).",
+        "Share of kept-prompt pairs where the judge sees the same in both images (NaN without "
+        "kept images).",
+        "Scores and every pair's verdict.",
+        "The images in pairs, original above UnHype, with what the judge saw and the verdict.")
+    OUTPUT_NODE = True
+    FUNCTION = "check"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "original_images": ("IMAGE", {
+                    "tooltip": "Erased prompts, original model."}),
+                "unhype_images": ("IMAGE", {
+                    "tooltip": "The same prompts and seeds through UnHype."}),
+                "judge": (list(JUDGES), {"default": PIXEL}),
+                "erased_concept": ("STRING", {
+                    "default": "red",
+                    "tooltip": "What must disappear. Proving ground: a colour; CLIP zero-shot: "
+                               "a caption of the concept (its first class); NudeNet: ignored."}),
+            },
+            "optional": {
+                "kept_original_images": ("IMAGE", {
+                    "tooltip": "Prompts that must stay as they are, original model."}),
+                "kept_unhype_images": ("IMAGE", {
+                    "tooltip": "The kept prompts and seeds through UnHype."}),
+                "clip_model": ([NO_MODEL, *clip_models()], {
+                    "default": NO_MODEL, "tooltip": "CLIP zero-shot only: a CLIP from "
+                                                    "models/clip_judge."}),
+                "other_classes": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "CLIP zero-shot only: the classes besides the erased concept, one "
+                               "caption a line (e.g. the kept prompts' subjects)."}),
+                "nudenet_threshold": ("FLOAT", {
+                    "default": NUDENET_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "NudeNet only: the detection score that counts (the paper: 0.6)."}),
+            },
+        }
+
+    def check(self, original_images, unhype_images, judge, erased_concept,
+              kept_original_images=None, kept_unhype_images=None, clip_model=NO_MODEL,
+              other_classes="", nudenet_threshold=NUDENET_THRESHOLD):
+        try:
+            made, erased_class = make_judge(judge, erased_concept, clip_model, other_classes,
+                                            nudenet_threshold)
+            result = check(made, erased_class, original_images, unhype_images,
+                           kept_original_images, kept_unhype_images)
+        except JudgeError as error:
+            raise ValueError(f"{NODE}: {error}") from None
+        text = report(result)
+        picture = grid(result, original_images, unhype_images, kept_original_images,
+                       kept_unhype_images)
+        return {"ui": {"text": [text]},
+                "result": (result.efficacy, result.specificity, text, picture)}
