@@ -9,6 +9,8 @@
 - `predict` returns apply_model's denoised estimate (the same space for eps, v and flow models),
   with each row's own prompt, conditioning prepared by `comfy.samplers.process_conds` (the
   architecture's `extra_conds`) and batched with `comfy.samplers.cond_cat`, as sampling does.
+  With `gradient_checkpointing` (default) a prediction that autograd records keeps only each
+  block's inputs and recomputes the block in the backward (nodes/grad_checkpoint.py).
 
 Everything runs under `torch.inference_mode(False)`: callers (the Trainer node) wrap the whole
 training in it; tensors that came from inference mode (CLIP output, weights of a checkpoint
@@ -17,6 +19,7 @@ loaded in a ComfyUI run) are cloned before they can be saved for backward.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import comfy.k_diffusion.sampling as k_diffusion_sampling
@@ -27,6 +30,8 @@ import comfy.sampler_helpers
 import comfy.samplers
 import comfy.supported_models
 import torch
+
+from .grad_checkpoint import gradient_checkpointing as checkpointed_blocks
 
 #: family -> (pooled width expected, default training resolution in pixels)
 FAMILIES = {
@@ -103,6 +108,35 @@ def make_trainable(module: torch.nn.Module) -> int:
     return replaced
 
 
+_IADD = torch.Tensor.__iadd__
+
+
+def _add_for_autograd(tensor, other):
+    """`tensor += other` as a new tensor when autograd records it: ComfyUI's Flux blocks add
+    their residuals in place (`img += ...`) after saving `img` for the backward, which fails
+    ("modified by an inplace operation") once a LoRA makes the stream require grad."""
+    if torch.is_grad_enabled() and (tensor.requires_grad or getattr(other, "requires_grad", False)):
+        return torch.add(tensor, other).to(tensor.dtype)
+    return _IADD(tensor, other)
+
+
+@contextlib.contextmanager
+def _training_ops():
+    """What a prediction autograd records runs under: ComfyUI's models take their differentiable
+    paths (Flux's rope in PyTorch, not comfy_kitchen's kernel, which has no backward) only while
+    model_management.in_training is set, as ComfyUI's own trainer sets it; in-place residual
+    additions become new tensors (`_add_for_autograd`). Both are restored on exit."""
+    mm = comfy.model_management
+    before = getattr(mm, "in_training", False)
+    mm.in_training = True
+    torch.Tensor.__iadd__ = _add_for_autograd
+    try:
+        yield
+    finally:
+        torch.Tensor.__iadd__ = _IADD
+        mm.in_training = before
+
+
 class _PartialSampler(comfy.samplers.Sampler):
     """Deterministic Euler (DDIM for eps models) over the sigmas it is given; keeps the end point.
 
@@ -133,7 +167,8 @@ class ComfyDenoiser:
 
     def __init__(self, model, clip, *, guidance: float | None = None, sampling_steps: int = 50,
                  resolution: int | None = None, scheduler: str | None = None,
-                 family: str | None = None, load: bool = True):
+                 family: str | None = None, load: bool = True,
+                 gradient_checkpointing: bool = True):
         if clip is None:
             raise ValueError("UnHype Trainer: no CLIP: the checkpoint has no text encoder; "
                              "connect the CLIP of the model's checkpoint")
@@ -176,6 +211,7 @@ class ComfyDenoiser:
         self._raw: dict[str, list] = {}  # prompt -> CONDITIONING (cloned out of inference mode)
         self._processed: dict[str, dict] = {}  # prompt -> processed cond dict for predict
         self.encodings = 0
+        self.gradient_checkpointing = bool(gradient_checkpointing)
 
     # -- conditioning --
     def conditioning(self, prompt: str) -> list:
@@ -270,4 +306,9 @@ class ComfyDenoiser:
         topts["cond_or_uncond"] = [0] * len(prompts)
         topts["uuids"] = uuids
         topts["sigmas"] = t
-        return self.base.apply_model(x_t, t, transformer_options=topts, **conditioning)
+        if not torch.is_grad_enabled():
+            return self.base.apply_model(x_t, t, transformer_options=topts, **conditioning)
+        blocks = checkpointed_blocks(self.lora_root, around_recompute=_training_ops) \
+            if self.gradient_checkpointing else contextlib.nullcontext()
+        with _training_ops(), blocks:
+            return self.base.apply_model(x_t, t, transformer_options=topts, **conditioning)
