@@ -3,13 +3,14 @@ Apply Dynamic LoRA samples for the baked prompt (tiny SD1 with a binding norm ca
 sliced fused targets); names, metadata and errors."""
 
 import json
+import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 
 import comfy_host as ch
-from _nodes_helpers import _unhype_host, host, make_network, node  # noqa: F401
+from _nodes_helpers import _unhype_host, forget_parts, host, make_network, node  # noqa: F401
 from test_nodes_models import TINY_FLUX, build
 
 pytestmark = pytest.mark.host
@@ -179,3 +180,24 @@ def test_clear_errors(tiny_sd1_model, loras):
     with pytest.raises(ValueError, match="carries 64-d embeddings but the network"):
         bake(other, condition(network, plain))
     assert list(loras.iterdir()) == []
+
+
+def test_a_concat_after_the_conditioner_is_read_as_sampling_reads_it(tiny_sd1_model, loras):
+    """Conditioner, then Conditioning (Concat): the entry keeps the first part's embedding, and
+    Apply Dynamic LoRA re-reads it at sampling time; the bake reads the same (stronger) part."""
+    ns = host()[0]
+    network = make_network(tiny_sd1_model.model.diffusion_model, embed_dim=64, seed=10)
+    first, second = ch.make_cond(64, seed=7), ch.make_cond(64, seed=8)
+    pooled = torch.cat([c[0][1]["pooled_output"] for c in (first, second)])
+    weak, strong = network.activation(pooled).argsort().tolist()
+    first, second = (first, second)[weak], (first, second)[strong]
+    forget_parts()
+    conditioned = condition(network, first)
+    condition(network, second)  # seen, so it is found again inside the joined entry
+    joined = ch.run_node(ns.nodes.ConditioningConcat, conditioning_to=conditioned,
+                         conditioning_from=second)[0]
+    name, report = bake(network, joined)
+    with safe_open(str(loras / name), "pt") as handle:
+        source = json.loads(handle.metadata()["unhype.baked_from"])
+    bake_core = sys.modules[host()[1].__name__ + ".unhype.bake"]
+    assert source["embedding_sha256"] == bake_core.tensor_sha256(pooled[strong:strong + 1])
