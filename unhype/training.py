@@ -30,10 +30,12 @@ from .targets import Target
 CHECKPOINT_KIND = "unhype-training-checkpoint"
 
 
-# Divergence: a loss above LOSS_LIMIT, or GROWTH_LIMIT times its running level (once that level
-# is above LEVEL_FLOOR), or a generated LoRA norm above ACTIVATION_LIMIT (working ones: ~1-100).
+# Divergence: a loss above LOSS_LIMIT, or after GROWTH_WARMUP steps GROWTH_LIMIT times its
+# largest value so far (once that is above LEVEL_FLOOR), or a generated LoRA norm above
+# ACTIVATION_LIMIT (working ones: ~1-150).
 LOSS_LIMIT = 1e8
 GROWTH_LIMIT = 1e4
+GROWTH_WARMUP = 10
 LEVEL_FLOOR = 1e-6
 ACTIVATION_LIMIT = 1e5
 
@@ -139,7 +141,7 @@ class Trainer:
         self.xt_samplings, self.xt_seconds = 0, 0.0
         self.checkpoint_step: int | None = None
         self._embeddings: dict[str, torch.Tensor] = {}
-        self._levels: dict[str, float] = {}
+        self._peaks: dict[str, float] = {}
 
     # -- randomness, all from one generator so a resumed run repeats an uninterrupted one --
     def _randint(self, high: int) -> int:
@@ -248,20 +250,21 @@ class Trainer:
         return self.config.removal_weight * _mean_square(pairs)
 
     def _check(self, name: str, loss: torch.Tensor) -> float:
-        """The loss as a float; raises `TrainingDivergedError` when it is non-finite or huge,
-        or has grown by orders of magnitude over its running level."""
+        """The loss as a float; raises `TrainingDivergedError` when it is non-finite or huge, or
+        far above the largest value it had so far (not its average: an ESD loss in denoised
+        space legitimately spans orders of magnitude with the noise level of x_t)."""
         value = float(loss.detach())
-        level = self._levels.get(name)
+        peak = self._peaks.get(name, 0.0)
         reason = None
         if not math.isfinite(value):
             reason = "became non-finite"
         elif value > LOSS_LIMIT:
             reason = f"reached {value:.3g}"
-        elif level is not None and level > LEVEL_FLOOR and value > GROWTH_LIMIT * level:
-            reason = f"jumped to {value:.3g}, {value / level:.0f}x its running level {level:.3g}"
+        elif self.step >= GROWTH_WARMUP and peak > LEVEL_FLOOR and value > GROWTH_LIMIT * peak:
+            reason = f"jumped to {value:.3g}, {value / peak:.0f}x its largest value so far"
         if reason:
             raise TrainingDivergedError(f"the {name} loss {reason} at step {self.step + 1}")
-        self._levels[name] = value if level is None else 0.9 * level + 0.1 * value
+        self._peaks[name] = max(peak, value)
         return value
 
     def _update(self, name: str) -> None:
@@ -329,7 +332,7 @@ class Trainer:
             "xt_cache": {k: [list(e) for e in v] for k, v in self.xt_cache.items()},
             "history": self.history,
             "xt": [self.xt_samplings, self.xt_seconds],
-            "levels": self._levels,
+            "peaks": self._peaks,
             "config": _config_record(self.config),
         }
 
@@ -368,7 +371,7 @@ class Trainer:
         self.xt_cache = {k: [tuple(e) for e in v] for k, v in state["xt_cache"].items()}
         self.step, self.history = int(state["step"]), list(state["history"])
         self.xt_samplings, self.xt_seconds = int(state["xt"][0]), float(state["xt"][1])
-        self._levels = dict(state["levels"])
+        self._peaks = dict(state["peaks"])
         self.checkpoint_step = self.step
 
     # -- the loop --
