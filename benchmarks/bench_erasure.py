@@ -37,11 +37,11 @@ def rows():
         *[(label, SINGLE, settings) for label, settings in unhype],
         ("static ESD-x LoRA (rank 4)", THREE, None),
         *[(label, THREE, settings) for label, settings in unhype[:2]],
-        ("UnHype paper, trajectory, 2000 steps", THREE, {"steps": 2000}),
     ]
 
 
-def run_seed(seed: int, samples: int) -> list[dict]:
+def run_seed(seed: int, samples: int, out: str) -> list[dict]:
+    """Every row for one seed; the rows so far are written to `out` after each one."""
     from unhype.world import load_world
     from unhype.world.erasure import (
         ErasureTask,
@@ -72,6 +72,7 @@ def run_seed(seed: int, samples: int) -> list[dict]:
                **{judge: scores(before, after, judge) for judge in JUDGES},
                "accuracy_before": before, "accuracy_after": after}
         results.append(row)
+        write(out, results, {"seed": seed, "samples": samples}, quiet=True)
         print(f"seed {seed} {label} ({', '.join(erase)}): clip H_o {row['clip']['h_o']:.3f}, "
               f"pixel H_o {row['pixel']['h_o']:.3f}, {seconds:.0f}s", flush=True)
     return results
@@ -97,20 +98,21 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(out: str, results: list[dict], args: dict) -> None:
+def write(out: str, results: list[dict], args: dict, quiet: bool = False) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "erasure.json"), "w") as handle:
         json.dump({"args": args, "rows": results}, handle, indent=2)
     text = table(results)
     with open(os.path.join(out, "erasure.md"), "w") as handle:
         handle.write(text + "\n")
-    print(text)
+    if not quiet:
+        print(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--samples", type=int, default=100, help="per erased set; others get 3x")
+    parser.add_argument("--samples", type=int, default=60, help="per erased set; others get 3x")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest for the tiny models)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -129,7 +131,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    results = [row for seed in args.seeds for row in run_seed(seed, args.samples)]
+    results = [row for seed in args.seeds for row in run_seed(seed, args.samples, args.out)]
     write(args.out, results, vars(args))
 
 
