@@ -68,9 +68,10 @@ def cap_lines(network, layers, strength: float) -> list[str]:
     binding = [layer for layer in baked if layer.gain < 1.0]
     lines = []
     if baked:
+        largest = max(layer.output_norm for layer in baked)
         lines.append(
-            f"norm cap {cap:g}: {len(baked)} layers read the prompt's tokens, so their cap is "
-            f"baked exactly; it binds on {len(binding)}"
+            f"norm cap {cap:g}: {len(baked)} layers read the prompt's tokens (LoRA output norms "
+            f"up to {largest:.3g}), so their cap is baked exactly; it binds on {len(binding)}"
             + (f" (gains {min(x.gain for x in binding):.3g}..{max(x.gain for x in binding):.3g})"
                if binding else ""))
     image = [layer for layer in layers if layer.cap == "image"]
@@ -125,7 +126,7 @@ class UnHypeBakeLoRA:
 
     def bake(self, conditioning, unhype, strength, save_name, key_format, prompt=""):
         embedding, tokens = read_prompt(unhype, conditioning)
-        baked = bake_lora(unhype, embedding, strength, context=tokens, key_format=key_format)
+        baked = bake_lora(unhype, embedding, tokens, strength, key_format)
         stem = sanitise_name(save_name)
         path = unique_path(folder_paths.get_folder_paths(FOLDER)[0], stem)
         save_lora(path, baked, lora_metadata(unhype, baked, prompt, strength, stem))

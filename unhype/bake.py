@@ -68,24 +68,22 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def bake_lora(network: UnHypeNetwork, embedding: torch.Tensor, strength: float = 1.0,
-              context: torch.Tensor | None = None, key_format: str = "comfyui") -> BakedLoRA:
-    """The LoRA Apply Dynamic LoRA gives the prompt with pooled `embedding` [1, D] at `strength`.
-
-    `context` [1, T, C] is the prompt's conditioning tensor: with it, the norm cap is baked for
-    the layers that read it. Tensors are float32 on the CPU, alpha = rank (scale 1).
+def bake_lora(network: UnHypeNetwork, embedding: torch.Tensor, context: torch.Tensor,
+              strength: float = 1.0, key_format: str = "comfyui") -> BakedLoRA:
+    """The LoRA Apply Dynamic LoRA gives the prompt with pooled `embedding` [1, D] and
+    conditioning tensor `context` [1, T, C] at `strength`; the norm cap is baked for the layers
+    that read `context`. Tensors are float32 on the CPU, alpha = rank (scale 1).
     """
     embedding = embedding.detach().reshape(1, -1).float()
     factors = network.factors(embedding)
     cap = network.config.norm_cap
-    if context is not None:
-        context = context.detach().reshape(1, -1, context.shape[-1]).float()
+    context = context.detach().reshape(1, -1, context.shape[-1]).float()
     tensors, layers, rank = {}, [], network.config.rank
     scale = torch.tensor([float(strength)])
     for target in network.targets:
         f = factors[target.name]
         layer = BakedLayer(target.name, 1.0, "off" if cap is None else "image")
-        if READS_PROMPT.search(target.name) and context is not None:
+        if READS_PROMPT.search(target.name):
             if context.shape[-1] != target.in_features:
                 raise ValueError(
                     f"{target.name} reads {target.in_features}-d tokens but the conditioning's "

@@ -106,6 +106,11 @@ def _open_clip_judge(path: str, classes: list[str]) -> ZeroShotJudge:
                 f"{path}: this open_clip model uses a Hugging Face text model or tokenizer "
                 f"({text.get('hf_model_name') or text.get('hf_tokenizer_name')}), which UnHype "
                 "will not download: use a CLIP with open_clip's own tokenizer")
+        if not hasattr(open_clip.factory, "LOCAL_DIR_PREFIX"):
+            raise JudgeError(
+                f"open_clip_torch {open_clip.__version__} cannot load model folders (local-dir:):"
+                " update it (pip install -U open_clip_torch), or use one weights file named "
+                "after its architecture")
         name = "local-dir:" + path
         model = open_clip.create_model(name)
     else:
