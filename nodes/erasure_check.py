@@ -23,6 +23,7 @@ from ..unhype.erasure_check import (
     grid,
     report,
 )
+from .aliases import ERASURE
 
 NODE = "UnHype Erasure Check"
 FOLDER = "clip_judge"
@@ -125,6 +126,7 @@ class UnHypeErasureCheck:
         "models/clip_judge, or NudeNet (an optional package) for explicit content."
     )
     CATEGORY = "UnHype"
+    SEARCH_ALIASES = [*ERASURE, "evaluate", "efficacy", "specificity", "judge", "NudeNet"]
     RETURN_TYPES = ("FLOAT", "FLOAT", "STRING", "IMAGE")
     RETURN_NAMES = ("efficacy", "specificity", "report", "grid")
     OUTPUT_TOOLTIPS = (
