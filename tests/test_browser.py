@@ -9,7 +9,8 @@ What it checks:
   types, the same nodes and links as the file, and the page's own prompt builder
   (``app.graphToPrompt``) gives the same API graph as the harness's converter;
 - the SD1.5 workflow, with the models it names present, shows no node errors; a screenshot of it
-  goes to ``$TMPDIR/unhype-browser/`` (and to ``docs/`` with ``UNHYPE_UPDATE_SCREENSHOT=1``);
+  goes to ``$TMPDIR/unhype-browser/`` (and to ``docs/`` with ``UNHYPE_UPDATE_SCREENSHOT=1``, which
+  also makes each graph's screenshot its template thumbnail ``workflows/<name>.jpg``);
 - queued from the page (``app.queuePrompt``) against the random SD1.5 checkpoint and a random
   UnHype network, the Conditioners' report text appears on the nodes (web/unhype.js).
 
@@ -44,6 +45,8 @@ OUR_NEEDLES = (f"/extensions/{ch.PACK_DIR_NAME}/", EXTENSION_NAME)
 NOTICE = "[ComfyUI Notice]"
 SCREENSHOT_DIR = Path(tempfile.gettempdir()) / "unhype-browser"
 DOCS_SCREENSHOT = REPO / "docs" / "screenshot-sd15-workflow.png"
+# workflows whose template thumbnail is a picture the graph made, not a screenshot of the graph
+RENDERED_THUMBNAILS = {"proving_ground_erase"}
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -271,7 +274,73 @@ def test_workflow_loads_without_missing_nodes(session, object_info, path):
     assert strip == {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
                      for k, v in expected.items()}
     assert session.our_errors() == []
+    if path.stem not in RENDERED_THUMBNAILS:
+        _graph_thumbnail(session.page, path)
 
+
+def _graph_thumbnail(page, path: Path) -> None:
+    """A screenshot of the loaded graph; with UNHYPE_UPDATE_SCREENSHOT=1 it becomes the template
+    thumbnail (workflows/<name>.jpg, which the template browser shows)."""
+    from PIL import Image
+
+    # the loaders' missing-model marks are this test server's, not the template's
+    page.evaluate("""() => (app.rootGraph ?? app.graph)._nodes.forEach(
+        (n) => { n.has_errors = false; })""")
+    page.evaluate(FIT_JS)
+    page.wait_for_timeout(800)
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOT_DIR / f"{path.stem}_graph.png"
+    page.screenshot(path=str(shot), clip=page.evaluate(GRAPH_CLIP_JS))
+    assert not _is_blank(shot), f"the screenshot looks blank: {shot}"
+    if os.environ.get("UNHYPE_UPDATE_SCREENSHOT") == "1":
+        with Image.open(shot) as image:
+            image = image.convert("RGB")
+        # 4:3 like the browser's cards, padded with the canvas colour rather than cropped
+        width, height = image.width, max(image.height, image.width * 3 // 4)
+        card = Image.new("RGB", (width, height), image.getpixel((2, 2)))
+        card.paste(image, (0, (height - image.height) // 2))
+        card.thumbnail((768, 768))
+        card.save(path.with_suffix(".jpg"), quality=85, optimize=True)
+
+
+BLUEPRINT_JS = """async ([blueprint]) => {
+  window.__unhypeMissing = [];
+  await app.loadGraphData(blueprint, true, true, 'UnHype erase', {silentAssetErrors: true});
+  const g = app.rootGraph ?? app.graph;
+  const node = g._nodes[0];
+  const prompt = (await app.graphToPrompt()).output;
+  return {
+    missing: [...window.__unhypeMissing],
+    nodes: g._nodes.length,
+    inner: node.subgraph.nodes.map((n) => n.type).sort(),
+    inputs: node.inputs.filter((i) => !i.widget).map((i) => [i.name, i.type]),
+    widgets: (node.widgets ?? []).map((w) => w.name),
+    outputs: node.outputs.map((o) => [o.name, o.type]),
+    prompt: Object.values(prompt).map((n) => n.class_type).sort(),
+  };
+}"""
+
+
+def test_subgraph_blueprint_loads_as_the_three_node_recipe(session):
+    """subgraphs/UnHype erase.json (offered by ComfyUI as a blueprint): one node whose inside is
+    the Loader, a Conditioner per prompt and Apply Dynamic LoRA."""
+    blueprint = json.loads((REPO / "subgraphs" / "UnHype erase.json").read_text())
+    got = session.page.evaluate(BLUEPRINT_JS, [blueprint])
+    recipe = sorted(["UnHypeLoader", "UnHypeConditioner", "UnHypeConditioner", "ApplyDynamicLoRA"])
+    assert got["missing"] == [] and got["nodes"] == 1
+    assert got["inner"] == recipe and got["prompt"] == recipe
+    slots = [["positive", "CONDITIONING"], ["negative", "CONDITIONING"], ["model", "MODEL"]]
+    assert got["inputs"] == slots and got["outputs"] == slots
+    assert got["widgets"] == ["unhype_name", "strength", "mode"]  # promoted from the inside
+    assert session.our_errors() == []
+
+
+# The whole graph in view.
+FIT_JS = """() => {
+    app.canvas.deselectAll?.();
+    app.canvas.fitViewToSelectionAnimated?.({duration: 1});
+    app.canvas.setDirty(true, true);
+}"""
 
 # The graph's bounding box on the page, in CSS pixels (for a screenshot of the graph only).
 GRAPH_CLIP_JS = """() => {
@@ -306,11 +375,7 @@ def test_sd15_workflow_screenshot_and_run(session):
     got = page.evaluate(LOAD_JS, [workflow, "sd15_unhype.json"])
     assert got["missing"] == []
     assert [n["type"] for n in got["nodes"] if n["has_errors"]] == []
-    page.evaluate("""async () => {
-        app.canvas.deselectAll?.();
-        app.canvas.fitViewToSelectionAnimated?.({duration: 1});
-        app.canvas.setDirty(true, true);
-    }""")
+    page.evaluate(FIT_JS)
     page.wait_for_timeout(800)
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT_DIR / "sd15_page.png"))

@@ -75,6 +75,13 @@ def test_library_metadata(object_info):
 def test_workflows_and_script_are_served(comfy_server):
     templates = comfy_server.get_json("/workflow_templates")
     assert {"flux_unhype", "sd15_unhype", "sdxl_unhype"} <= set(templates[ch.PACK_DIR_NAME])
+    for name in templates[ch.PACK_DIR_NAME]:  # the template browser's thumbnail: <name>.jpg
+        status, body = comfy_server.request(
+            "GET", f"/api/workflow_templates/{ch.PACK_DIR_NAME}/{name}.jpg")
+        assert status == 200 and body[:3] == b"\xff\xd8\xff", f"{name}: no thumbnail"
+    blueprints = [e["name"] for e in comfy_server.get_json("/global_subgraphs").values()
+                  if e["info"]["node_pack"] == f"custom_nodes.{ch.PACK_DIR_NAME}"]
+    assert blueprints == ["UnHype erase"]
     extensions = comfy_server.get_json("/extensions")
     script = [e for e in extensions if e.endswith("/unhype.js")]
     assert script, extensions

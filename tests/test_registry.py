@@ -1,5 +1,5 @@
-"""What the Comfy Registry reads: pyproject metadata, the package `.comfyignore` leaves, and the
-ruff rules `comfy node validate` runs."""
+"""What the Comfy Registry and ComfyUI's browsers read: pyproject metadata, the package
+`.comfyignore` leaves, the ruff rules `comfy node validate` runs, template thumbnails."""
 
 import shutil
 import subprocess
@@ -56,3 +56,14 @@ def test_comfy_node_validate_ruff_rules():
                              "S102,S307,E702", str(REPO)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_template_has_a_thumbnail():
+    """ComfyUI's template browser shows workflows/<name>.jpg beside workflows/<name>.json."""
+    from PIL import Image
+
+    for path in sorted((REPO / "workflows").glob("*.json")):
+        thumbnail = path.with_suffix(".jpg")
+        assert thumbnail.is_file(), f"{path.name}: no thumbnail {thumbnail.name}"
+        with Image.open(thumbnail) as image:
+            assert image.format == "JPEG" and min(image.size) >= 200, thumbnail.name
