@@ -1,0 +1,32 @@
+"""benchmarks/gpu_check.py --cpu-smoke: the GPU check's every code path (sampling with Apply
+Dynamic LoRA and hook LoRA, UnHype and ESD-x training steps with and without checkpointing) on
+tiny models of each family, in a separate process as it would run on a GPU machine."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.host
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_check_cpu_smoke(comfyui_path):
+    env = {**os.environ, "COMFYUI_PATH": str(comfyui_path)}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"),
+                             "--cpu-smoke"], capture_output=True, text=True, timeout=300,
+                            env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = result.stdout.split("==== report ====")[-1]
+    for section in ("sampling sd15", "sampling sdxl", "training sd15", "training sdxl",
+                    "training flux"):
+        assert f"\n{section}:" in report, report
+    assert report.count("unhype / esd-x, checkpointing") == 6
+    assert "NO UPDATE" not in report and "out of memory" not in report
+    sampling = report.split("sampling sd15:")[1].split("training sd15:")[0]
+    counted = {line.split()[0]: float(line.split()[-1]) for line in sampling.splitlines()
+               if line.strip().startswith(("base ", "unhype-1 "))}
+    assert counted["unhype-1"] > counted["base"] > 0  # the hypernetwork is counted by ComfyUI
