@@ -32,6 +32,7 @@ import math
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,7 +272,8 @@ def sampling_check(name, model, pack, args, clock, out):
             peaks[label] = peak if peaks[label] != peaks[label] else max(peaks[label], peak)
     median = {label: statistics.median(t) for label, t in times.items()}
     base = median["base"]
-    spread = (max(times["base"]) - min(times["base"])) / base if len(times["base"]) > 1 else 0
+    spread = f"{(max(times['base']) - min(times['base'])) / base * 100:.1f}%" \
+        if len(times["base"]) > 1 else "n/a, 1 rep"
     hyper = sum(p.numel() for p in one.module.parameters())
     out(f"\nsampling {name}: {px} px, {args.dtype_name(name)}, {args.steps} steps x "
         f"{args.reps} interleaved reps, cond+uncond batch; hypernetwork {hyper / 1e6:.1f}M "
@@ -285,7 +287,7 @@ def sampling_check(name, model, pack, args, clock, out):
     out(f"  target Apply Dynamic LoRA <= 1.03x base: {ratio:.3f}x "
         f"({'OK' if ratio <= 1.03 else 'ABOVE'}); 100 vs 1 concept: "
         f"{median['unhype-100'] / median['unhype-1']:.3f}x (base spread over reps "
-        f"{spread * 100:.1f}%); hook LoRA {median['hook-lora'] / base:.3f}x base")
+        f"{spread}); hook LoRA {median['hook-lora'] / base:.3f}x base")
 
 
 def training_check(name, model, pack, args, clock, out):
@@ -438,6 +440,9 @@ def main(argv=None):
                 training_check(name, model, pack, args, clock, out)
         except torch.OutOfMemoryError as error:
             out(f"{name}: out of memory ({str(error).splitlines()[0]})")
+        except Exception as error:  # report it and go on: one run should bring back everything
+            traceback.print_exc()
+            out(f"{name}: failed: {type(error).__name__}: {error}")
         finally:
             del model
             mm.unload_all_models()
