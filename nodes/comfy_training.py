@@ -22,6 +22,7 @@ import folder_paths
 import torch
 
 from ..unhype import NetworkInfo, save_unhype, targets_from_preset
+from ..unhype.choices import PROVING_GROUND
 from ..unhype.headless import HeadlessConfig
 from ..unhype.prompts import builtin_retain_prompts, parse_prompt_lines
 from ..unhype.settings import ConfigError, TrainingSettings, build_configs
@@ -171,16 +172,22 @@ def make_plan(settings: TrainingSettings, family: str) -> Plan:
     return Plan(family, target_preset, retain, notes)
 
 
-def build_trainer(denoiser: ComfyDenoiser, settings: TrainingSettings, plan: Plan) -> Trainer:
+def build_trainer(denoiser: ComfyDenoiser, settings: TrainingSettings, plan: Plan,
+                  group=None) -> Trainer:
     try:
         targets = targets_from_preset(denoiser.lora_root, plan.target_preset)
     except ValueError as error:
         raise TrainingError(str(error)) from None
     embed_dim = int(denoiser.embed([""]).shape[1])
-    net_config, config = build_configs(settings, plan.family, plan.retain_prompts, embed_dim)
+    processes = torch.distributed.get_world_size(group) if group is not None else 1
+    net_config, config = build_configs(settings, plan.family, plan.retain_prompts, embed_dim,
+                                       processes)
     info = NetworkInfo(plan.family, plan.target_preset, title=sanitise_name(settings.save_name),
                        embedding_source=_embedding_source(embed_dim))
-    return Trainer(denoiser, net_config, targets, info, config)
+    try:
+        return Trainer(denoiser, net_config, targets, info, config, group)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
 
 
 def _embedding_source(width: int) -> str:
@@ -204,8 +211,11 @@ class Outcome:
 def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | None = None,
                  checkpoint_dir: str | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
-                 log: Callable[[str], None] = lambda line: None) -> Outcome:
-    """Train, checkpoint, save. Any interruption leaves a resumable checkpoint (and re-raises)."""
+                 log: Callable[[str], None] = lambda line: None, group=None) -> Outcome:
+    """Train, checkpoint, save. Any interruption leaves a resumable checkpoint (and re-raises).
+
+    With a torch.distributed `group`, every process trains its share and process 0 writes the
+    checkpoints and the network (the others' Outcome has an empty `path`)."""
     try:
         family = model_family(model)
     except ValueError as error:
@@ -220,7 +230,7 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
         denoiser = ComfyDenoiser(
             model, clip, guidance=settings.guidance or None, sampling_steps=settings.sampling_steps,
             resolution=settings.resolution or None, family=family)
-        trainer = build_trainer(denoiser, settings, plan)
+        trainer = build_trainer(denoiser, settings, plan, group)
         if resume:
             try:
                 trainer.load_checkpoint(resume)
@@ -246,9 +256,10 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
         except TrainingDivergedError as error:
             raise TrainingError(str(error)) from None
         network = result.network.to("cpu")
-        path = unique_path(output_dir, stem)
-        save_unhype(path, network)
-    name = os.path.basename(path)
+        path = unique_path(output_dir, stem) if trainer.rank == 0 else ""
+        if path:
+            save_unhype(path, network)
+    name = os.path.basename(path) or f"(written by process 0 of {trainer.world})"
     seconds = time.perf_counter() - started
     last = trainer.history[-1] if trainer.history else {}
     renamed = name != stem + EXTENSION
@@ -334,17 +345,23 @@ def plot_png(history: list[dict]) -> bytes:
 
 
 # -- headless --
-def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print) -> Outcome:
-    """Load the checkpoint with ComfyUI's loader, train, save; progress goes to `log`."""
+def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
+                   group=None) -> Outcome:
+    """Load the checkpoint with ComfyUI's loader (or build the proving ground), train, save;
+    progress goes to `log`. `group`: see run_training."""
     import comfy.sd
 
     log(f"loading {config.checkpoint} (ComfyUI device: "
         f"{comfy.model_management.get_torch_device()})")
-    with torch.inference_mode(False):
-        loaded = comfy.sd.load_checkpoint_guess_config(
-            config.checkpoint, output_vae=False, output_clip=True,
-            embedding_directory=folder_paths.get_folder_paths("embeddings"))
-    model, clip = loaded[0], loaded[1]
+    if config.checkpoint == PROVING_GROUND:
+        from . import comfy_world
+
+        model, clip = comfy_world.build_model(), comfy_world.build_clip()
+    else:
+        with torch.inference_mode(False):
+            model, clip = comfy.sd.load_checkpoint_guess_config(
+                config.checkpoint, output_vae=False, output_clip=True,
+                embedding_directory=folder_paths.get_folder_paths("embeddings"))[:2]
     if model is None:
         raise TrainingError(f"{config.checkpoint}: no diffusion model found in this file")
     if clip is None:
@@ -368,9 +385,11 @@ def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print) -
         log(f"step {p.step}/{p.steps}: {losses}{extra} ({rate:.2f} steps/s)")
 
     outcome = run_training(model, clip, settings, output_dir=config.output,
-                           checkpoint_dir=config.checkpoint_dir, on_progress=progress, log=log)
-    png = os.path.splitext(outcome.path)[0] + ".loss.png"
-    with open(png, "wb") as handle:
-        handle.write(plot_png(outcome.history))
-    log(f"loss plot {png}")
+                           checkpoint_dir=config.checkpoint_dir, on_progress=progress, log=log,
+                           group=group)
+    if outcome.path:
+        png = os.path.splitext(outcome.path)[0] + ".loss.png"
+        with open(png, "wb") as handle:
+            handle.write(plot_png(outcome.history))
+        log(f"loss plot {png}")
     return outcome

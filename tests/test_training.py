@@ -11,7 +11,8 @@ from unhype.training import TrainConfig, Trainer, TrainingDivergedError
 TEMPLATES = ["a photo of {}", "{}", "a {} in a field"]
 
 
-def make_trainer(objective="trajectory", steps=40, seed=0, denoiser=None, **overrides):
+def make_trainer(objective="trajectory", steps=40, seed=0, denoiser=None, group=None,
+                 **overrides):
     denoiser = denoiser or ToyDenoiser()
     targets = unhype.targets_from_preset(denoiser.lora_root, "sd-cross-kv")
     settings = dict(objective=objective, steps=steps, learning_rate=3e-3, seed=seed,
@@ -21,7 +22,7 @@ def make_trainer(objective="trajectory", steps=40, seed=0, denoiser=None, **over
                          **settings)
     net_config = unhype.HyperNetConfig(embed_dim=16, rank=2, hidden=32, trajectory_length=20)
     info = unhype.NetworkInfo("proving-ground", "sd-cross-kv", title="toy")
-    return Trainer(denoiser, net_config, targets, info, config)
+    return Trainer(denoiser, net_config, targets, info, config, group)
 
 
 def esd_loss_at(trainer, s):

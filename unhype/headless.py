@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import discovery
+from .choices import PROVING_GROUND
 from .settings import SETTINGS, ConfigError, TrainingSettings
 
 PACK_MODULE = "comfyui_unhype"
@@ -111,7 +112,7 @@ def load_config(path: str | os.PathLike) -> HeadlessConfig:
     base = path.parent
     for name in ("checkpoint", "output", "checkpoint_dir", "comfyui_path"):
         value = getattr(config, name)
-        if value:  # relative paths are relative to the config file
+        if value and value != PROVING_GROUND:  # relative paths: relative to the config file
             setattr(config, name, str((base / Path(value).expanduser()).resolve()))
     return config
 
@@ -183,12 +184,38 @@ def load_package(name: str, root: Path):
 
 
 def train_from_config(path: str | os.PathLike) -> str:
-    """Train as the config says, printing progress; returns the path of the written file."""
+    """Train as the config says, printing progress; returns the path of the written file.
+
+    Under `torchrun --nproc_per_node N`, the N processes train data-parallel (gloo on CPU, NCCL
+    on GPUs, one GPU per process); process 0 prints, writes the checkpoints and the file."""
     config = load_config(path)
     comfyui = find_comfyui(config.comfyui_path)
-    if not Path(config.checkpoint).is_file():
+    if config.checkpoint != PROVING_GROUND and not Path(config.checkpoint).is_file():
         raise ConfigError(f"{path}: checkpoint {config.checkpoint} does not exist")
+    group = _join_processes(config.device)
     import_pack(comfyui, config.device)
     training = importlib.import_module(f"{PACK_MODULE}.nodes.comfy_training")
-    outcome = training.train_headless(config, log=lambda line: print(line, flush=True))
+    rank = 0 if group is None else group.rank()
+    try:
+        outcome = training.train_headless(
+            config, log=lambda line: rank == 0 and print(line, flush=True), group=group)
+    finally:
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return outcome.path
+
+
+def _join_processes(device: str):
+    """The default process group when started by torchrun with more than one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    gpu = device != "cpu" and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if gpu else "gloo")
+    return dist.group.WORLD

@@ -137,6 +137,9 @@ SETTINGS = (
             + _DEFAULT, 0.0, 1.0, optional=True, advanced=True, step=1e-5),
     Setting("retain_batch", 32, "Retain prompts per retention step (the authors: 1000, which "
             "costs far more memory at SD size).", 1, 4096, optional=True, advanced=True),
+    Setting("removal_draws", 0, "Removal samples (concept, x_t, s) per step, their gradients "
+            "averaged; a distributed run (torchrun) splits them across processes. 0: one per "
+            "process.", 0, 1024, optional=True, advanced=True),
 )
 #: settings where 0 means "the family's or the preset's value"
 DEFAULTED = ("steps", "learning_rate", "rank", "eta", "hidden", "retain_learning_rate",
@@ -193,8 +196,9 @@ TrainingSettings = make_dataclass(
 
 
 def build_configs(settings: TrainingSettings, family: str, retain_prompts: list[str],
-                  embed_dim: int) -> tuple[HyperNetConfig, TrainConfig]:
-    """The network's and the trainer's configs for validated settings on a model family."""
+                  embed_dim: int, processes: int = 1) -> tuple[HyperNetConfig, TrainConfig]:
+    """The network's and the trainer's configs for validated settings on a model family, for a
+    run in `processes` data-parallel processes."""
     values = settings.resolve(family)
     concepts: list[Concept] = parse_concepts(settings.concepts, default_anchor=values["anchor"])
     erased = {c.name.lower() for c in concepts}
@@ -209,6 +213,7 @@ def build_configs(settings: TrainingSettings, family: str, retain_prompts: list[
         retain_learning_rate=values["retain_learning_rate"], eta=values["eta"],
         removal_step=values["removal_step"], removal_weight=values["removal_weight"],
         retain_weight=values["retain_weight"], retain_batch=settings.retain_batch,
+        removal_draws=settings.removal_draws or processes,
         xt_cache_size=settings.xt_cache_size, lr_gamma=values["lr_gamma"],
         lr_every=int(values["lr_every"]), seed=settings.seed,
         checkpoint_every=settings.checkpoint_every, hide_concepts=settings.hide_concepts)

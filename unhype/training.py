@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .checkpoint import load_state, save_state
@@ -61,6 +62,8 @@ class TrainConfig:
     retain_weight: float = 5.0  # w_rt
     retain_batch: int = 8
     removal_batch: int = 1
+    removal_draws: int = 1  # (concept, x_t, s) samples per step, gradients averaged; split
+    #                         across the processes of a distributed run
     xt_cache_size: int = 32  # x_t samples kept per concept; 0 re-samples every step
     grad_clip: float = 0.0  # 0: none, as the authors
     lr_gamma: float = 0.9
@@ -79,6 +82,8 @@ class TrainConfig:
             raise ValueError("every template needs a '{}' where the concept goes")
         if self.steps < 1 or self.learning_rate <= 0:
             raise ValueError("steps must be >= 1 and learning_rate > 0")
+        if self.removal_draws < 1:
+            raise ValueError(f"removal_draws must be >= 1, got {self.removal_draws}")
         if self.retain_learning_rate is not None and self.retain_learning_rate <= 0:
             raise ValueError("retain_learning_rate must be > 0 (or None: learning_rate)")
 
@@ -120,8 +125,17 @@ class Trainer:
     """Owns the network, optimisers, RNG and x_t cache; `run` resumes wherever `step` is."""
 
     def __init__(self, denoiser: Denoiser, net_config: HyperNetConfig, targets: list[Target],
-                 info: NetworkInfo, config: TrainConfig):
+                 info: NetworkInfo, config: TrainConfig, group=None):
+        """`group`: a torch.distributed process group to train data-parallel in (every process
+        builds the same Trainer; each computes its share of the removal draws and retain rows,
+        gradients are summed across processes; process 0 writes the checkpoints)."""
         self.denoiser, self.config, self.info = denoiser, config, info
+        self.group = group
+        self.rank = dist.get_rank(group) if group is not None else 0
+        self.world = dist.get_world_size(group) if group is not None else 1
+        if config.removal_draws % self.world:
+            raise ValueError(f"removal_draws ({config.removal_draws}) must be a multiple of the "
+                             f"number of processes ({self.world})")
         self.device = torch.device(denoiser.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -191,21 +205,22 @@ class Trainer:
             predicted = self.denoiser.predict(x_t, t, [prompt] * rows)
         return F.mse_loss(predicted.float(), target.float())
 
-    def _draw_removal(self):
-        """(prompt embedding, x_t, t, prompt, ESD target): every model call of the removal."""
+    def _draw_removal(self) -> tuple[int, torch.Tensor, torch.Tensor, str, str]:
+        """The random part of one removal sample: (concept index, x_t, t, prompt, anchor).
+
+        Every process draws every sample (x_t comes from the cache after its first
+        `xt_cache_size` samplings), so their generators stay in step."""
         index = self._randint(len(self.config.concepts))
         concept = self.config.concepts[index]
         x_t, t, template = self._sample_xt(index)
-        x_t, t = x_t.to(self.device), t.to(self.device)
-        prompt = fill(template, concept.name)
         anchor_template = self.config.templates[self._randint(len(self.config.templates))]
         if concept.anchor == DROP_ANCHOR:  # the erase prompt itself, without the concept
             anchor_template = template
-        target = self._esd_target(x_t, t, prompt, fill(anchor_template, concept.anchor))
-        return self._embed([prompt]), x_t, t, prompt, target
+        return (index, x_t.to(self.device), t.to(self.device), fill(template, concept.name),
+                fill(anchor_template, concept.anchor))
 
-    def _draw_retention(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(embeddings, s per row) of a retain batch, or None without retain prompts."""
+    def _draw_retention(self) -> tuple[list[str], torch.Tensor, int] | None:
+        """(this process's retain prompts, their s, the batch size), or None without any."""
         prompts = self.config.retain_prompts
         if not prompts:
             return None
@@ -216,15 +231,18 @@ class Trainer:
             s = torch.full((count,), T)
         else:
             s = torch.randint(T + 1, (count,), generator=self.generator)
-        return self._embed([prompts[i] for i in picks]), s
+        mine = slice(self.rank, None, self.world)
+        return [prompts[i] for i in picks][mine], s[mine], count
 
     def _retention_loss(self, drawn) -> torch.Tensor:
-        if drawn is None:
+        """This process's share of w_rt·mean((H(c_r,s) - H(c_r,0))^2) over the whole batch."""
+        if drawn is None or not drawn[0]:
             return torch.zeros((), device=self.device)
-        embeddings, s = drawn
-        factors = self.module(embeddings, s)
-        return self.config.retain_weight * _retention_mse(
-            factors, self.module.untouched(embeddings.shape[0]))
+        prompts, s, count = drawn
+        factors = self.module(self._embed(prompts), s)
+        share = self.config.retain_weight * _retention_mse(
+            factors, self.module.untouched(len(prompts)))
+        return share * (len(prompts) / count)
 
     def _trajectory_loss(self, embedding: torch.Tensor, s: int, now: Factors) -> torch.Tensor:
         """mean((H(c,s+1) - H(c,s) + lambda·g)^2) over alpha(s), A and B of every layer.
@@ -249,11 +267,10 @@ class Trainer:
             ]
         return self.config.removal_weight * _mean_square(pairs)
 
-    def _check(self, name: str, loss: torch.Tensor) -> float:
-        """The loss as a float; raises `TrainingDivergedError` when it is non-finite or huge, or
-        far above the largest value it had so far (not its average: an ESD loss in denoised
-        space legitimately spans orders of magnitude with the noise level of x_t)."""
-        value = float(loss.detach())
+    def _check(self, name: str, value: float) -> float:
+        """The loss value; raises `TrainingDivergedError` when it is non-finite or huge, or far
+        above the largest value it had so far (not its average: an ESD loss in denoised space
+        legitimately spans orders of magnitude with the noise level of x_t)."""
         peak = self._peaks.get(name, 0.0)
         reason = None
         if not math.isfinite(value):
@@ -267,7 +284,25 @@ class Trainer:
         self._peaks[name] = max(peak, value)
         return value
 
-    def _update(self, name: str) -> None:
+    def _total(self, values: list[float]) -> list[float]:
+        """Sums of per-process values over all processes (the values themselves alone)."""
+        if self.world == 1:
+            return values
+        summed = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(summed, group=self.group)
+        return summed.tolist()
+
+    def _update(self, name: str, draws: int = 1) -> None:
+        """Sum the gradients over processes, average over `draws`, one optimiser step."""
+        if self.world > 1:
+            for parameter in self.module.parameters():
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                dist.all_reduce(parameter.grad, group=self.group)
+        if draws > 1:
+            for parameter in self.module.parameters():
+                if parameter.grad is not None:
+                    parameter.grad /= draws
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
         self.optimizers[name].step()
@@ -278,37 +313,61 @@ class Trainer:
 
         Every model call (x_t, ESD targets, embeddings, the ESD forward) comes before the first
         parameter update, so an interrupt raised inside a model forward leaves the parameters of
-        the last completed step; `run` rewinds the generator and the x_t cache.
+        the last completed step; `run` rewinds the generator and the x_t cache. Losses are
+        checked on their totals over processes, so every process stops alike.
         """
-        embedding, x_t, t, prompt, target = self._draw_removal()
+        draws = [self._draw_removal() for _ in range(self.config.removal_draws)]
         retain = self._draw_retention()
         T = self.module.config.trajectory_length
-        removal = self.optimizers["removal"]
-        removal.zero_grad(set_to_none=True)
-        if self.config.objective == "direct":
-            esd = self._esd_loss(self.module(embedding, T), x_t, t, prompt, target)
+        trajectory = self.config.objective == "trajectory"
+        positions = [self._randint(T) if trajectory else T for _ in draws]
+        mine = [(draw, s) for number, (draw, s) in enumerate(zip(draws, positions))
+                if number % self.world == self.rank]
+        inputs = []
+        for (_, x_t, t, prompt, anchor), s in mine:
+            target = self._esd_target(x_t, t, prompt, anchor)
+            inputs.append((self._embed([prompt]), x_t, t, prompt, target, s))
+        self.optimizers["removal"].zero_grad(set_to_none=True)
+        count = len(draws)
+        zero = torch.zeros((), device=self.device)
+        if not trajectory:
+            esd = sum((self._esd_loss(self.module(e, T), x_t, t, p, target)
+                       for e, x_t, t, p, target, _ in inputs), zero)
             retention = self._retention_loss(retain)
-            losses = {"esd": self._check("ESD", esd), "retention": self._check(
-                "retention", retention)}
-            (esd + retention).backward()
-            self._update("removal")
-            return {"removal": losses["esd"], **losses}
-        s = self._randint(T)
-        now = self.module(embedding, s)
-        for f in now.values():
-            f.down.retain_grad()
-            f.up.retain_grad()
-        esd = self._esd_loss(now, x_t, t, prompt, target)
-        esd_value = self._check("ESD", esd)
-        esd.backward(retain_graph=True)
-        trajectory = self._trajectory_loss(embedding, s, now)
-        trajectory_value = self._check("trajectory", trajectory)
-        trajectory.backward()
-        self._update("removal")
+            esd_total, retention_total = self._total([float(esd.detach()),
+                                                      float(retention.detach())])
+            esd_value = self._check("ESD", esd_total / count)
+            retention_value = self._check("retention", retention_total)
+            loss = esd + count * retention
+            if loss.requires_grad:
+                loss.backward()
+            self._update("removal", count)
+            return {"removal": esd_value, "esd": esd_value, "retention": retention_value}
+        nows, esds = [], []
+        for embedding, x_t, t, prompt, target, s in inputs:
+            now = self.module(embedding, s)
+            for f in now.values():
+                f.down.retain_grad()
+                f.up.retain_grad()
+            nows.append(now)
+            esds.append(self._esd_loss(now, x_t, t, prompt, target))
+        esd_value = self._check(
+            "ESD", self._total([float(sum(esds, zero).detach())])[0] / count)
+        terms = []
+        for esd, now, (embedding, *_, s) in zip(esds, nows, inputs):
+            esd.backward(retain_graph=True)
+            terms.append(self._trajectory_loss(embedding, s, now))
+        term = sum(terms, zero)
+        trajectory_value = self._check(
+            "trajectory", self._total([float(term.detach())])[0] / count)
+        if terms:
+            term.backward()
+        self._update("removal", count)
         self.optimizers["retention"].zero_grad(set_to_none=True)
         retention = self._retention_loss(retain)
-        retention_value = self._check("retention", retention)
-        retention.backward()
+        retention_value = self._check("retention", self._total([float(retention.detach())])[0])
+        if retention.requires_grad:
+            retention.backward()
         self._update("retention")
         return {"removal": trajectory_value, "esd": esd_value, "retention": retention_value}
 
@@ -337,7 +396,9 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str) -> None:
-        save_state(path, self.state(), CHECKPOINT_KIND)
+        """Process 0 writes; every process holds the same state."""
+        if self.rank == 0:
+            save_state(path, self.state(), CHECKPOINT_KIND)
         self.checkpoint_step = self.step
 
     def _rewind_point(self) -> tuple:

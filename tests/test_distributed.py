@@ -1,0 +1,132 @@
+"""Data-parallel training (torch.distributed, gloo on CPU): N processes give the network that
+one process gives with the same global batch, and a checkpoint resumes with another N."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import _distributed_worker
+from test_training import make_trainer
+
+DRAWS = 4
+# Float sums taken in another order (an all-reduce of per-process partial sums instead of one
+# sum), then Adam steps: measured 6.3e-7 after 10 steps, 6.7e-7 after 20; another batch: >1e-3.
+TOLERANCE = 1e-5
+# Through ComfyUI on the proving ground: measured 4.7e-6 after 6 steps (lr 1e-3 moves a weight
+# by ~1e-3 a step).
+HEADLESS_TOLERANCE = 5e-5
+
+
+def run_processes(tmp_path, world, steps, checkpoint, resume=False):
+    store, out = tmp_path / f"store-{world}-{steps}", tmp_path / f"net-{world}-{steps}.pt"
+    settings = dict(steps=steps, removal_draws=DRAWS, xt_cache_size=4)
+    mp.spawn(_distributed_worker.train,
+             args=(world, str(store), settings, str(checkpoint), resume, str(out)),
+             nprocs=world, join=True)
+    return torch.load(out)
+
+
+def max_difference(left, right):
+    return max(float((left[k] - right[k]).abs().max()) for k in left)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_resume_with_one(tmp_path):
+    """Two processes train steps 1..10; one process with the same global batch gives the same
+    network; the two processes' checkpoint resumes in one process to the same step-20 network
+    as one process training straight through."""
+    checkpoint = tmp_path / "pair.ckpt.safetensors"
+    pair = run_processes(tmp_path, 2, 10, checkpoint)
+    single = make_trainer(steps=10, removal_draws=DRAWS, xt_cache_size=4)
+    single.run()
+    difference = max_difference(single.module.state_dict(), pair)
+    print(f"two processes vs one, 10 steps: max abs weight difference {difference:.2e}")
+    assert difference <= TOLERANCE
+    other_batch = make_trainer(steps=10, xt_cache_size=4)
+    other_batch.run()
+    assert max_difference(single.module.state_dict(), other_batch.module.state_dict()) > 1e-3
+
+    resumed = make_trainer(steps=20, removal_draws=DRAWS, xt_cache_size=4)
+    resumed.load_checkpoint(str(checkpoint))
+    assert resumed.step == 10
+    resumed.run()
+    straight = make_trainer(steps=20, removal_draws=DRAWS, xt_cache_size=4)
+    straight.run()
+    difference = max_difference(straight.module.state_dict(), resumed.module.state_dict())
+    print(f"resumed in one process vs straight, 20 steps: max abs difference {difference:.2e}")
+    assert difference <= TOLERANCE
+
+
+def test_draws_must_split_evenly(monkeypatch):
+    monkeypatch.setattr(dist, "get_rank", lambda group: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda group: 2)
+    with pytest.raises(ValueError, match=r"removal_draws \(3\) must be a multiple of the "
+                                         r"number of processes \(2\)"):
+        make_trainer(removal_draws=3, group=object())
+
+
+def _headless_config(tmp_path, name, comfyui_path):
+    config = tmp_path / f"{name}.toml"
+    config.write_text(textwrap.dedent(f"""
+        checkpoint = "proving-ground"
+        comfyui_path = "{comfyui_path}"
+        output = "{tmp_path / name}"
+        checkpoint_dir = "{tmp_path / name / 'ckpt'}"
+        device = "cpu"
+        concepts = ["red"]
+        preset = "custom"
+        templates = ["a photo of a {{}} circle", "a {{}} square"]
+        retain_prompts = ["a photo of a blue circle", "a green square"]
+        builtin_retain = false
+        steps = 6
+        removal_draws = 2
+        retain_batch = 2
+        xt_cache_size = 2
+        save_name = "{name}"
+    """))
+    return config
+
+
+@pytest.mark.host
+@pytest.mark.slow
+def test_torchrun_runs_the_headless_trainer_data_parallel(comfyui_path, tmp_path):
+    """`torchrun --nproc_per_node 2 -m unhype train` on the proving ground (gloo, CPU) writes the
+    network that `python -m unhype train` writes with the same global batch."""
+    import unhype  # the core, through conftest's finder
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    root = Path(__file__).resolve().parent.parent
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(_free_port())]
+    runs = {"pair": [*torchrun, "-m", "unhype", "train"],
+            "single": [sys.executable, "-m", "unhype", "train"]}
+    networks = {}
+    for name, command in runs.items():
+        config = _headless_config(tmp_path, name, comfyui_path)
+        proc = subprocess.run([*command, str(config)], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert proc.stdout.count("step 6/6") == 1, proc.stdout  # process 0 alone prints
+        networks[name] = unhype.load_unhype(str(tmp_path / name / f"{name}.safetensors"))
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == [
+            "ckpt", f"{name}.loss.png", f"{name}.safetensors"]
+    assert networks["pair"].info.base_arch == "proving-ground"
+    difference = max_difference(networks["single"].module.state_dict(),
+                                networks["pair"].module.state_dict())
+    print(f"torchrun 2 processes vs 1, 6 steps: max abs weight difference {difference:.2e}")
+    assert difference <= HEADLESS_TOLERANCE
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
