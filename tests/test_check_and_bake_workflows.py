@@ -22,7 +22,7 @@ from PIL import Image
 from _workflow_api import to_api, validate
 from test_erasure_check import world_clip_folder
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.slow]
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 WORKFLOW = WORKFLOWS / "erasure_check.json"

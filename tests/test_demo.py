@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from unhype import load_unhype
 from unhype.demo import run_demo
+
+pytestmark = pytest.mark.slow
 
 
 def test_short_demo_erases_red_and_keeps_other_colours(tmp_path):

@@ -195,6 +195,7 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run
         torch.testing.assert_close(value, reference[name], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["trajectory", "direct"])
 def test_cancel_inside_a_model_forward_resumes_like_an_uninterrupted_run(
         tiny_model, tiny_clip, folders, monkeypatch, objective):
@@ -310,6 +311,7 @@ def test_denoiser_predict_is_the_models_denoised_estimate_with_gradients(tiny_mo
     assert denoiser.embed(prompts).shape == (2, 64)
 
 
+@pytest.mark.slow
 def test_headless_train_command_writes_the_same_kind_of_file(comfyui_path, sd15_checkpoint,
                                                              tmp_path):
     config = tmp_path / "cfg.toml"
@@ -383,6 +385,7 @@ def _files(server, folder):
     return sorted(p.name for p in server.workdir.rglob(f"{folder}/*.safetensors"))
 
 
+@pytest.mark.slow
 def test_training_workflow_on_the_server_cancel_and_resume(comfy_server, sd15_checkpoint):
     """The shipped graph is valid, trains on the random SD1.5 checkpoint (weights loaded under
     the server's inference mode), Cancel (POST /interrupt) keeps a checkpoint, resume finishes

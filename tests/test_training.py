@@ -35,6 +35,7 @@ def esd_loss_at(trainer, s):
         return float(trainer._esd_loss(factors, x_t, t, prompt, target))
 
 
+@pytest.mark.slow
 def test_direct_objective_erases_the_concept_and_spares_retain_prompts():
     trainer = make_trainer("direct", steps=600, xt_cache_size=0)
     before = esd_loss_at(trainer, 20)
@@ -46,6 +47,7 @@ def test_direct_objective_erases_the_concept_and_spares_retain_prompts():
     assert erase > 3 * retain, (float(erase), float(retain))
 
 
+@pytest.mark.slow
 def test_trajectory_objective_lowers_the_esd_loss_at_T():
     """The ESD gradient at random s reaches H(c,T). Separation from retain prompts is proven in
     the proving ground (tests/test_demo.py): this toy's prompts share most of their words, and
