@@ -97,7 +97,7 @@ class ApplyDynamicLoRA:
         wrappers = comfy.patcher_extension.WrappersMP
         m.add_wrapper_with_key(wrappers.APPLY_MODEL, WRAPPER_KEY, state)
         m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, WRAPPER_KEY,
-                                state.release)
+                                state.cache.release)
         if mode == "conditional only" and not m.get_wrappers(wrappers.PREDICT_NOISE, WRAPPER_KEY):
             m.add_wrapper_with_key(wrappers.PREDICT_NOISE, WRAPPER_KEY, mark_positive)
         if not m.get_wrappers(wrappers.SAMPLER_SAMPLE, WRAPPER_KEY):

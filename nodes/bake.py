@@ -14,7 +14,7 @@ from ..unhype.bake import KEY_FORMATS, bake_lora, hides_concepts, lora_metadata,
 from .aliases import ERASURE
 from .comfy_training import EXTENSION, sanitise_name, unique_path
 from .conditioner import PartsAtSampling, describe
-from .dynamic_lora import EMBEDDING_KEY
+from .wire import EMBEDDING_KEY
 
 NODE = "UnHype Bake LoRA"
 FOLDER = "loras"

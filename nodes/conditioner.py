@@ -14,8 +14,8 @@ import comfy.conds
 import torch
 
 from .aliases import ERASURE
-from .dynamic_lora import EMBEDDING_KEY, pack_embedding
 from .parts import CHUNK, MEMORY, Part, split
+from .wire import EMBEDDING_KEY, pack_embedding
 
 POOLED_NAMES = {
     768: "CLIP-L pooled embeddings (SD1.x / Flux)",

@@ -1,33 +1,24 @@
 """Sampling-time glue: the APPLY_MODEL wrapper that gives every batch row its own UnHype LoRA.
 
-The Conditioner packs each conditioning entry's pooled embedding as `[flag, pooled...]` under
-the `model_conds` key below. ComfyUI repeats it to the entry's rows, concatenates it row-aligned
+The Conditioner packs each conditioning entry's pooled embedding (nodes/wire.py) into the
+conditioning's `model_conds`. ComfyUI repeats it to the entry's rows, concatenates it row-aligned
 with x when it batches conds (positive and negative together) and hands it to APPLY_MODEL
 wrappers as a keyword argument. The wrapper turns each distinct embedding into LoRA factors
 once (LRU cache), selects the rows that get a LoRA and runs the model inside `row_lora`, whose
 forward hooks are removed when the call returns or raises. Nothing here imports ComfyUI.
 """
 
-import threading
-from collections import OrderedDict
-
 import torch
 
 from ..unhype import row_lora
-from ..unhype.hypernet import RowFactors
+from ..unhype.factors import FactorCache
+from .wire import EMBEDDING_KEY
 
-EMBEDDING_KEY = "unhype_embedding"
 WRAPPER_KEY = "unhype"
 MODES = ("conditional only", "all rows")
 UNCOND = 1  # value of transformer_options["cond_or_uncond"] for the negative chunk (plain CFG)
 POSITIVE_UUIDS = "unhype_positive_uuids"  # transformer_options key set by mark_positive
 NEGATIVE_UUIDS = "unhype_negative_uuids"
-
-
-def pack_embedding(pooled: torch.Tensor) -> torch.Tensor:
-    """[1, D] pooled vector -> [1, 1 + D] float32 row: a 1.0 flag, then the vector."""
-    pooled = pooled.detach().reshape(1, -1).to("cpu", torch.float32)
-    return torch.cat([torch.ones(1, 1), pooled], dim=1)
 
 
 def conditional_chunks(transformer_options: dict) -> list[bool] | None:
@@ -88,17 +79,15 @@ def mark_positive(executor, x, timestep, model_options=None, seed=None):
 
 
 class DynamicLoRA:
-    """State behind one Apply Dynamic LoRA node: network, strength, mode and the factor caches.
+    """State behind one Apply Dynamic LoRA node: network, strength, mode and its factor cache
+    (unhype/factors.py: CPU LRU per prompt, stacked factors on the device until `release`,
+    called by ComfyUI's cleanup at the end of a run).
 
     The hypernetwork runs where ComfyUI's memory manager put the shared module (Apply Dynamic
     LoRA registers it as an additional model of the MODEL): on the GPU when it was loaded there,
-    on the offload device when ComfyUI had no room for it; this class never copies or moves it.
-    Per-prompt factors are kept on the CPU (an LRU bounded in bytes), so a prompt costs one
-    hypernetwork pass across runs; the stacked factors of the last few batch layouts live on the
-    sampling device only until the run ends (`release`, called by ComfyUI's cleanup).
-
+    on the offload device when ComfyUI had no room for it; nothing here copies or moves it.
     Safe to share between ModelPatcher clones and threads (multi-GPU runs clones in threads):
-    all mutable state is behind one lock and the shared UnHypeNetwork is never modified.
+    the cache is locked and the shared UnHypeNetwork is never modified.
     """
 
     def __init__(self, network, strength: float, mode: str, cache_bytes: int = 64 * 2**20,
@@ -106,70 +95,12 @@ class DynamicLoRA:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.network, self.strength, self.mode = network, float(strength), mode
-        self.cache_bytes, self.device_layouts = int(cache_bytes), int(device_layouts)
-        self.hypernet_calls = 0  # number of hypernetwork forwards, for tests and benchmarks
-        self._lock = threading.Lock()
-        self._factors: OrderedDict = OrderedDict()  # embedding bytes -> {name: RowFactors [1,..]}
-        self._factor_bytes = 0
-        self._on_device: OrderedDict = OrderedDict()  # (keys, device, dtype) -> stacked factors
+        self.cache = FactorCache(network, cache_bytes, device_layouts)
 
     def __deepcopy__(self, memo):
         """Deep copies of a ModelPatcher's options share this state: it is thread-safe, never
         mutated from outside, and a Lock cannot be copied."""
         return self
-
-    def release(self, *_):
-        """Drop the factors kept on the sampling device (end of a sampling run): between runs
-        nothing of this node occupies device memory outside ComfyUI's accounting."""
-        with self._lock:
-            self._on_device.clear()
-
-    def _generate(self, rows: torch.Tensor) -> dict:
-        """Factors for embeddings [R, D] from the shared module, on the device it is on."""
-        module = self.network.module
-        device = next(module.parameters()).device
-        with torch.no_grad():
-            computed = module(rows.to(device))
-        self.hypernet_calls += 1
-        return {name: RowFactors(f.down.cpu(), f.up.cpu()) for name, f in computed.items()}
-
-    def factors_for(self, embeddings: torch.Tensor, device: torch.device, dtype) -> dict:
-        """Stacked per-row factors for pooled embeddings [R, D] on `device` in `dtype`; each
-        distinct embedding goes through the hypernetwork once."""
-        host = embeddings.detach().to("cpu", torch.float32).contiguous()
-        keys = tuple(row.numpy().tobytes() for row in host)
-        layout = (keys, str(device), dtype)
-        with self._lock:
-            if layout in self._on_device:
-                self._on_device.move_to_end(layout)
-                return self._on_device[layout]
-            unique = list(dict.fromkeys(k for k in keys if k not in self._factors))
-            if unique:
-                computed = self._generate(host[[keys.index(k) for k in unique]])
-                for j, key in enumerate(unique):
-                    entry = {name: RowFactors(f.down[j:j + 1].clone(), f.up[j:j + 1].clone())
-                             for name, f in computed.items()}
-                    self._factors[key] = entry
-                    self._factor_bytes += sum(f.down.nbytes + f.up.nbytes
-                                              for f in entry.values())
-            for key in keys:
-                self._factors.move_to_end(key)
-            needed = len(set(keys))
-            while self._factor_bytes > self.cache_bytes and len(self._factors) > needed:
-                _, dropped = self._factors.popitem(last=False)
-                self._factor_bytes -= sum(f.down.nbytes + f.up.nbytes for f in dropped.values())
-            parts = [self._factors[k] for k in keys]
-            stacked = {
-                name: RowFactors(
-                    torch.cat([p[name].down for p in parts]).to(device, dtype),
-                    torch.cat([p[name].up for p in parts]).to(device, dtype),
-                )
-                for name in parts[0]
-            }
-            self._on_device[layout] = stacked
-            while len(self._on_device) > self.device_layouts:
-                self._on_device.popitem(last=False)
-            return stacked
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
                  transformer_options=None, **kwargs):
@@ -195,7 +126,7 @@ class DynamicLoRA:
         root = base_model.diffusion_model
         dtype = base_model.get_dtype_inference() if hasattr(base_model, "get_dtype_inference") \
             else x.dtype
-        factors = self.factors_for(embedding[rows.to(embedding.device), 1:], x.device, dtype)
+        factors = self.cache.stacked(embedding[rows.to(embedding.device), 1:], x.device, dtype)
         with row_lora(root, self.network.targets, factors, rows=rows,
                       scale=self.strength, norm_cap=config.norm_cap):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

@@ -221,7 +221,7 @@ def test_factors_once_per_distinct_embedding_all_rows(tiny, network):
         ch.sample_steps(ns, patched, pos, neg, steps=2, seed=5)  # same prompts, new run: cached
     finally:
         handle.remove()
-    assert rows == [2] and state.hypernet_calls == 1
+    assert rows == [2] and state.cache.hypernet_calls == 1
 
 
 def test_clone_isolation_with_sibling_branch(tiny, network):
@@ -451,7 +451,7 @@ def test_hypernetwork_is_loaded_by_comfyui_memory_management(tiny, network):
     assert loaded[0].loaded_size() == loaded[0].model_size()
     assert used == [network.module]  # one pass, on the shared module itself
     assert not any(isinstance(v, torch.nn.Module) for v in vars(dynamic_state(patched)[0]).values())
-    assert dynamic_state(patched)[0]._on_device == {}  # released when sampling ended
+    assert dynamic_state(patched)[0].cache._on_device == {}  # released when sampling ended
 
 
 def test_hypernetwork_patcher_is_resident_whole_or_not_at_all(tiny, network):
@@ -472,17 +472,18 @@ def test_hypernetwork_patcher_is_resident_whole_or_not_at_all(tiny, network):
 
 def test_factor_cache_is_bounded_in_bytes(network):
     """Per-prompt factors are kept on the CPU up to a byte budget; a batch's own prompts stay."""
-    dynamic = sys.modules[host()[1].__name__ + ".nodes.dynamic_lora"]
+    from unhype.factors import FactorCache
+
     cpu = torch.device("cpu")
-    probe = dynamic.DynamicLoRA(network, 1.0, "all rows")
-    probe.factors_for(torch.randn(1, D), cpu, torch.float32)
+    probe = FactorCache(network)
+    probe.stacked(torch.randn(1, D), cpu, torch.float32)
     one = probe._factor_bytes
-    state = dynamic.DynamicLoRA(network, 1.0, "all rows", cache_bytes=2 * one)
+    cache = FactorCache(network, cache_bytes=2 * one)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
-        state.factors_for(torch.randn(1, D, generator=gen), cpu, torch.float32)
-    assert len(state._factors) == 2 and state._factor_bytes == 2 * one
-    assert state.hypernet_calls == 5
-    state.factors_for(torch.randn(3, D, generator=gen), cpu, torch.float32)
-    assert len(state._factors) == 3 and state.hypernet_calls == 6
-    assert all(f.down.device == cpu for entry in state._factors.values() for f in entry.values())
+        cache.stacked(torch.randn(1, D, generator=gen), cpu, torch.float32)
+    assert len(cache._factors) == 2 and cache._factor_bytes == 2 * one
+    assert cache.hypernet_calls == 5
+    cache.stacked(torch.randn(3, D, generator=gen), cpu, torch.float32)
+    assert len(cache._factors) == 3 and cache.hypernet_calls == 6
+    assert all(f.down.device == cpu for entry in cache._factors.values() for f in entry.values())

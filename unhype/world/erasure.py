@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..factors import FactorCache
 from ..hypernet import RowFactors
 from ..lora import row_lora
 from ..network import NetworkInfo, UnHypeNetwork
@@ -84,26 +85,16 @@ SamplingPatch = Callable[[list[str], torch.Tensor], object]
 
 
 def unhype_patch(world: World, network: UnHypeNetwork, strength: float = 1.0) -> SamplingPatch:
-    """Per-row LoRA on the conditional rows only, factors once per distinct prompt: the nodes'
-    "conditional only" mode."""
-    cache: dict[str, RowFactors] = {}
+    """Per-row LoRA on the conditional rows only, factors from Apply Dynamic LoRA's own provider
+    (unhype/factors.py): the nodes' "conditional only" mode."""
+    cache = FactorCache(network)
 
     @contextmanager
     def patch(row_prompts: list[str], cond_mask: torch.Tensor):
         rows = cond_mask.nonzero().flatten()
-        prompts = [row_prompts[i] for i in rows.tolist()]
-        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
-        if missing:
-            factors = network.factors(world.denoiser.embed(missing))
-            for index, prompt in enumerate(missing):
-                cache[prompt] = {n: RowFactors(f.down[index:index + 1], f.up[index:index + 1])
-                                 for n, f in factors.items()}
-        stacked = {
-            name: RowFactors(torch.cat([cache[p][name].down for p in prompts]),
-                             torch.cat([cache[p][name].up for p in prompts]))
-            for name in cache[prompts[0]]
-        }
-        with row_lora(world.unet, network.targets, stacked, rows=rows, scale=strength,
+        embeddings = world.denoiser.embed([row_prompts[i] for i in rows.tolist()])
+        factors = cache.stacked(embeddings, world.denoiser.device, torch.float32)
+        with row_lora(world.unet, network.targets, factors, rows=rows, scale=strength,
                       norm_cap=network.config.norm_cap):
             yield
 
