@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 SINGLE, THREE = ["red"], ["red", "blue", "green"]
 JUDGES = ("clip", "pixel")
-SCORES = ("efficacy", "specificity", "generality", "paraphrase_efficacy", "h_o")
+SCORES = ("efficacy", "specificity", "generality", "paraphrase_efficacy", "h_o", "shape_kept")
 
 
 def rows():
@@ -83,12 +83,17 @@ def table(results: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for row in results:
         groups.setdefault((row["method"], tuple(row["erase"])), []).append(row)
-    lines = ["| method | erased | judge | seeds | " + " | ".join(SCORES).replace(
-        "paraphrase_efficacy", "paraphrase") + " | train s |", "|" + "---|" * 10]
+    names = {"paraphrase_efficacy": "paraphrase", "h_o": "H_o", "shape_kept": "shape kept"}
+    lines = ["| method | erased | judge | seeds | "
+             + " | ".join(names.get(s, s) for s in SCORES) + " | train s |",
+             "|" + "---|" * (len(SCORES) + 5)]
     for (method, erase), group in groups.items():
         for judge in JUDGES:
             cells = []
             for score in SCORES:
+                if score == "shape_kept" and judge != JUDGES[0]:
+                    cells.append("")  # the CLIP judge's, whichever colour judge
+                    continue
                 values = [100 * r[judge][score] for r in group]
                 spread = f" ({min(values):.0f}..{max(values):.0f})" if len(values) > 1 else ""
                 cells.append(f"{statistics.mean(values):.1f}{spread}")
