@@ -1,9 +1,11 @@
-// UnHype: show the report of UnHype Conditioner / UnHype Text Encode on the node after it runs.
+// UnHype: show the report of the UnHype nodes that write one on the node after it runs.
 // Public frontend API only (scripts/app.js and the node's addDOMWidget): scripts/widgets.js is
 // internal and the frontend warns when a pack imports it.
 import { app } from "../../scripts/app.js";
 
-const REPORT_NODES = new Set(["UnHypeConditioner", "UnHypeTextEncode"]);
+const REPORT_NODES = new Set([
+  "UnHypeConditioner", "UnHypeTextEncode", "UnHypeBakeLoRA", "UnHypeErasureCheck",
+]);
 const REPORT = "unhype_report";
 
 function reportWidget(node) {
