@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--steps", type=_count(0), default=0,
                       help="training steps; 0 (default) = the Trainer's default for the proving "
                            "ground (1000)")
-    demo.add_argument("--samples", type=_count(1), default=100,
-                      help="images per prompt set when measuring (default: 100)")
+    demo.add_argument("--samples", type=_count(1), default=argparse.SUPPRESS,
+                      help="images per prompt set when measuring (others get 3x)")
     demo.add_argument("--seed", type=_count(0), default=0)
     demo.add_argument("--threads", type=_count(1), default=1,
                       help="torch CPU threads (default 1: fastest for the tiny world)")
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         from .demo import run_demo
 
-        run_demo(concept=args.concept, out=args.out, steps=args.steps, samples=args.samples,
-                 seed=args.seed, objective=args.objective)
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "threads")}
+        run_demo(**options)
         return 0
     if not os.path.isfile(args.config):
         train.error(f"{args.config}: no such config file (see workflows/"

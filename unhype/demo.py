@@ -28,7 +28,6 @@ from .world.erasure import (
 )
 from .world.vocabulary import COLOURS
 
-DEMO_SAMPLES = 100
 CELL = 96
 
 
@@ -77,8 +76,9 @@ def caption(concept: str, metrics: dict) -> list[str]:
         f"Scores over {metrics['samples_per_set']['erased']} samples per set (tiny CLIP judge): "
         f"efficacy {100 * metrics['efficacy']:.0f}%, specificity "
         f"{100 * metrics['specificity']:.0f}%, generality {100 * metrics['generality']:.0f}%, "
-        f"H_o {100 * metrics['h_o']:.0f}%; the erased prompts keep their shape in "
-        f"{100 * metrics['shape_kept']:.0f}% of the base model's cases.",
+        f"H_o {100 * metrics['h_o']:.0f}%;",
+        f"the erased prompts keep their shape in {100 * metrics['shape_kept']:.0f}% of the base "
+        "model's cases (an anchor 'red -> -' keeps more: README).",
         "A proving-ground network: it works only with this tiny world, not with real models.",
     ]
 
@@ -111,14 +111,13 @@ def render_grid(rows: list[tuple[str, str]], before: torch.Tensor, after: torch.
     return canvas
 
 
-def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0,
-             samples: int | None = None, seed: int = 0, objective: str = "trajectory") -> dict:
+def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0, samples: int = 60,
+             seed: int = 0, objective: str = "trajectory") -> dict:
     """Train, measure, draw; `steps` 0 = the Trainer's default for the proving ground."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     task = ErasureTask([concept])
     world = load_world()
-    samples = samples or DEMO_SAMPLES
     os.makedirs(out, exist_ok=True)
 
     bar = ProgressBar(1, f"training UnHype ({objective}) to erase {concept!r}")
