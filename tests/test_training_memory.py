@@ -10,6 +10,7 @@ import torch
 
 import comfy_host as ch
 from _nodes_helpers import _unhype_host, host  # noqa: F401  (_unhype_host: autouse host fixture)
+from test_grad_checkpoint import saved_bytes
 from test_nodes_models import TINY_FLUX, build
 
 pytestmark = pytest.mark.host
@@ -28,18 +29,6 @@ class RandomClip:
         gen = torch.Generator().manual_seed(sum(map(ord, text)) + len(text))
         return [[torch.randn(1, self.tokens, self.width, generator=gen),
                  {"pooled_output": torch.randn(1, self.pooled, generator=gen)}]]
-
-
-def saved_bytes(fn):
-    total = []
-
-    def pack(t):
-        total.append(t.numel() * t.element_size())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(total)
 
 
 def gradients(model, clip, family, preset, checkpointing):
