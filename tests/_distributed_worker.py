@@ -1,6 +1,8 @@
 """The worker process of tests/test_distributed.py: a module of its own, so that processes
-started by torch.multiprocessing can import it by name."""
+started by torch.multiprocessing can import it by name, and a script torchrun can start."""
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,3 +27,13 @@ def train(rank, world, store, settings, checkpoint, resume, out):
             torch.save({k: v.clone() for k, v in trainer.module.state_dict().items()}, out)
     finally:
         dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    # torchrun ... _distributed_worker.py SETTINGS_JSON CHECKPOINT PID_FOLDER: trains, checkpointing
+    # as it goes, after writing this process's pid to PID_FOLDER/rank<N> for a test to kill it.
+    settings, checkpoint, pid_folder = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    Path(pid_folder, f"rank{dist.get_rank()}").write_text(str(os.getpid()))
+    make_trainer(group=dist.group.WORLD, **settings).run(checkpoint)

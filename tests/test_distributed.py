@@ -1,11 +1,14 @@
 """Data-parallel training (torch.distributed, gloo on CPU): N processes give the network that
 one process gives with the same global batch, and a checkpoint resumes with another N."""
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +66,53 @@ def test_two_processes_equal_one_and_resume_with_one(tmp_path):
     difference = max_difference(straight.module.state_dict(), resumed.module.state_dict())
     print(f"resumed in one process vs straight, 20 steps: max abs difference {difference:.2e}")
     assert difference <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [0, 1], ids=["writer", "other"])
+def test_killing_one_process_loses_nothing_the_last_checkpoint_held(tmp_path, victim):
+    """torchrun with 2 processes; once a checkpoint exists, one process (process 0, which
+    writes, or the other) is killed with SIGKILL. torchrun stops the rest; the checkpoint on
+    disk loads and, resumed in one process, trains to the network an uninterrupted single
+    process gives."""
+    settings = dict(steps=10**6, removal_draws=DRAWS, xt_cache_size=4, checkpoint_every=5)
+    checkpoint, pids = tmp_path / "run.ckpt.safetensors", tmp_path / "pids"
+    pids.mkdir()
+    worker = Path(__file__).with_name("_distributed_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(_free_port()), str(worker), json.dumps(settings), str(checkpoint),
+         str(pids)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() or len(list(pids.iterdir())) < 2:
+            assert launcher.poll() is None, launcher.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.02)
+        os.kill(int((pids / f"rank{victim}").read_text()), signal.SIGKILL)
+        output = launcher.communicate(timeout=300)[0]
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0, output[-3000:]
+    leftovers = sorted(p.name for p in tmp_path.iterdir()
+                       if p.name not in ("pids", checkpoint.name))
+    trainers = {name: make_trainer(steps=10**6, removal_draws=DRAWS, xt_cache_size=4,
+                                   checkpoint_every=5) for name in ("resumed", "straight")}
+    trainers["resumed"].load_checkpoint(str(checkpoint))
+    saved = trainers["resumed"].step
+    assert saved > 0 and saved % 5 == 0
+    for trainer in trainers.values():
+        trainer.config.steps = saved + 5  # read by the loop alone
+        trainer.run()
+    resumed, straight = trainers["resumed"], trainers["straight"]
+    difference = max_difference(straight.module.state_dict(), resumed.module.state_dict())
+    print(f"killed process {victim} after step >= {saved}; resumed in one process vs straight, "
+          f"{saved + 5} steps: max abs difference {difference:.2e}; left beside the checkpoint: "
+          f"{leftovers}")
+    assert difference <= TOLERANCE
+    assert not leftovers, leftovers
 
 
 def test_draws_must_split_evenly(monkeypatch):
