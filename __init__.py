@@ -1,14 +1,27 @@
-"""UnHype for ComfyUI: per-prompt dynamic LoRA concept erasure (entry point of the node pack)."""
+"""UnHype for ComfyUI: per-prompt dynamic LoRA concept erasure (entry point of the node pack).
+
+ComfyUI loads a pack as V1 when it exports NODE_CLASS_MAPPINGS (even an empty one) and then never
+calls comfy_entrypoint, so this module exports only comfy_entrypoint and WEB_DIRECTORY. Outside
+ComfyUI (no comfy_api, folder_paths, comfy) it exports WEB_DIRECTORY alone and the host-free core
+`unhype/` stays importable.
+"""
 
 WEB_DIRECTORY = "./web"
 
-try:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-except ImportError as error:  # outside ComfyUI (no folder_paths / comfy): export nothing
-    if getattr(error, "name", None) not in ("folder_paths", "comfy", "node_helpers") and not (
-        getattr(error, "name", "") or ""
-    ).startswith("comfy."):
-        raise
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+HOST_MODULES = ("comfy", "comfy_api", "folder_paths", "node_helpers")
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+try:
+    from comfy_api.latest import ComfyExtension
+
+    from .nodes import NODES
+except ImportError as error:
+    if (getattr(error, "name", None) or "").split(".")[0] not in HOST_MODULES:
+        raise
+else:
+
+    class UnHypeExtension(ComfyExtension):
+        async def get_node_list(self):
+            return list(NODES)
+
+    async def comfy_entrypoint() -> UnHypeExtension:
+        return UnHypeExtension()

@@ -45,8 +45,8 @@ def main():
     ch.install_core_finder()
     pack = ch.load_pack()
     core = sys.modules[pack.__name__ + ".unhype"]
-    apply_node = pack.NODE_CLASS_MAPPINGS["ApplyDynamicLoRA"]()
-    condition = pack.NODE_CLASS_MAPPINGS["UnHypeConditioner"]().condition
+    apply_node = sys.modules[pack.__name__ + ".nodes"].UnHypeApplyDynamicLoRA
+    condition = sys.modules[pack.__name__ + ".nodes"].UnHypeConditioner.execute
 
     t0 = time.perf_counter()
     unet = ch.sd15_unet_config("full")  # the real SD1.5 UNet shape, 860M parameters
@@ -76,9 +76,9 @@ def main():
     negative = ch.make_cond(context_dim=768, seed=2)
     variants = {"base": (model, positive, negative)}
     for name, net in (("unhype-1", one), ("unhype-100", hundred)):
-        patched = apply_node.apply(model, net, 1.0, "conditional only")[0]
-        variants[name] = (patched, condition(positive, net)["result"][0],
-                          condition(negative, net)["result"][0])
+        patched = apply_node.execute(model, net, 1.0, "conditional only")[0]
+        variants[name] = (patched, condition(positive, net)[0],
+                          condition(negative, net)[0])
 
     gen = torch.Generator().manual_seed(7)
     lora = {}

@@ -203,8 +203,8 @@ def sampling_check(name, model, pack, args, clock, out):
 
     family = FAMILIES[name]
     core = sys.modules[pack.__name__ + ".unhype"]
-    apply_node = pack.NODE_CLASS_MAPPINGS["ApplyDynamicLoRA"]()
-    condition = pack.NODE_CLASS_MAPPINGS["UnHypeConditioner"]().condition
+    apply_node = sys.modules[pack.__name__ + ".nodes"].UnHypeApplyDynamicLoRA
+    condition = sys.modules[pack.__name__ + ".nodes"].UnHypeConditioner.execute
     unet = TINY[name] if args.cpu_smoke else family.unet
     clip = RandomClip(unet, family.tokens)
     targets = core.targets_from_preset(model.model.diffusion_model, family.preset)
@@ -227,9 +227,9 @@ def sampling_check(name, model, pack, args, clock, out):
     variants = {"base": (model, positive, negative)}
     one, hundred = network(1), network(100)
     for label, net in (("unhype-1", one), ("unhype-100", hundred)):
-        patched = apply_node.apply(model, net, 1.0, "conditional only")[0]
-        variants[label] = (patched, condition(positive, net)["result"][0],
-                           condition(negative, net)["result"][0])
+        patched = apply_node.execute(model, net, 1.0, "conditional only")[0]
+        variants[label] = (patched, condition(positive, net)[0],
+                           condition(negative, net)[0])
     gen = torch.Generator().manual_seed(7)
     lora = {}
     for t in targets:

@@ -2,11 +2,12 @@
 
 import comfy.model_patcher
 import comfy.patcher_extension
+from comfy_api.latest import io
 
 from ..unhype import TargetMismatchError, resolve_targets
-from .aliases import ERASURE
 from .conditioner import PartsAtSampling
 from .dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA, mark_positive
+from .schema import CATEGORY, ERASURE, UnHype
 
 #: key of the hypernetworks in the MODEL's additional models (ModelPatcher.set_additional_models)
 ADDITIONAL_MODELS_KEY = "unhype_hypernetworks"
@@ -56,33 +57,35 @@ def describe_model(model) -> str:
     return f"{type(base).__name__} ({family} {shown})"
 
 
-class ApplyDynamicLoRA:
-    DESCRIPTION = (
-        "Makes the model apply, during sampling, the LoRA that the UnHype network generates from "
-        "each prompt's embedding (attached by UnHype Conditioner / UnHype Text Encode). "
-        "'conditional only' (SD1.x/SDXL with CFG): the negative runs the base model. "
-        "'all rows': every prompt gets its LoRA (Flux and other guidance-distilled models)."
-    )
-    CATEGORY = "UnHype"
-    SEARCH_ALIASES = [*ERASURE, "dynamic LoRA", "per-prompt LoRA", "hypernetwork"]
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("The model with each prompt's LoRA added at sampling time; its weights are "
-                       "not changed.",)
-    FUNCTION = "apply"
+class UnHypeApplyDynamicLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UnHypeApplyDynamicLoRA",
+            display_name="Apply Dynamic LoRA",
+            category=CATEGORY,
+            description=(
+                "Makes the model apply, during sampling, the LoRA that the UnHype network "
+                "generates from each prompt's embedding (attached by UnHype Conditioner / UnHype "
+                "Text Encode). 'conditional only' (SD1.x/SDXL with CFG): the negative runs the "
+                "base model. 'all rows': every prompt gets its LoRA (Flux and other "
+                "guidance-distilled models)."),
+            search_aliases=[*ERASURE, "dynamic LoRA", "per-prompt LoRA", "hypernetwork"],
+            inputs=[
+                io.Model.Input("model"),
+                UnHype.Input("unhype"),
+                io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="Multiplies every generated LoRA."),
+                io.Combo.Input("mode", options=list(MODES), default=MODES[0]),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The model with each prompt's LoRA added at sampling "
+                                        "time; its weights are not changed."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "unhype": ("UNHYPE",),
-                "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
-                                       "tooltip": "Multiplies every generated LoRA."}),
-                "mode": (list(MODES), {"default": MODES[0]}),
-            }
-        }
-
-    def apply(self, model, unhype, strength, mode):
+    def execute(cls, model, unhype, strength, mode) -> io.NodeOutput:
         m = model.clone()
         try:
             resolve_targets(m.model.diffusion_model, unhype.targets)
@@ -102,4 +105,4 @@ class ApplyDynamicLoRA:
             m.add_wrapper_with_key(wrappers.PREDICT_NOISE, WRAPPER_KEY, mark_positive)
         if not m.get_wrappers(wrappers.SAMPLER_SAMPLE, WRAPPER_KEY):
             m.add_wrapper_with_key(wrappers.SAMPLER_SAMPLE, WRAPPER_KEY, PartsAtSampling(unhype))
-        return (m,)
+        return io.NodeOutput(m)

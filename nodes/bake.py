@@ -9,11 +9,12 @@ import os
 
 import folder_paths
 import torch
+from comfy_api.latest import io
 
 from ..unhype.bake import KEY_FORMATS, bake_lora, hides_concepts, lora_metadata, save_lora
-from .aliases import ERASURE
 from .comfy_training import EXTENSION, sanitise_name, unique_path
 from .conditioner import PartsAtSampling, describe
+from .schema import CATEGORY, ERASURE, UnHype
 from .wire import EMBEDDING_KEY
 
 NODE = "UnHype Bake LoRA"
@@ -84,47 +85,47 @@ def cap_lines(network, layers, strength: float) -> list[str]:
     return lines
 
 
-class UnHypeBakeLoRA:
-    DESCRIPTION = (
-        "Saves the LoRA the UnHype network generates for one prompt as an ordinary LoRA file in "
-        "models/loras (load it with LoraLoaderModelOnly at strength 1, or share it). Connect the "
-        "prompt's conditioning from UnHype Conditioner / UnHype Text Encode. A static LoRA "
-        "applies to every prompt, the negative included."
-    )
-    CATEGORY = "UnHype"
-    SEARCH_ALIASES = [*ERASURE, "bake LoRA", "export LoRA", "save LoRA"]
-    RETURN_TYPES = ("STRING", "STRING")
-    RETURN_NAMES = ("lora_name", "report")
-    OUTPUT_TOOLTIPS = ("The saved file's name in models/loras.", "What was baked, and how.")
-    OUTPUT_NODE = True
-    FUNCTION = "bake"
+class UnHypeBakeLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UnHypeBakeLoRA",
+            display_name=NODE,
+            category=CATEGORY,
+            description=(
+                "Saves the LoRA the UnHype network generates for one prompt as an ordinary LoRA "
+                "file in models/loras (load it with LoraLoaderModelOnly at strength 1, or share "
+                "it). Connect the prompt's conditioning from UnHype Conditioner / UnHype Text "
+                "Encode. A static LoRA applies to every prompt, the negative included."),
+            search_aliases=[*ERASURE, "bake LoRA", "export LoRA", "save LoRA"],
+            is_output_node=True,
+            inputs=[
+                io.Conditioning.Input("conditioning", tooltip="One prompt, from UnHype "
+                                                              "Conditioner or UnHype Text Encode."),
+                UnHype.Input("unhype"),
+                io.Float.Input("strength", default=1.0, min=-4.0, max=4.0, step=0.05,
+                               tooltip="Apply Dynamic LoRA's strength to bake (the norm cap "
+                                       "depends on it); load the file at strength 1."),
+                io.String.Input("save_name", default="unhype_baked"),
+                io.Combo.Input("key_format", options=list(KEY_FORMATS), default=KEY_FORMATS[0],
+                               tooltip="comfyui: diffusion_model.<layer> keys (ComfyUI's LoRA "
+                                       "saver); kohya: lora_unet_<layer> keys. ComfyUI loads "
+                                       "both."),
+                io.String.Input("prompt", optional=True, multiline=True, default="",
+                                tooltip="The prompt's text, for the file's title and description "
+                                        "only (stored as a SHA-256 when the network hides its "
+                                        "concepts)."),
+            ],
+            outputs=[
+                io.String.Output(display_name="lora_name",
+                                 tooltip="The saved file's name in models/loras."),
+                io.String.Output(display_name="report", tooltip="What was baked, and how."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "conditioning": ("CONDITIONING", {
-                    "tooltip": "One prompt, from UnHype Conditioner or UnHype Text Encode."}),
-                "unhype": ("UNHYPE",),
-                "strength": ("FLOAT", {
-                    "default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
-                    "tooltip": "Apply Dynamic LoRA's strength to bake (the norm cap depends on "
-                               "it); load the file at strength 1."}),
-                "save_name": ("STRING", {"default": "unhype_baked"}),
-                "key_format": (list(KEY_FORMATS), {
-                    "default": KEY_FORMATS[0],
-                    "tooltip": "comfyui: diffusion_model.<layer> keys (ComfyUI's LoRA saver); "
-                               "kohya: lora_unet_<layer> keys. ComfyUI loads both."}),
-            },
-            "optional": {
-                "prompt": ("STRING", {
-                    "multiline": True, "default": "",
-                    "tooltip": "The prompt's text, for the file's title and description only "
-                               "(stored as a SHA-256 when the network hides its concepts)."}),
-            },
-        }
-
-    def bake(self, conditioning, unhype, strength, save_name, key_format, prompt=""):
+    def execute(cls, conditioning, unhype, strength, save_name, key_format,
+                prompt="") -> io.NodeOutput:
         embedding, tokens = read_prompt(unhype, conditioning)
         baked = bake_lora(unhype, embedding, tokens, strength, key_format)
         stem = sanitise_name(save_name)
@@ -146,4 +147,4 @@ class UnHypeBakeLoRA:
             "Load with LoraLoaderModelOnly at strength 1: it applies to every prompt, the "
             "negative too, unlike Apply Dynamic LoRA.",
         ])
-        return {"ui": {"text": [report]}, "result": (name, report)}
+        return io.NodeOutput(name, report, ui={"text": [report]})

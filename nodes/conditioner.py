@@ -12,9 +12,10 @@ import logging
 
 import comfy.conds
 import torch
+from comfy_api.latest import io
 
-from .aliases import ERASURE
 from .parts import CHUNK, MEMORY, Part, split
+from .schema import CATEGORY, ERASURE, UnHype
 from .wire import EMBEDDING_KEY, pack_embedding
 
 POOLED_NAMES = {
@@ -176,36 +177,37 @@ class PartsAtSampling:
                 "Conditioner on it before it is joined.", node, ", ".join(unseen))
 
 
-class UnHypeConditioner:
-    DESCRIPTION = (
-        "Attaches each prompt's UnHype embedding to its conditioning, so Apply Dynamic LoRA can "
-        "give every prompt its own LoRA. Use it on the positive AND the negative, after any "
-        "Conditioning (Concat). The report shows how strongly each entry (and each part of a "
-        "joined or long one) triggers the network (0..1), and warns about parts it cannot see."
-    )
-    CATEGORY = "UnHype"
-    SEARCH_ALIASES = [*ERASURE, "conditioning", "prompt embedding"]
-    RETURN_TYPES = ("CONDITIONING", "STRING")
-    RETURN_NAMES = ("conditioning", "report")
-    OUTPUT_TOOLTIPS = ("The same conditioning with each entry's UnHype embedding attached: into "
-                       "the sampler's positive or negative.",
-                       "How strongly each entry (and each part of a joined one) triggers the "
-                       "network, 0..1; also shown on the node.")
-    OUTPUT_NODE = False
-    FUNCTION = "condition"
+class UnHypeConditioner(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UnHypeConditioner",
+            display_name="UnHype Conditioner",
+            category=CATEGORY,
+            description=(
+                "Attaches each prompt's UnHype embedding to its conditioning, so Apply Dynamic "
+                "LoRA can give every prompt its own LoRA. Use it on the positive AND the "
+                "negative, after any Conditioning (Concat). The report shows how strongly each "
+                "entry (and each part of a joined or long one) triggers the network (0..1), and "
+                "warns about parts it cannot see."),
+            search_aliases=[*ERASURE, "conditioning", "prompt embedding"],
+            inputs=[io.Conditioning.Input("conditioning"), UnHype.Input("unhype")],
+            outputs=[
+                io.Conditioning.Output(
+                    display_name="conditioning",
+                    tooltip="The same conditioning with each entry's UnHype embedding attached: "
+                            "into the sampler's positive or negative."),
+                io.String.Output(
+                    display_name="report",
+                    tooltip="How strongly each entry (and each part of a joined one) triggers "
+                            "the network, 0..1; also shown on the node."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "conditioning": ("CONDITIONING",),
-                "unhype": ("UNHYPE",),
-            }
-        }
-
-    def condition(self, conditioning, unhype):
+    def execute(cls, conditioning, unhype) -> io.NodeOutput:
         out, report = condition("UnHype Conditioner", unhype, conditioning)
-        return {"ui": {"text": [report]}, "result": (out, report)}
+        return io.NodeOutput(out, report, ui={"text": [report]})
 
 
 def pooled_source_key(tokens: dict) -> str:
@@ -246,34 +248,38 @@ def remember_chunks(network, cond: torch.Tensor, chunks: torch.Tensor) -> None:
         MEMORY.remember(cond[0], chunks[best:best + 1])
 
 
-class UnHypeTextEncode:
-    DESCRIPTION = (
-        "CLIP Text Encode that also attaches the UnHype embedding, reading every 77-token chunk "
-        "of a long prompt: the most strongly triggering chunk decides the LoRA, so a concept "
-        "placed late in a long prompt is still caught. Its chunks stay known when the output is "
-        "joined to another prompt with Conditioning (Concat)."
-    )
-    CATEGORY = "UnHype"
-    SEARCH_ALIASES = [*ERASURE, "CLIP Text Encode", "text encode", "prompt", "long prompt"]
-    RETURN_TYPES = ("CONDITIONING", "STRING")
-    RETURN_NAMES = ("conditioning", "report")
-    OUTPUT_TOOLTIPS = ("The prompt encoded as CLIP Text Encode does, with its UnHype embedding "
-                       "attached.",
-                       "How strongly each 77-token chunk triggers the network, 0..1; also shown "
-                       "on the node.")
-    FUNCTION = "encode"
+class UnHypeTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UnHypeTextEncode",
+            display_name="UnHype Text Encode",
+            category=CATEGORY,
+            description=(
+                "CLIP Text Encode that also attaches the UnHype embedding, reading every 77-token "
+                "chunk of a long prompt: the most strongly triggering chunk decides the LoRA, so "
+                "a concept placed late in a long prompt is still caught. Its chunks stay known "
+                "when the output is joined to another prompt with Conditioning (Concat)."),
+            search_aliases=[*ERASURE, "CLIP Text Encode", "text encode", "prompt", "long prompt"],
+            inputs=[
+                io.Clip.Input("clip"),
+                io.String.Input("text", multiline=True, dynamic_prompts=True),
+                UnHype.Input("unhype"),
+            ],
+            outputs=[
+                io.Conditioning.Output(
+                    display_name="conditioning",
+                    tooltip="The prompt encoded as CLIP Text Encode does, with its UnHype "
+                            "embedding attached."),
+                io.String.Output(
+                    display_name="report",
+                    tooltip="How strongly each 77-token chunk triggers the network, 0..1; also "
+                            "shown on the node."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "clip": ("CLIP",),
-                "text": ("STRING", {"multiline": True, "dynamicPrompts": True}),
-                "unhype": ("UNHYPE",),
-            }
-        }
-
-    def encode(self, clip, text, unhype):
+    def execute(cls, clip, text, unhype) -> io.NodeOutput:
         node = "UnHype Text Encode"
         if clip is None:
             raise RuntimeError(
@@ -287,4 +293,4 @@ class UnHypeTextEncode:
             for entry in conditioning:
                 remember_chunks(unhype, entry[0], chunks)
         out, report = condition(node, unhype, conditioning, label="prompt")
-        return {"ui": {"text": [report]}, "result": (out, report)}
+        return io.NodeOutput(out, report, ui={"text": [report]})

@@ -10,6 +10,7 @@ import threading
 from collections import OrderedDict
 
 import folder_paths
+from comfy_api.latest import io
 
 from ..unhype.erasure_check import (
     NUDENET_THRESHOLD,
@@ -23,7 +24,7 @@ from ..unhype.erasure_check import (
     grid,
     report,
 )
-from .aliases import ERASURE
+from .schema import CATEGORY, ERASURE
 
 NODE = "UnHype Erasure Check"
 FOLDER = "clip_judge"
@@ -118,62 +119,65 @@ def make_judge(kind: str, concept: str, clip_model: str, other_classes: str,
     return _cached(("clip", path, stamp, tuple(classes)), lambda: clip_judge(path, classes)), 0
 
 
-class UnHypeErasureCheck:
-    DESCRIPTION = (
-        "Compares images made with and without UnHype for the same prompts and seeds: did the "
-        "erased concept disappear (efficacy), did the kept prompts stay (specificity)? Judges "
-        "run offline: the proving ground's colour judges, CLIP zero-shot with weights in "
-        "models/clip_judge, or NudeNet (an optional package) for explicit content."
-    )
-    CATEGORY = "UnHype"
-    SEARCH_ALIASES = [*ERASURE, "evaluate", "efficacy", "specificity", "judge", "NudeNet"]
-    RETURN_TYPES = ("FLOAT", "FLOAT", "STRING", "IMAGE")
-    RETURN_NAMES = ("efficacy", "specificity", "report", "grid")
-    OUTPUT_TOOLTIPS = (
-        "Share of erased-prompt pairs whose original shows the concept and whose UnHype image "
-        "does not (NaN when no original shows it).",
-        "Share of kept-prompt pairs where the judge sees the same in both images (NaN without "
-        "kept images).",
-        "Scores and every pair's verdict.",
-        "The images in pairs, original above UnHype, with what the judge saw and the verdict.")
-    OUTPUT_NODE = True
-    FUNCTION = "check"
+class UnHypeErasureCheck(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UnHypeErasureCheck",
+            display_name=NODE,
+            category=CATEGORY,
+            description=(
+                "Compares images made with and without UnHype for the same prompts and seeds: "
+                "did the erased concept disappear (efficacy), did the kept prompts stay "
+                "(specificity)? Judges run offline: the proving ground's colour judges, CLIP "
+                "zero-shot with weights in models/clip_judge, or NudeNet (an optional package) "
+                "for explicit content."),
+            search_aliases=[*ERASURE, "evaluate", "efficacy", "specificity", "judge", "NudeNet"],
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("original_images", tooltip="Erased prompts, original model."),
+                io.Image.Input("unhype_images",
+                               tooltip="The same prompts and seeds through UnHype."),
+                io.Combo.Input("judge", options=list(JUDGES), default=PIXEL),
+                io.String.Input("erased_concept", default="red",
+                                tooltip="What must disappear. Proving ground: a colour; CLIP "
+                                        "zero-shot: a caption of the concept (its first class); "
+                                        "NudeNet: ignored."),
+                io.Image.Input("kept_original_images", optional=True,
+                               tooltip="Prompts that must stay as they are, original model."),
+                io.Image.Input("kept_unhype_images", optional=True,
+                               tooltip="The kept prompts and seeds through UnHype."),
+                io.Combo.Input("clip_model", optional=True, options=[NO_MODEL, *clip_models()],
+                               default=NO_MODEL,
+                               tooltip="CLIP zero-shot only: a CLIP from models/clip_judge."),
+                io.String.Input("other_classes", optional=True, multiline=True, default="",
+                                tooltip="CLIP zero-shot only: the classes besides the erased "
+                                        "concept, one caption a line (e.g. the kept prompts' "
+                                        "subjects)."),
+                io.Float.Input("nudenet_threshold", optional=True, default=NUDENET_THRESHOLD,
+                               min=0.0, max=1.0, step=0.05,
+                               tooltip="NudeNet only: the detection score that counts (the "
+                                       "paper: 0.6)."),
+            ],
+            outputs=[
+                io.Float.Output(display_name="efficacy",
+                                tooltip="Share of erased-prompt pairs whose original shows the "
+                                        "concept and whose UnHype image does not (NaN when no "
+                                        "original shows it)."),
+                io.Float.Output(display_name="specificity",
+                                tooltip="Share of kept-prompt pairs where the judge sees the "
+                                        "same in both images (NaN without kept images)."),
+                io.String.Output(display_name="report", tooltip="Scores and every pair's verdict."),
+                io.Image.Output(display_name="grid",
+                                tooltip="The images in pairs, original above UnHype, with what "
+                                        "the judge saw and the verdict."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "original_images": ("IMAGE", {
-                    "tooltip": "Erased prompts, original model."}),
-                "unhype_images": ("IMAGE", {
-                    "tooltip": "The same prompts and seeds through UnHype."}),
-                "judge": (list(JUDGES), {"default": PIXEL}),
-                "erased_concept": ("STRING", {
-                    "default": "red",
-                    "tooltip": "What must disappear. Proving ground: a colour; CLIP zero-shot: "
-                               "a caption of the concept (its first class); NudeNet: ignored."}),
-            },
-            "optional": {
-                "kept_original_images": ("IMAGE", {
-                    "tooltip": "Prompts that must stay as they are, original model."}),
-                "kept_unhype_images": ("IMAGE", {
-                    "tooltip": "The kept prompts and seeds through UnHype."}),
-                "clip_model": ([NO_MODEL, *clip_models()], {
-                    "default": NO_MODEL, "tooltip": "CLIP zero-shot only: a CLIP from "
-                                                    "models/clip_judge."}),
-                "other_classes": ("STRING", {
-                    "multiline": True, "default": "",
-                    "tooltip": "CLIP zero-shot only: the classes besides the erased concept, one "
-                               "caption a line (e.g. the kept prompts' subjects)."}),
-                "nudenet_threshold": ("FLOAT", {
-                    "default": NUDENET_THRESHOLD, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "NudeNet only: the detection score that counts (the paper: 0.6)."}),
-            },
-        }
-
-    def check(self, original_images, unhype_images, judge, erased_concept,
-              kept_original_images=None, kept_unhype_images=None, clip_model=NO_MODEL,
-              other_classes="", nudenet_threshold=NUDENET_THRESHOLD):
+    def execute(cls, original_images, unhype_images, judge, erased_concept,
+                kept_original_images=None, kept_unhype_images=None, clip_model=NO_MODEL,
+                other_classes="", nudenet_threshold=NUDENET_THRESHOLD) -> io.NodeOutput:
         try:
             made, erased_class = make_judge(judge, erased_concept, clip_model, other_classes,
                                             nudenet_threshold)
@@ -184,5 +188,5 @@ class UnHypeErasureCheck:
         text = report(result)
         picture = grid(result, original_images, unhype_images, kept_original_images,
                        kept_unhype_images)
-        return {"ui": {"text": [text]},
-                "result": (result.efficacy, result.specificity, text, picture)}
+        return io.NodeOutput(result.efficacy, result.specificity, text, picture,
+                             ui={"text": [text]})

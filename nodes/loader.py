@@ -5,9 +5,10 @@ import threading
 import weakref
 
 import folder_paths
+from comfy_api.latest import io
 
 from ..unhype import UnHypeFileError, load_unhype
-from .aliases import ERASURE
+from .schema import CATEGORY, ERASURE, UnHype
 
 FOLDER = "unhype"
 EXTENSIONS = {".safetensors"}
@@ -63,38 +64,37 @@ def _full_path(name: str) -> str:
     return path
 
 
-class UnHypeLoader:
-    DESCRIPTION = (
-        "Loads an UnHype concept-erasure hypernetwork (.safetensors) from models/unhype. "
-        "Connect it to UnHype Conditioner and Apply Dynamic LoRA."
-    )
-    CATEGORY = "UnHype"
-    SEARCH_ALIASES = [*ERASURE, "hypernetwork", "load unhype"]
-    RETURN_TYPES = ("UNHYPE",)
-    RETURN_NAMES = ("unhype",)
-    OUTPUT_TOOLTIPS = ("The network: into UnHype Conditioner (on both prompts) and Apply Dynamic "
-                       "LoRA.",)
-    FUNCTION = "load"
+class UnHypeLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UnHypeLoader",
+            display_name="UnHype Loader",
+            category=CATEGORY,
+            description="Loads an UnHype concept-erasure hypernetwork (.safetensors) from "
+                        "models/unhype. Connect it to UnHype Conditioner and Apply Dynamic LoRA.",
+            search_aliases=[*ERASURE, "hypernetwork", "load unhype"],
+            inputs=[
+                io.Combo.Input("unhype_name", options=folder_paths.get_filename_list(FOLDER),
+                               tooltip="An UnHype network in models/unhype."),
+            ],
+            outputs=[
+                UnHype.Output(display_name="unhype",
+                              tooltip="The network: into UnHype Conditioner (on both prompts) and "
+                                      "Apply Dynamic LoRA."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "unhype_name": (
-                    folder_paths.get_filename_list(FOLDER),
-                    {"tooltip": "An UnHype network in models/unhype."},
-                ),
-            }
-        }
-
-    @classmethod
-    def IS_CHANGED(cls, unhype_name):
+    def fingerprint_inputs(cls, unhype_name):
+        """A rewritten file (new mtime or size) runs the node again."""
         path = folder_paths.get_full_path(FOLDER, unhype_name)
         return repr(_file_key(path)) if path else unhype_name
 
-    def load(self, unhype_name):
+    @classmethod
+    def execute(cls, unhype_name) -> io.NodeOutput:
         path = _full_path(unhype_name)
         try:
-            return (load_shared(path),)
+            return io.NodeOutput(load_shared(path))
         except UnHypeFileError as error:
             raise ValueError(f"UnHype Loader: {error}") from None

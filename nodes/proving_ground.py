@@ -9,9 +9,11 @@ import importlib
 import inspect
 
 import comfy.sample
+from comfy_api.latest import io
 
 # The oldest ComfyUI tested (requires-comfyui); it has both pieces _check_host looks for.
 from ..unhype.discovery import FLOOR_VERSION
+from .schema import CATEGORY
 
 
 class ProvingGroundError(RuntimeError):
@@ -35,28 +37,34 @@ def _check_host() -> None:
             f"{' and '.join(missing)}. Update ComfyUI.")
 
 
-class UnHypeProvingGround:
-    DESCRIPTION = (
-        "The proving ground: a tiny text-to-image world (32x32 images of one coloured shape, "
-        "8 colours x 5 shapes) as a MODEL, CLIP and VAE, built from weights that ship with "
-        "UnHype. Train an UnHype network on it (erase a colour) and see the result in minutes "
-        "on a CPU. Use EmptyLatentImage at 32x32."
-    )
-    CATEGORY = "UnHype"
-    SEARCH_ALIASES = ["concept erasure", "toy model", "tiny model", "CPU demo", "test model"]
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    RETURN_NAMES = ("model", "clip", "vae")
-    OUTPUT_TOOLTIPS = ("The world's tiny UNet (eps prediction, 1000-step linear DDPM schedule).",
-                       "The world's tiny CLIP (context length 16, 128-d pooled output).",
-                       "Pixel-space VAE: the latent is the 32x32 image in [-1, 1].")
-    FUNCTION = "load"
+class UnHypeProvingGround(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UnHypeProvingGround",
+            display_name="UnHype Proving Ground",
+            category=CATEGORY,
+            description=(
+                "The proving ground: a tiny text-to-image world (32x32 images of one coloured "
+                "shape, 8 colours x 5 shapes) as a MODEL, CLIP and VAE, built from weights that "
+                "ship with UnHype. Train an UnHype network on it (erase a colour) and see the "
+                "result in minutes on a CPU. Use EmptyLatentImage at 32x32."),
+            search_aliases=["concept erasure", "toy model", "tiny model", "CPU demo",
+                            "test model"],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The world's tiny UNet (eps "
+                                "prediction, 1000-step linear DDPM schedule)."),
+                io.Clip.Output(display_name="clip", tooltip="The world's tiny CLIP (context "
+                               "length 16, 128-d pooled output)."),
+                io.Vae.Output(display_name="vae", tooltip="Pixel-space VAE: the latent is the "
+                              "32x32 image in [-1, 1]."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    def load(self):
+    def execute(cls) -> io.NodeOutput:
         _check_host()
         from . import comfy_world  # imports open_clip: only when the node runs
 
-        return comfy_world.build_model(), comfy_world.build_clip(), comfy_world.build_vae()
+        return io.NodeOutput(comfy_world.build_model(), comfy_world.build_clip(),
+                             comfy_world.build_vae())

@@ -11,10 +11,11 @@ import sys
 
 import comfy.model_management
 import comfy.utils
+from comfy_api.latest import io
 
 from ..unhype.settings import SETTINGS, ConfigError, Setting, TrainingSettings
-from .aliases import ERASURE
 from .comfy_training import checkpoint_names, loss_plot, run_training
+from .schema import CATEGORY, ERASURE, UnHype
 
 NO_RESUME = "none"
 EVENT = "unhype.training"
@@ -32,60 +33,62 @@ def _send(event: str, data: dict) -> None:
         logging.debug("UnHype: could not send %s: %s", event, error)
 
 
-def _widget(setting: Setting) -> tuple:
+def _input(setting: Setting) -> io.Input:
     """A node input from its one declaration in unhype/settings.py."""
-    options = {"default": setting.default, "tooltip": setting.tooltip}
-    if setting.advanced:
-        options["advanced"] = True
+    common = {"optional": setting.optional, "tooltip": setting.tooltip,
+              "advanced": setting.advanced or None}
     if setting.name == "resume":
-        return [NO_RESUME, *checkpoint_names()], {**options, "default": NO_RESUME}
+        return io.Combo.Input(setting.name, options=[NO_RESUME, *checkpoint_names()],
+                              default=NO_RESUME, **common)
     if setting.choices:
-        return list(setting.choices), options
+        return io.Combo.Input(setting.name, options=list(setting.choices),
+                              default=setting.default, **common)
     if setting.kind is str:
-        return "STRING", {**options, "multiline": setting.multiline}
+        return io.String.Input(setting.name, default=setting.default,
+                               multiline=setting.multiline, **common)
     if setting.kind is bool:
-        return "BOOLEAN", options
-    options.update(min=setting.low, max=setting.high)
+        return io.Boolean.Input(setting.name, default=setting.default, **common)
     if setting.kind is float:
-        options.update(step=setting.step or 0.01, round=False)
-    elif setting.step:
-        options["step"] = int(setting.step)
-    return ("FLOAT" if setting.kind is float else "INT"), options
+        return io.Float.Input(setting.name, default=setting.default, min=setting.low,
+                              max=setting.high, step=setting.step or 0.01, round=False, **common)
+    return io.Int.Input(setting.name, default=setting.default, min=setting.low, max=setting.high,
+                        step=int(setting.step) if setting.step else None, **common)
 
 
-class UnHypeTrainer:
-    DESCRIPTION = (
-        "Trains an UnHype concept-erasure hypernetwork on this model (SD1.x, SD2.x, SDXL, "
-        "Flux.1) and saves it to models/unhype. Cancel keeps a resumable checkpoint in "
-        "models/unhype_checkpoints: pick it in 'resume' and queue again with the same settings. "
-        "The UNHYPE output can go straight to Apply Dynamic LoRA / UnHype Conditioner."
-    )
-    CATEGORY = "UnHype"
-    SEARCH_ALIASES = [*ERASURE, "train", "training", "train LoRA", "hypernetwork"]
-    EXPERIMENTAL = True  # as core's own trainer: training in the UI is new ground
-    RETURN_TYPES = ("UNHYPE", "IMAGE")
-    RETURN_NAMES = ("unhype", "loss_plot")
-    OUTPUT_TOOLTIPS = ("The trained network, also saved to models/unhype: into Apply Dynamic LoRA "
-                       "and UnHype Conditioner.",
-                       "The run's loss curves.")
-    OUTPUT_NODE = True
-    FUNCTION = "train"
+class UnHypeTrainer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="UnHypeTrainer",
+            display_name="UnHype Trainer",
+            category=CATEGORY,
+            description=(
+                "Trains an UnHype concept-erasure hypernetwork on this model (SD1.x, SD2.x, "
+                "SDXL, Flux.1) and saves it to models/unhype. Cancel keeps a resumable "
+                "checkpoint in models/unhype_checkpoints: pick it in 'resume' and queue again "
+                "with the same settings. The UNHYPE output can go straight to Apply Dynamic "
+                "LoRA / UnHype Conditioner."),
+            search_aliases=[*ERASURE, "train", "training", "train LoRA", "hypernetwork"],
+            is_experimental=True,  # as core's own trainer: training in the UI is new ground
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: its pooled "
+                                              "embedding is what the network reads."),
+                *(_input(setting) for setting in SETTINGS),
+            ],
+            outputs=[
+                UnHype.Output(display_name="unhype",
+                              tooltip="The trained network, also saved to models/unhype: into "
+                                      "Apply Dynamic LoRA and UnHype Conditioner."),
+                io.Image.Output(display_name="loss_plot", tooltip="The run's loss curves."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        required = {
-            "model": ("MODEL",),
-            "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint: its pooled embedding "
-                                         "is what the network reads."}),
-        }
-        optional = {}
-        for setting in SETTINGS:
-            (optional if setting.optional else required)[setting.name] = _widget(setting)
-        return {"required": required, "optional": optional,
-                "hidden": {"unique_id": "UNIQUE_ID"}}
-
-    def train(self, model, clip, unique_id=None, **inputs):
-        node = "UnHype Trainer"
+    def execute(cls, model, clip, **inputs) -> io.NodeOutput:
+        node, unique_id = "UnHype Trainer", cls.hidden.unique_id
         if inputs.get("resume") == NO_RESUME:
             inputs["resume"] = ""
         try:
@@ -110,4 +113,4 @@ class UnHypeTrainer:
             raise ValueError(f"{node}: {error}") from None
         _send(EVENT, {"node": unique_id, "done": True, "file": outcome.name})
         plot = loss_plot(outcome.history)
-        return {"ui": {"text": [outcome.report]}, "result": (outcome.network, plot)}
+        return io.NodeOutput(outcome.network, plot, ui={"text": [outcome.report]})

@@ -12,9 +12,10 @@ _HOST = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _unhype_host(comfy, unhype_pack):
+def _unhype_host(comfy, unhype_pack, pack_nodes):
     """Every test module that imports this helper runs against conftest's in-process ComfyUI."""
-    _HOST.update(ns=comfy, pack=unhype_pack, core=sys.modules[unhype_pack.__name__ + ".unhype"])
+    _HOST.update(ns=comfy, pack=unhype_pack, core=sys.modules[unhype_pack.__name__ + ".unhype"],
+                 nodes=pack_nodes)
     return _HOST
 
 
@@ -24,7 +25,9 @@ def host():
 
 
 def node(name):
-    return host()[1].NODE_CLASS_MAPPINGS[name]
+    """The pack's node class by id; its classmethod `execute` returns an io.NodeOutput (index it
+    for the outputs, `.ui` for what the page shows)."""
+    return _HOST["nodes"][name]
 
 
 def make_network(diffusion_model, preset="sd-cross-kv", embed_dim=64, seed=0, std=0.05,

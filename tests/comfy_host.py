@@ -272,22 +272,14 @@ def load_pack(root: Path = REPO_ROOT, module_name: str = PACK_MODULE_NAME) -> ty
 
 
 def pack_node_classes(module: types.ModuleType) -> dict[str, Any]:
-    """node id -> class, for V1 (NODE_CLASS_MAPPINGS) or V3 (comfy_entrypoint) packs."""
-    mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
-    if mappings is not None:
-        return dict(mappings)
-    entry = getattr(module, "comfy_entrypoint", None)
-    if entry is None:
-        raise AttributeError("pack has neither NODE_CLASS_MAPPINGS nor comfy_entrypoint")
+    """node id -> class, as ComfyUI collects them from a V3 pack's comfy_entrypoint."""
 
-    async def _collect():
-        ext = entry()
-        if inspect.isawaitable(ext):
-            ext = await ext
-        await ext.on_load()
-        return await ext.get_node_list()
+    async def collect():
+        extension = await module.comfy_entrypoint()
+        await extension.on_load()
+        return await extension.get_node_list()
 
-    return {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(_collect())}
+    return {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(collect())}
 
 
 def run_node(node_cls, **inputs) -> tuple:

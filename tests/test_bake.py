@@ -28,7 +28,7 @@ def loras(monkeypatch, tmp_path):
 
 
 def condition(network, cond):
-    return node("UnHypeConditioner")().condition(cond, network)["result"][0]
+    return node("UnHypeConditioner").execute(cond, network)[0]
 
 
 def bake(network, conditioning, strength=1.0, **inputs):
@@ -44,7 +44,7 @@ def with_lora(model, name):
 
 
 def dynamic(model, network, strength=1.0):
-    return node("ApplyDynamicLoRA")().apply(model, network, strength, "all rows")[0]
+    return node("UnHypeApplyDynamicLoRA").execute(model, network, strength, "all rows")[0]
 
 
 def sample(model, positive, negative, channels, cfg=1.0):

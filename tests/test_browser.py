@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "workflows"
 EXTENSION_NAME = "unhype.report"  # app.registerExtension({name}) in web/unhype.js
 EXTENSION_URL = f"/extensions/{ch.PACK_DIR_NAME}/unhype.js"
-PACK_NODES = ("UnHypeLoader", "UnHypeConditioner", "UnHypeTextEncode", "ApplyDynamicLoRA")
+PACK_NODES = ("UnHypeLoader", "UnHypeConditioner", "UnHypeTextEncode", "UnHypeApplyDynamicLoRA")
 # how our script shows up in the page's errors: its URL, or the extension name in the frontend's
 # "Error calling extension 'unhype.report' ..." / "Error loading extension <url>" messages
 OUR_NEEDLES = (f"/extensions/{ch.PACK_DIR_NAME}/", EXTENSION_NAME)
@@ -326,7 +326,8 @@ def test_subgraph_blueprint_loads_as_the_three_node_recipe(session):
     the Loader, a Conditioner per prompt and Apply Dynamic LoRA."""
     blueprint = json.loads((REPO / "subgraphs" / "UnHype erase.json").read_text())
     got = session.page.evaluate(BLUEPRINT_JS, [blueprint])
-    recipe = sorted(["UnHypeLoader", "UnHypeConditioner", "UnHypeConditioner", "ApplyDynamicLoRA"])
+    recipe = sorted(["UnHypeLoader", "UnHypeConditioner", "UnHypeConditioner",
+                     "UnHypeApplyDynamicLoRA"])
     assert got["missing"] == [] and got["nodes"] == 1
     assert got["inner"] == recipe and got["prompt"] == recipe
     slots = [["positive", "CONDITIONING"], ["negative", "CONDITIONING"], ["model", "MODEL"]]

@@ -139,7 +139,7 @@ def test_baked_file_samples_like_apply_dynamic_lora(comfy_server, object_info, a
     models = {
         "baked": {"class_type": "LoraLoaderModelOnly", "inputs": {
             "model": ["world", 0], "lora_name": name, "strength_model": 1.0}},
-        "dynamic": {"class_type": "ApplyDynamicLoRA", "inputs": {
+        "dynamic": {"class_type": "UnHypeApplyDynamicLoRA", "inputs": {
             "model": ["world", 0], "unhype": unhype, "strength": 1.0, "mode": "all rows"}},
         "original": None,
     }

@@ -54,7 +54,7 @@ def test_judge_folder_lists_model_folders_and_single_files(judge_folder):
     (judge_folder / "hf" / "config.json").write_text('{"model_type": "clip"}')
     assert module().clip_models() == ["ViT-B-32__openai.safetensors", "hf", "laion/tiny clip"]
     spec = node("UnHypeErasureCheck").INPUT_TYPES()["optional"]["clip_model"]
-    assert spec[0] == ["none", "ViT-B-32__openai.safetensors", "hf", "laion/tiny clip"]
+    assert spec[1]["options"] == ["none", "ViT-B-32__openai.safetensors", "hf", "laion/tiny clip"]
     _, _, report, _ = run(original_images=renders([RED]), unhype_images=renders([BLUE]),
                           judge="CLIP zero-shot", erased_concept="a red shape",
                           clip_model="laion/tiny clip", other_classes="a blue shape\n\n")

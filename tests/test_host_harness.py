@@ -81,9 +81,11 @@ def test_sd15_checkpoint_loads_as_sd15(comfy, sd15_model):
     assert torch.isfinite(image).all()
 
 
-def test_pack_loads_in_process(unhype_pack, pack_nodes):
+def test_pack_loads_in_process_as_v3(unhype_pack, pack_nodes):
     assert unhype_pack.__name__ == comfy_host.PACK_MODULE_NAME
-    assert isinstance(pack_nodes, dict)
+    assert callable(unhype_pack.comfy_entrypoint)
+    assert not hasattr(unhype_pack, "NODE_CLASS_MAPPINGS")  # V1 would win and hide every node
+    assert len(pack_nodes) == 8
 
 
 def test_server_answers_object_info(comfy_server):

@@ -86,7 +86,7 @@ def sample_positive_row(tiny, network, positive, negative, mode="conditional onl
     spy = EmbeddingSpy()
     spied = tiny.clone()
     spied.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "spy", spy)
-    patched = node("ApplyDynamicLoRA")().apply(spied, network, 1.0, mode)[0]
+    patched = node("UnHypeApplyDynamicLoRA").execute(spied, network, 1.0, mode)[0]
     ch.sample_steps(ns, patched, positive, negative, steps=1)
     x, t, context, order, embedding, out = spy.calls[0]
     row = order.index(0)

@@ -45,7 +45,7 @@ def batch(rows=3, seed=0, size=8):
 
 
 def apply(model, network, strength=1.0, mode="conditional only"):
-    return node("ApplyDynamicLoRA")().apply(model, network, strength, mode)[0]
+    return node("UnHypeApplyDynamicLoRA").execute(model, network, strength, mode)[0]
 
 
 def reference_row(tiny, network, row, x, sigma, context, pooled, strength):
@@ -125,9 +125,9 @@ def test_conditioner_packs_embedding_without_mutating(network):
                                       "model_conds": {"other": "x"}}],
             [torch.randn(1, 77, D), {"pooled_output": pooled * 2}]]
     snapshot = [dict(e[1]) for e in cond]
-    out = node("UnHypeConditioner")().condition(cond, network)
-    result, report = out["result"]
-    assert out["ui"] == {"text": [report]}
+    out = node("UnHypeConditioner").execute(cond, network)
+    result, report = out.result
+    assert out.ui == {"text": [report]}
     assert [dict(e[1]) for e in cond] == snapshot  # input dicts untouched
     assert "unhype_embedding" not in cond[0][1]["model_conds"]
     for entry, source in zip(result, (pooled, pooled * 2)):
@@ -146,12 +146,12 @@ def test_conditioner_packs_embedding_without_mutating(network):
 def test_conditioner_errors_name_both_sides(network):
     sdxl_like = [[torch.randn(1, 77, 2048), {"pooled_output": torch.randn(1, 1280)}]]
     with pytest.raises(ValueError) as error:
-        node("UnHypeConditioner")().condition(sdxl_like, network)
+        node("UnHypeConditioner").execute(sdxl_like, network)
     message = str(error.value)
     assert "UnHype Conditioner" in message and "64-d" in message and "1280-d" in message
     assert "SDXL" in message
     with pytest.raises(ValueError, match="no pooled_output"):
-        node("UnHypeConditioner")().condition([[torch.randn(1, 77, D), {}]], network)
+        node("UnHypeConditioner").execute([[torch.randn(1, 77, D), {}]], network)
 
 
 def test_mismatched_model_is_a_clear_error(network):
@@ -167,8 +167,8 @@ def test_mismatched_model_is_a_clear_error(network):
 def conditioned(network, seed):
     pos = ch.make_cond(context_dim=D, seed=seed)
     neg = ch.make_cond(context_dim=D, seed=seed + 1)
-    run = node("UnHypeConditioner")().condition
-    return run(pos, network)["result"][0], run(neg, network)["result"][0]
+    run = node("UnHypeConditioner").execute
+    return run(pos, network)[0], run(neg, network)[0]
 
 
 class CallLog:
@@ -333,8 +333,8 @@ def test_dual_cfg_guider_gives_lora_to_the_positive_only(tiny, network):
     ns = host()[0]
     from comfy_extras.nodes_custom_sampler import Guider_DualCFG
 
-    run = node("UnHypeConditioner")().condition
-    pos, middle, neg = (run(ch.make_cond(D, seed=s), network)["result"][0] for s in (40, 41, 42))
+    run = node("UnHypeConditioner").execute
+    pos, middle, neg = (run(ch.make_cond(D, seed=s), network)[0] for s in (40, 41, 42))
     spy = Spy()
     spied = tiny.clone()
     spied.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "spy", spy)
@@ -387,7 +387,7 @@ def first_call_rows(patched, positive, negative, cfg):
 def test_binding_cap_row_ignores_a_longer_companion(tiny, mode):
     """A 77-token positive batched with a 154-token negative (ComfyUI repeats the positive's
     context to 154 tokens): with a cap that binds, its row equals the positive sampled alone."""
-    run = node("UnHypeConditioner")().condition
+    run = node("UnHypeConditioner").execute
     positive = ch.make_cond(D, tokens=77, seed=50)
     long_negative = ch.make_cond(D, tokens=154, seed=51)
     free = make_network(tiny.model.diffusion_model, embed_dim=D, seed=1)
@@ -398,7 +398,7 @@ def test_binding_cap_row_ignores_a_longer_companion(tiny, mode):
     cap = float(norms.median())
     network = make_network(tiny.model.diffusion_model, embed_dim=D, seed=1, norm_cap=cap)
     assert 0 < int((norms > cap).sum()) < len(norms)  # the cap binds on some layers, not all
-    pos, neg = run(positive, network)["result"][0], run(long_negative, network)["result"][0]
+    pos, neg = run(positive, network)[0], run(long_negative, network)[0]
     patched = apply(tiny, network, 1.0, mode)
 
     batched, tokens = first_call_rows(patched, pos, neg, cfg=5.0)

@@ -57,17 +57,17 @@ def test_loader_lists_loads_and_shares(unhype_folder):
     core.save_unhype(str(unhype_folder / "net.safetensors"), network)
     (unhype_folder / "other.ckpt").write_bytes(b"x")
     loader = node("UnHypeLoader")
-    choices = loader.INPUT_TYPES()["required"]["unhype_name"][0]
+    choices = loader.INPUT_TYPES()["required"]["unhype_name"][1]["options"]
     assert "net.safetensors" in choices and "other.ckpt" not in choices
-    first = loader().load("net.safetensors")[0]
+    first = loader.execute("net.safetensors")[0]
     assert [t.name for t in first.targets] == [t.name for t in network.targets]
-    assert loader().load("net.safetensors")[0] is first  # a live network is shared
-    changed = loader.IS_CHANGED("net.safetensors")
+    assert loader.execute("net.safetensors")[0] is first  # a live network is shared
+    changed = loader.fingerprint_inputs("net.safetensors")
     time.sleep(0.01)
     core.save_unhype(str(unhype_folder / "net.safetensors"), make_network(
         model.model.diffusion_model, seed=2))
-    assert loader.IS_CHANGED("net.safetensors") != changed
-    second = loader().load("net.safetensors")[0]
+    assert loader.fingerprint_inputs("net.safetensors") != changed
+    second = loader.execute("net.safetensors")[0]
     assert second is not first  # rewritten file: loaded again
     emb = torch.randn(1, 64)
     assert not torch.equal(first.factors(emb)[first.targets[0].name].up,
@@ -82,9 +82,9 @@ def test_loader_lists_loads_and_shares(unhype_folder):
 def test_loader_errors_are_node_errors(unhype_folder):
     (unhype_folder / "broken.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(ValueError, match="UnHype Loader: .*broken.safetensors"):
-        node("UnHypeLoader")().load("broken.safetensors")
+        node("UnHypeLoader").execute("broken.safetensors")
     with pytest.raises(FileNotFoundError, match="not found"):
-        node("UnHypeLoader")().load("missing.safetensors")
+        node("UnHypeLoader").execute("missing.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,9 +112,9 @@ def test_text_encode_catches_a_concept_after_77_tokens(tiny_clip):
     assert "chunk 2 of 2 (tokens 78-154): NOT SEEN" in plain_report
     assert "WARNING" in plain_report and "UnHype Text Encode" in plain_report
 
-    result = node("UnHypeTextEncode")().encode(tiny_clip, prompt, network)
-    conditioning, report = result["result"]
-    assert result["ui"] == {"text": [report]}
+    result = node("UnHypeTextEncode").execute(tiny_clip, prompt, network)
+    conditioning, report = result.result
+    assert result.ui == {"text": [report]}
     chosen = conditioning[0][1]["model_conds"]["unhype_embedding"].cond[:, 1:]
     torch.testing.assert_close(chosen, concept)  # chunk 2 alone = the concept's own encoding
     torch.testing.assert_close(network.activation(chosen), network.activation(concept))

@@ -87,11 +87,11 @@ def run_rows(base_model, call, rows, wrappers=None):
 
 
 def check_family(model, network, positive, negative, channels, mode, cfg, strength=0.8):
-    run = node("UnHypeConditioner")().condition
-    pos, neg = run(positive, network)["result"][0], run(negative, network)["result"][0]
+    run = node("UnHypeConditioner").execute
+    pos, neg = run(positive, network)[0], run(negative, network)[0]
     call = first_call(model, pos, neg, channels, cfg)  # the base model receives the extra kwarg
     assert "unhype_embedding" in call["kwargs"] and call["x"].shape[0] == 2  # cond+uncond batched
-    patched = node("ApplyDynamicLoRA")().apply(model, network, strength, mode)[0]
+    patched = node("UnHypeApplyDynamicLoRA").execute(model, network, strength, mode)[0]
     out = run_rows(model.model, call, slice(None), wrappers=patched.wrappers)
     base = run_rows(model.model, call, slice(None), wrappers={})
     for row, chunk in enumerate(call["cond_or_uncond"]):
@@ -139,7 +139,7 @@ def test_sdxl_network_on_sd1_model_is_refused():
                            base_arch="sdxl")
     sd1 = ch.build_tiny_sd1_model(ns)
     with pytest.raises(ValueError, match="made for sdxl.*SD15"):
-        node("ApplyDynamicLoRA")().apply(sd1, network, 1.0, "conditional only")
+        node("UnHypeApplyDynamicLoRA").execute(sd1, network, 1.0, "conditional only")
 
 
 def test_lowvram_with_ordinary_lora():
@@ -156,10 +156,10 @@ def test_lowvram_with_ordinary_lora():
     lora = {f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down,
             f"{key}.alpha": torch.tensor(2.0)}
     with_lora = ns.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)[0]
-    patched = node("ApplyDynamicLoRA")().apply(with_lora, network, 1.0, "all rows")[0]
-    run = node("UnHypeConditioner")().condition
-    pos = run(ch.make_cond(64, seed=11), network)["result"][0]
-    neg = run(ch.make_cond(64, seed=12), network)["result"][0]
+    patched = node("UnHypeApplyDynamicLoRA").execute(with_lora, network, 1.0, "all rows")[0]
+    run = node("UnHypeConditioner").execute
+    pos = run(ch.make_cond(64, seed=11), network)[0]
+    neg = run(ch.make_cond(64, seed=12), network)[0]
     call = first_call(model, pos, neg, channels=4, cfg=5.0)
     patched.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1)
     try:
@@ -194,14 +194,14 @@ def test_with_controlnet():
                                                operations=comfy.ops.disable_weight_init)
     ch.fill_random_(control_model, seed=13, std=0.05)
     control = comfy.controlnet.ControlNet(control_model, load_device=torch.device("cpu"))
-    run = node("UnHypeConditioner")().condition
-    pos = run(ch.make_cond(64, seed=21), network)["result"][0]
-    neg = run(ch.make_cond(64, seed=22), network)["result"][0]
+    run = node("UnHypeConditioner").execute
+    pos = run(ch.make_cond(64, seed=21), network)[0]
+    neg = run(ch.make_cond(64, seed=22), network)[0]
     hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
     cpos, cneg = ch.run_node(ns.nodes.ControlNetApplyAdvanced, positive=pos, negative=neg,
                              control_net=control, image=hint, strength=1.0, start_percent=0.0,
                              end_percent=1.0)
-    patched = node("ApplyDynamicLoRA")().apply(model, network, 1.0, "all rows")[0]
+    patched = node("UnHypeApplyDynamicLoRA").execute(model, network, 1.0, "all rows")[0]
     calls = []
     patched.add_wrapper_with_key(
         ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "log",

@@ -1,4 +1,5 @@
-"""The pack entry point outside ComfyUI: importing it must not crash (no folder_paths / comfy)."""
+"""The pack entry point outside ComfyUI: importing it must not crash (no folder_paths / comfy), and
+it never exports NODE_CLASS_MAPPINGS (ComfyUI would then load it as V1 and drop the V3 nodes)."""
 
 import json
 import subprocess
@@ -15,7 +16,7 @@ spec = importlib.util.spec_from_file_location(
 module = importlib.util.module_from_spec(spec)
 sys.modules["standalone_pack"] = module
 spec.loader.exec_module(module)
-print(json.dumps({{"nodes": module.NODE_CLASS_MAPPINGS, "names": module.NODE_DISPLAY_NAME_MAPPINGS,
+print(json.dumps({{"exports": sorted(n for n in vars(module) if n.isupper() or "entry" in n),
                   "web": module.WEB_DIRECTORY, "comfy": "comfy" in sys.modules}}))
 """
 
@@ -25,7 +26,7 @@ def test_pack_imports_without_comfyui():
                          cwd="/", timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"nodes": {}, "names": {}, "web": "./web", "comfy": False}
+    assert result == {"exports": ["HOST_MODULES", "WEB_DIRECTORY"], "web": "./web", "comfy": False}
 
 
 def test_web_extension_is_registered_by_name():

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.host
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 DISPLAY = {"UnHypeLoader": "UnHype Loader", "UnHypeConditioner": "UnHype Conditioner",
-           "UnHypeTextEncode": "UnHype Text Encode", "ApplyDynamicLoRA": "Apply Dynamic LoRA"}
+           "UnHypeTextEncode": "UnHype Text Encode",
+           "UnHypeApplyDynamicLoRA": "Apply Dynamic LoRA"}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_object_info_lists_the_nodes(object_info):
     for name, display in DISPLAY.items():
         assert object_info[name]["display_name"] == display
         assert object_info[name]["category"] == "UnHype"
-    assert object_info["ApplyDynamicLoRA"]["input"]["required"]["mode"][0] == [
+    assert object_info["UnHypeApplyDynamicLoRA"]["input"]["required"]["mode"][1]["options"] == [
         "conditional only", "all rows"]
 
 
@@ -99,7 +100,8 @@ def test_workflow_is_valid_against_object_info(object_info, name):
     sampler = next(n for n in api.values() if n["class_type"] == "KSampler")
     conditioners = {k for k, n in api.items() if n["class_type"] == "UnHypeConditioner"}
     assert {sampler["inputs"]["positive"][0], sampler["inputs"]["negative"][0]} == conditioners
-    mode = next(n for n in api.values() if n["class_type"] == "ApplyDynamicLoRA")["inputs"]["mode"]
+    apply = next(n for n in api.values() if n["class_type"] == "UnHypeApplyDynamicLoRA")
+    mode = apply["inputs"]["mode"]
     assert mode == ("all rows" if name.startswith("flux") else "conditional only")
 
 
@@ -134,7 +136,7 @@ def test_sd15_workflow_runs(comfy_server, object_info, sd15_checkpoint, unhype_p
     net = comfy_server.add_model(
         "unhype", random_sd1_network(tmp_path / "tiny_sd1.safetensors", core))
     choices = object_info_fresh(comfy_server)["UnHypeLoader"]["input"]["required"]["unhype_name"]
-    assert net in choices[0]
+    assert net in choices[1]["options"]
     workflow = json.loads((WORKFLOWS / "sd15_unhype.json").read_text())
     api = to_api(workflow, object_info)
     by_type = {n["class_type"]: n for n in api.values()}

@@ -69,9 +69,8 @@ def folders(monkeypatch, tmp_path):
 
 def run_trainer(model, clip, concepts="zebra\ntench -> fish", save_name="erased", **overrides):
     inputs = dict(FAST, **overrides)
-    out = node("UnHypeTrainer")().train(model, clip, concepts=concepts, save_name=save_name,
-                                        **inputs)
-    return out
+    return ch.run_node_raw(node("UnHypeTrainer"), model=model, clip=clip, concepts=concepts,
+                           save_name=save_name, **inputs)
 
 
 def test_trainer_node_trains_saves_and_feeds_apply_dynamic_lora(tiny_model, tiny_clip, folders,
@@ -90,8 +89,8 @@ def test_trainer_node_trains_saves_and_feeds_apply_dynamic_lora(tiny_model, tiny
     assert steps == [1, 2, 3], events
     assert set(events[0][1]["losses"]) == {"removal", "retention", "esd"}
     assert events[-1][1] == {"node": None, "done": True, "file": "erased.safetensors"}
-    network, plot = out["result"]
-    report = out["ui"]["text"][0]
+    network, plot = out.result
+    report = out.ui["text"][0]
     assert "saved erased.safetensors" in report, report
     assert (folders["unhype"] / "erased.safetensors").is_file()
     assert (folders["unhype_checkpoints"] / "erased.safetensors").is_file()
@@ -106,13 +105,13 @@ def test_trainer_node_trains_saves_and_feeds_apply_dynamic_lora(tiny_model, tiny
     assert network.info.training["concepts"] == ["zebra", "tench"]
     # the file loads through the UnHype Loader node and matches the output
     loader = node("UnHypeLoader")
-    assert "erased.safetensors" in loader.INPUT_TYPES()["required"]["unhype_name"][0]
+    assert "erased.safetensors" in loader.INPUT_TYPES()["required"]["unhype_name"][1]["options"]
     loaded = ch.run_node(loader, unhype_name="erased.safetensors")[0]
     assert isinstance(loaded, core.UnHypeNetwork)
     for name, value in network.module.state_dict().items():
         torch.testing.assert_close(loaded.module.state_dict()[name], value)
     # ... and the node output works directly in Apply Dynamic LoRA
-    patched = node("ApplyDynamicLoRA")().apply(tiny_model, network, 1.0, "all rows")[0]
+    patched = node("UnHypeApplyDynamicLoRA").execute(tiny_model, network, 1.0, "all rows")[0]
     gen = torch.Generator().manual_seed(0)
     x, context = torch.randn(1, 4, 8, 8, generator=gen), torch.randn(1, 77, 64, generator=gen)
     pooled = torch.randn(1, 64, generator=gen)
@@ -176,21 +175,21 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run
     assert state["step"] == 1
     # the checkpoint is offered in the resume list and finishes the run
     trainer_cls = node("UnHypeTrainer")
-    assert "cancelled.safetensors" in trainer_cls.INPUT_TYPES()["optional"]["resume"][0]
+    assert "cancelled.safetensors" in trainer_cls.INPUT_TYPES()["optional"]["resume"][1]["options"]
     resumed = run_trainer(tiny_model, tiny_clip, save_name="cancelled",
-                          checkpoint_every=100, resume="cancelled.safetensors")["result"][0]
+                          checkpoint_every=100, resume="cancelled.safetensors")[0]
     assert resumed.info.training["steps"] == 3
     assert (folders["unhype"] / "cancelled.safetensors").is_file()
     # same result as a run that was never interrupted (same seed, same settings)
     straight = run_trainer(tiny_model, tiny_clip, save_name="cancelled",
                            checkpoint_every=100)
-    assert "saved cancelled_2.safetensors" in straight["ui"]["text"][0]  # never overwritten
+    assert "saved cancelled_2.safetensors" in straight.ui["text"][0]  # never overwritten
     assert (folders["unhype"] / "cancelled_2.safetensors").is_file()
     assert (folders["unhype_checkpoints"] / "cancelled_2.safetensors").is_file()
     # Tolerance: one Adam step moves a weight by ~lr = 1e-3. Runs on a loaded 2-core machine
     # were seen to differ by up to 2.2e-5 in a few elements (CPU float reductions), identical
     # otherwise; 1e-4 is a tenth of a step.
-    reference = straight["result"][0].module.state_dict()
+    reference = straight[0].module.state_dict()
     for name, value in resumed.module.state_dict().items():
         torch.testing.assert_close(value, reference[name], rtol=1e-3, atol=1e-4)
 
@@ -221,7 +220,7 @@ def test_cancel_inside_a_model_forward_resumes_like_an_uninterrupted_run(
         monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", record_step)
         settings = dict(objective=objective, checkpoint_every=100, steps=6)
         straight = run_trainer(tiny_model, tiny_clip, save_name="straight", **settings)
-        reference = straight["result"][0].module.state_dict()
+        reference = straight[0].module.state_dict()
         first, second = ends[1] + 1, ends[2]  # the UNet calls of step 3
         assert second - first >= 2, ends
         for number, at in enumerate(sorted({first, (first + second) // 2, second})):
@@ -232,7 +231,7 @@ def test_cancel_inside_a_model_forward_resumes_like_an_uninterrupted_run(
             mm.interrupt_current_processing(False)
             interrupt_at[0] = None
             resumed = run_trainer(tiny_model, tiny_clip, save_name=name,
-                                  resume=f"{name}.safetensors", **settings)["result"][0]
+                                  resume=f"{name}.safetensors", **settings)[0]
             worst = max(float((value - reference[key]).abs().max())
                         for key, value in resumed.module.state_dict().items())
             # float noise of these CPU runs: <= 2.2e-5 (see above); a step that was not rewound
