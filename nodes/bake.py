@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..unhype.bake import KEY_FORMATS, bake_lora, hides_concepts, lora_metadata, save_lora
-from .comfy_training import EXTENSION, sanitise_name, unique_path
+from ..unhype.files import EXTENSION, sanitise_name, unique_path
 from .conditioner import PartsAtSampling, describe
 from .schema import CATEGORY, ERASURE, UnHype
 from .wire import EMBEDDING_KEY

@@ -1,151 +1,32 @@
-"""Training on a ComfyUI model, shared by the UnHype Trainer node and the headless trainer.
+"""Training on a ComfyUI model: plan, build, run. Shared by the UnHype Trainer node and the
+headless trainer (nodes/headless_training.py).
 
-`run_training(model, clip, settings, ...)` builds the core Trainer on a `ComfyDenoiser`, resumes
-from a checkpoint when asked, trains, and writes the network to the `unhype` model folder under a
-sanitised, never-overwritten name. Checkpoints go to the `unhype_checkpoints` folder
-(models/unhype_checkpoints), which the UnHype Loader does not list.
+`run_training(model, clip, settings, ...)` plans the run from the settings and the model family,
+builds the core Trainer on a `ComfyDenoiser`, resumes from a checkpoint when asked, trains, and
+writes the network to the `unhype` model folder under a sanitised, never-overwritten name;
+checkpoints go to `unhype_checkpoints` (nodes/folders.py).
 """
 
 from __future__ import annotations
 
-import io
-import math
 import os
-import re
-import sys
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import folder_paths
 import torch
 
 from ..unhype import NetworkInfo, save_unhype, targets_from_preset
-from ..unhype.choices import PROVING_GROUND
-from ..unhype.headless import HeadlessConfig
+from ..unhype.files import EXTENSION, sanitise_name, unique_path
 from ..unhype.prompts import builtin_retain_prompts, parse_prompt_lines
 from ..unhype.settings import ConfigError, TrainingSettings, build_configs
-from ..unhype.training import CHECKPOINT_KIND, Progress, Trainer, TrainingDivergedError
+from ..unhype.training import Progress, Trainer, TrainingDivergedError
 from .comfy_denoiser import FAMILIES, ComfyDenoiser, model_family
-from .loader import FOLDER as NETWORK_FOLDER
-from .loader import register_model_folder
-
-CHECKPOINT_FOLDER = "unhype_checkpoints"
-EXTENSION = ".safetensors"
-_RESERVED = {"con", "prn", "aux", "nul",  # Windows device names, also with any extension
-             *(f"{port}{n}" for port in ("com", "lpt") for n in "0123456789\u00b9\u00b2\u00b3")}
-
-
-def register_checkpoint_folder() -> None:
-    """models/unhype_checkpoints, keeping folders extra_model_paths.yaml registered before us."""
-    default = os.path.join(folder_paths.models_dir, CHECKPOINT_FOLDER)
-    paths, extensions = folder_paths.folder_names_and_paths.get(CHECKPOINT_FOLDER, ([], set()))
-    paths = list(paths)
-    if default not in paths:
-        paths.insert(0, default)
-    folder_paths.folder_names_and_paths[CHECKPOINT_FOLDER] = (
-        paths, set(extensions) | {EXTENSION} if extensions else {EXTENSION})
-
-
-register_model_folder()
-register_checkpoint_folder()
+from .folders import CHECKPOINTS, NETWORKS, first_folder, resolve_resume
 
 
 class TrainingError(ConfigError):
     """A clear, user-facing reason why training cannot start or go on."""
-
-
-# -- names and folders --
-def sanitise_name(name: str) -> str:
-    """A file stem that stays inside its folder and that common file systems accept.
-
-    Keeps letters, marks and digits of any script (in NFC, so the name reads back as typed),
-    '_', '-' and '.'; every run of anything else (separators, spaces, symbols, control or
-    invisible characters, and what the file-system encoding cannot store) becomes one '_'.
-    Drops a .safetensors suffix, collapses dot runs, trims to 100 characters and 200 encoded
-    bytes (file names stop at 255 bytes; room for '_2' and suffixes), puts '_' before a Windows
-    device name; an empty result becomes 'unhype'.
-    """
-    encoding = sys.getfilesystemencoding()
-
-    def kept(char: str) -> bool:
-        if char in "_.-":
-            return True
-        if unicodedata.category(char)[0] not in "LMN":
-            return False
-        try:
-            char.encode(encoding)
-        except UnicodeEncodeError:
-            return False
-        return True
-
-    stem = unicodedata.normalize("NFC", str(name)).strip()
-    if stem.lower().endswith(EXTENSION):
-        stem = stem[: -len(EXTENSION)]
-    stem = re.sub(r"/+", "_", "".join(c if kept(c) else "/" for c in stem))
-    stem = re.sub(r"\.{2,}", ".", stem)
-    stem = stem.strip("._-")[:100]
-    while len(stem.encode(encoding)) > 200:
-        stem = stem[:-1]
-    stem = stem.strip("._-")
-    if not stem:
-        stem = "unhype"
-    if stem.split(".")[0].lower() in _RESERVED:
-        stem = "_" + stem
-    return stem
-
-
-def unique_path(folder: str, stem: str) -> str:
-    """folder/stem.safetensors, or stem_2, stem_3, ... when taken: nothing is overwritten."""
-    os.makedirs(folder, exist_ok=True)
-    candidate, number = stem, 1
-    while os.path.exists(os.path.join(folder, candidate + EXTENSION)) or os.path.exists(
-            os.path.join(folder, candidate + EXTENSION + ".partial-write")):
-        number += 1
-        candidate = f"{stem}_{number}"
-    return os.path.join(folder, candidate + EXTENSION)
-
-
-def _first_folder(kind: str) -> str:
-    return folder_paths.get_folder_paths(kind)[0]
-
-
-def checkpoint_names() -> list[str]:
-    return sorted(folder_paths.get_filename_list(CHECKPOINT_FOLDER))
-
-
-def resolve_resume(resume: str) -> str | None:
-    """A checkpoint name from the unhype_checkpoints folders, or a path; None for no resume."""
-    resume = (resume or "").strip()
-    if not resume or resume.lower() == "none":
-        return None
-    path = folder_paths.get_full_path(CHECKPOINT_FOLDER, resume)
-    if path is None and os.path.isfile(os.path.expanduser(resume)):
-        path = os.path.expanduser(resume)
-    if path is None:
-        folders = ", ".join(folder_paths.get_folder_paths(CHECKPOINT_FOLDER))
-        raise TrainingError(f"resume: checkpoint {resume!r} not found (looked in {folders})")
-    try:
-        load_state_header(path)
-    except ValueError as error:
-        raise TrainingError(f"resume: {error}") from None
-    return path
-
-
-def load_state_header(path: str) -> None:
-    """Fails with a clear ValueError unless `path` is an UnHype training checkpoint."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as handle:
-            kind = (handle.metadata() or {}).get("format")
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable .safetensors file ({error})") from None
-    if kind != CHECKPOINT_KIND:
-        raise ValueError(
-            f"{os.path.basename(path)} is not an UnHype training checkpoint (an UnHype network "
-            "or another model file?): pick a file the Trainer wrote to models/unhype_checkpoints")
 
 
 # -- building the trainer --
@@ -223,8 +104,8 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
     plan = make_plan(settings, family)
     resume = resolve_resume(settings.resume)
     stem = sanitise_name(settings.save_name)
-    output_dir = output_dir or _first_folder(NETWORK_FOLDER)
-    checkpoint_dir = checkpoint_dir or _first_folder(CHECKPOINT_FOLDER)
+    output_dir = output_dir or first_folder(NETWORKS)
+    checkpoint_dir = checkpoint_dir or first_folder(CHECKPOINTS)
     started = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
         denoiser = ComfyDenoiser(
@@ -275,121 +156,3 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
     log(report)
     return Outcome(network, path, name, checkpoint_path, list(trainer.history), seconds,
                    resume, report)
-
-
-# -- the loss plot --
-def loss_plot(history: list[dict], width: int = 768, height: int = 512) -> torch.Tensor:
-    """Losses (log scale) above, erase vs retain activation below; IMAGE [1, H, W, 3] in 0..1."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (width, height), (250, 250, 250))
-    draw = ImageDraw.Draw(image)
-    panels = [
-        ("losses (log10)", [("removal", (200, 60, 40)), ("retention", (40, 110, 200)),
-                            ("esd", (60, 150, 60))], True, (10, 10, width - 10, height // 2 - 5)),
-        ("activation (LoRA norm)", [("erase_activation", (200, 60, 40)),
-                                    ("retain_activation", (40, 110, 200))], False,
-         (10, height // 2 + 5, width - 10, height - 10)),
-    ]
-    for title, series, log_scale, (x0, y0, x1, y1) in panels:
-        draw.rectangle((x0, y0, x1, y1), outline=(120, 120, 120), fill=(255, 255, 255))
-        draw.text((x0 + 6, y0 + 4), title, fill=(0, 0, 0))
-        curves = []
-        for key, colour in series:
-            points = [(r["step"], r[key]) for r in history
-                      if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
-                      and (not log_scale or r[key] > 0)]
-            if log_scale:
-                points = [(s, math.log10(v)) for s, v in points]
-            curves.append((key, colour, points))
-        values = [v for _, _, pts in curves for _, v in pts]
-        steps = [s for _, _, pts in curves for s, _ in pts]
-        left, top, right, bottom = x0 + 50, y0 + 20, x1 - 10, y1 - 20
-        if not values:
-            draw.text((left, top + 20), "no data yet", fill=(90, 90, 90))
-            continue
-        vmin, vmax = min(values), max(values)
-        if vmax - vmin < 1e-12:
-            vmin, vmax = vmin - 0.5, vmax + 0.5
-        smin, smax = min(steps), max(steps)
-        span = max(smax - smin, 1)
-
-        def to_xy(s, v, left=left, top=top, right=right, bottom=bottom, vmin=vmin, vmax=vmax,
-                  smin=smin, span=span):
-            return (left + (s - smin) / span * (right - left),
-                    bottom - (v - vmin) / (vmax - vmin) * (bottom - top))
-
-        draw.text((x0 + 4, top - 2), f"{vmax:.3g}", fill=(90, 90, 90))
-        draw.text((x0 + 4, bottom - 10), f"{vmin:.3g}", fill=(90, 90, 90))
-        draw.text((left, bottom + 4), f"step {smin}", fill=(90, 90, 90))
-        draw.text((right - 70, bottom + 4), f"step {smax}", fill=(90, 90, 90))
-        for index, (key, colour, points) in enumerate(curves):
-            draw.text((right - 150, top + 14 * index), key, fill=colour)
-            xy = [to_xy(s, v) for s, v in points]
-            if len(xy) == 1:
-                x, y = xy[0]
-                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-            elif xy:
-                draw.line(xy, fill=colour, width=2)
-    array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return (array.reshape(1, height, width, 3).float() / 255.0)
-
-
-def plot_png(history: list[dict]) -> bytes:
-    from PIL import Image
-
-    pixels = (loss_plot(history)[0] * 255).round().to(torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-# -- headless --
-def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
-                   group=None) -> Outcome:
-    """Load the checkpoint with ComfyUI's loader (or build the proving ground), train, save;
-    progress goes to `log`. `group`: see run_training."""
-    import comfy.sd
-
-    log(f"loading {config.checkpoint} (ComfyUI device: "
-        f"{comfy.model_management.get_torch_device()})")
-    if config.checkpoint == PROVING_GROUND:
-        from . import comfy_world
-
-        model, clip = comfy_world.build_model(), comfy_world.build_clip()
-    else:
-        with torch.inference_mode(False):
-            model, clip = comfy.sd.load_checkpoint_guess_config(
-                config.checkpoint, output_vae=False, output_clip=True,
-                embedding_directory=folder_paths.get_folder_paths("embeddings"))[:2]
-    if model is None:
-        raise TrainingError(f"{config.checkpoint}: no diffusion model found in this file")
-    if clip is None:
-        raise TrainingError(f"{config.checkpoint}: this checkpoint has no text encoder (CLIP)")
-    settings = config.settings
-    if settings.resume and not os.path.isabs(settings.resume) and config.checkpoint_dir:
-        candidate = os.path.join(config.checkpoint_dir, settings.resume)
-        if os.path.isfile(candidate):
-            settings.resume = candidate
-    started = time.perf_counter()
-
-    def progress(p: Progress) -> None:
-        if p.step % max(1, min(10, p.steps // 20 or 1)) and p.step != p.steps:
-            return
-        rate = p.step / max(time.perf_counter() - started, 1e-9)
-        losses = ", ".join(f"{k} {v:.4g}" for k, v in p.losses.items())
-        extra = ""
-        if p.erase_activation is not None:
-            extra = f", activation erase {p.erase_activation:.3g} / retain " \
-                    f"{p.retain_activation:.3g}"
-        log(f"step {p.step}/{p.steps}: {losses}{extra} ({rate:.2f} steps/s)")
-
-    outcome = run_training(model, clip, settings, output_dir=config.output,
-                           checkpoint_dir=config.checkpoint_dir, on_progress=progress, log=log,
-                           group=group)
-    if outcome.path:
-        png = os.path.splitext(outcome.path)[0] + ".loss.png"
-        with open(png, "wb") as handle:
-            handle.write(plot_png(outcome.history))
-        log(f"loss plot {png}")
-    return outcome

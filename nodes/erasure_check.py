@@ -24,10 +24,10 @@ from ..unhype.erasure_check import (
     grid,
     report,
 )
+from .folders import CLIP_JUDGE
 from .schema import CATEGORY, ERASURE
 
 NODE = "UnHype Erasure Check"
-FOLDER = "clip_judge"
 NO_MODEL = "none"
 PIXEL, WORLD_CLIP, ZERO_SHOT, NUDENET = (
     "proving ground: pixel colour", "proving ground: tiny CLIP colour", "CLIP zero-shot",
@@ -35,25 +35,11 @@ PIXEL, WORLD_CLIP, ZERO_SHOT, NUDENET = (
 JUDGES = (PIXEL, WORLD_CLIP, ZERO_SHOT, NUDENET)
 
 
-def register_judge_folder() -> None:
-    """models/clip_judge, keeping folders that extra_model_paths.yaml registered before us."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    paths, extensions = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
-    paths = list(paths)
-    if default not in paths:
-        paths.insert(0, default)
-    folder_paths.folder_names_and_paths[FOLDER] = (
-        paths, set(extensions) | {".safetensors"} if extensions else {".safetensors"})
-
-
-register_judge_folder()
-
-
 def clip_models() -> list[str]:
     """Model folders (open_clip or transformers layout) and single open_clip files, by their
     path relative to a judge folder."""
     names = set()
-    for root in folder_paths.get_folder_paths(FOLDER):
+    for root in folder_paths.get_folder_paths(CLIP_JUDGE):
         for folder, subfolders, files in os.walk(root, followlinks=True):
             relative = os.path.relpath(folder, root).replace(os.sep, "/")
             if relative != "." and (OPEN_CLIP_CONFIG in files or TRANSFORMERS_CONFIG in files):
@@ -66,11 +52,11 @@ def clip_models() -> list[str]:
 
 
 def _full_path(name: str) -> str:
-    for root in folder_paths.get_folder_paths(FOLDER):
+    for root in folder_paths.get_folder_paths(CLIP_JUDGE):
         path = os.path.join(root, *name.split("/"))
         if os.path.exists(path):
             return path
-    folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+    folders = ", ".join(folder_paths.get_folder_paths(CLIP_JUDGE))
     raise JudgeError(f"CLIP zero-shot: {name!r} not found in the judge folders ({folders})")
 
 
@@ -106,7 +92,7 @@ def make_judge(kind: str, concept: str, clip_model: str, other_classes: str,
     if not concept.strip():
         raise JudgeError("CLIP zero-shot: name the erased concept (the class to look for)")
     if clip_model == NO_MODEL:
-        folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+        folders = ", ".join(folder_paths.get_folder_paths(CLIP_JUDGE))
         raise JudgeError(
             "CLIP zero-shot: pick a CLIP in clip_model. Put one in a judge folder "
             f"({folders}): a model folder with {OPEN_CLIP_CONFIG} and its weights (open_clip), "

@@ -8,28 +8,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..unhype import UnHypeFileError, load_unhype
+from .folders import NETWORKS
 from .schema import CATEGORY, ERASURE, UnHype
-
-FOLDER = "unhype"
-EXTENSIONS = {".safetensors"}
-
-
-def register_model_folder() -> None:
-    """Add models/unhype, keeping folders that extra_model_paths.yaml registered before us."""
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths, extensions = folder_paths.folder_names_and_paths[FOLDER]
-        paths = list(paths)
-        if default not in paths:
-            paths.insert(0, default)
-        # add_model_folder_path creates the entry with an empty set, which means "every file"
-        extensions = set(extensions) | EXTENSIONS if extensions else set(EXTENSIONS)
-    else:
-        paths, extensions = [default], set(EXTENSIONS)
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, extensions)
-
-
-register_model_folder()
 
 #: Networks still alive somewhere (ComfyUI's execution cache, a patched MODEL), by file key.
 #: Weak: ComfyUI's execution cache decides how long a network lives, so the memory a network
@@ -55,9 +35,9 @@ def load_shared(path: str):
 
 
 def _full_path(name: str) -> str:
-    path = folder_paths.get_full_path(FOLDER, name)
+    path = folder_paths.get_full_path(NETWORKS, name)
     if path is None:
-        folders = ", ".join(folder_paths.get_folder_paths(FOLDER))
+        folders = ", ".join(folder_paths.get_folder_paths(NETWORKS))
         raise FileNotFoundError(
             f"UnHype Loader: {name!r} not found in the unhype folders ({folders})"
         )
@@ -75,7 +55,7 @@ class UnHypeLoader(io.ComfyNode):
                         "models/unhype. Connect it to UnHype Conditioner and Apply Dynamic LoRA.",
             search_aliases=[*ERASURE, "hypernetwork", "load unhype"],
             inputs=[
-                io.Combo.Input("unhype_name", options=folder_paths.get_filename_list(FOLDER),
+                io.Combo.Input("unhype_name", options=folder_paths.get_filename_list(NETWORKS),
                                tooltip="An UnHype network in models/unhype."),
             ],
             outputs=[
@@ -88,7 +68,7 @@ class UnHypeLoader(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, unhype_name):
         """A rewritten file (new mtime or size) runs the node again."""
-        path = folder_paths.get_full_path(FOLDER, unhype_name)
+        path = folder_paths.get_full_path(NETWORKS, unhype_name)
         return repr(_file_key(path)) if path else unhype_name
 
     @classmethod

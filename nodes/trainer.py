@@ -13,8 +13,10 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
+from ..unhype.loss_plot import loss_plot
 from ..unhype.settings import SETTINGS, ConfigError, Setting, TrainingSettings
-from .comfy_training import checkpoint_names, loss_plot, run_training
+from .comfy_training import run_training
+from .folders import checkpoint_names
 from .schema import CATEGORY, ERASURE, UnHype
 
 NO_RESUME = "none"

@@ -64,7 +64,7 @@ def test_judge_folder_lists_model_folders_and_single_files(judge_folder):
 def test_registration_keeps_folders_from_extra_model_paths(monkeypatch):
     fp = host()[0].folder_paths
     monkeypatch.setitem(fp.folder_names_and_paths, "clip_judge", (["/elsewhere"], set()))
-    module().register_judge_folder()
+    sys.modules[host()[1].__name__ + ".nodes.folders"].register_folder("clip_judge")
     paths, extensions = fp.folder_names_and_paths["clip_judge"]
     assert paths[1:] == ["/elsewhere"] and paths[0].endswith("clip_judge")
     assert extensions == {".safetensors"}

@@ -38,11 +38,11 @@ def unhype_folder(tmp_path):
 
 def test_folder_registration_keeps_extra_paths():
     folder_paths = host()[0].folder_paths
-    loader = sys.modules[host()[1].__name__ + ".nodes.loader"]
+    folders = sys.modules[host()[1].__name__ + ".nodes.folders"]
     saved = folder_paths.folder_names_and_paths["unhype"]
     try:  # what extra_model_paths.yaml leaves when it names an "unhype:" folder before we load
         folder_paths.folder_names_and_paths["unhype"] = (["/somewhere/unhype"], set())
-        loader.register_model_folder()
+        folders.register_folder("unhype")
         paths, extensions = folder_paths.folder_names_and_paths["unhype"]
         assert paths == [os.path.join(folder_paths.models_dir, "unhype"), "/somewhere/unhype"]
         assert extensions == {".safetensors"}

@@ -1,18 +1,12 @@
-"""Save names of the UnHype Trainer: letters of any script are kept, nothing leaves the folder."""
+"""Save names of the files the pack writes (unhype/files.py): letters of any script are kept,
+nothing leaves the folder, nothing is overwritten."""
 
 import os
-import sys
 import unicodedata
 
 import pytest
 
-from _nodes_helpers import _unhype_host, host  # noqa: F401
-
-pytestmark = pytest.mark.host
-
-
-def training():
-    return sys.modules[host()[1].__name__ + ".nodes.comfy_training"]
+from unhype.files import EXTENSION, PARTIAL, sanitise_name, unique_path
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -30,7 +24,7 @@ def training():
     pytest.param("名" * 150, "名" * 66, id="150 CJK"),  # 3 UTF-8 bytes each: <= 200 bytes
 ])
 def test_save_names_keep_letters_of_any_script(given, expected):
-    name = training().sanitise_name(given)
+    name = sanitise_name(given)
     assert name == expected
     assert os.sep not in name and "/" not in name and "\\" not in name and ".." not in name
     assert unicodedata.is_normalized("NFC", name)
@@ -38,14 +32,42 @@ def test_save_names_keep_letters_of_any_script(given, expected):
 
 def test_kept_names_are_written_and_listed_as_given(tmp_path):
     """The file system takes the names (longest one included) and lists them back unchanged."""
-    t = training()
     folder = tmp_path / "unhype"
-    names = [t.sanitise_name(n) for n in ("ünïcødé", "猫を消す", "名" * 150, "e\u0301te\u0301")]
+    names = [sanitise_name(n) for n in ("ünïcødé", "猫を消す", "名" * 150, "e\u0301te\u0301")]
     for stem in names:
-        path = t.unique_path(str(folder), stem)
+        path = unique_path(str(folder), stem)
         assert os.path.dirname(path) == str(folder)
-        with open(path + ".partial-write", "wb"):  # the longest name written while saving
+        with open(path + PARTIAL, "wb"):  # the longest name written while saving
             pass
-        os.replace(path + ".partial-write", path)
-        assert t.unique_path(str(folder), stem).endswith(stem + "_2" + t.EXTENSION)
-    assert sorted(os.listdir(folder)) == sorted(n + t.EXTENSION for n in names)
+        os.replace(path + PARTIAL, path)
+        assert unique_path(str(folder), stem).endswith(stem + "_2" + EXTENSION)
+    assert sorted(os.listdir(folder)) == sorted(n + EXTENSION for n in names)
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("my net", "my_net"),
+    ("../../etc/passwd", "etc_passwd"),
+    ("/abs/path/x.safetensors", "abs_path_x"),
+    ("C:\\Users\\x\\net", "C_Users_x_net"),
+    ("a..b", "a.b"),
+    ("...", "unhype"),
+    ("", "unhype"),
+    ("nul", "_nul"),
+    ("Zebra-erase_v1.2", "Zebra-erase_v1.2"),
+    ("ünïcode ✓", "ünïcode"),
+])
+def test_save_names_are_sanitised(given, expected):
+    name = sanitise_name(given)
+    assert name == expected
+    assert os.sep not in name and "/" not in name and ".." not in name
+
+
+def test_unique_path_never_overwrites(tmp_path):
+    unique = unique_path
+    first = unique(str(tmp_path), "net")
+    assert first.endswith("net.safetensors")
+    open(first, "wb").close()
+    second = unique(str(tmp_path), "net")
+    assert second.endswith("net_2.safetensors")
+    open(second, "wb").close()
+    assert unique(str(tmp_path), "net").endswith("net_3.safetensors")

@@ -15,15 +15,14 @@ it, and exactly to the slice.
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import torch
-from safetensors.torch import save_file
 
 from .fileformat import IMPLEMENTATION_URL
+from .files import save_atomically
 from .lora import row_lora_delta
 from .network import BASE_ARCHITECTURES, UnHypeNetwork
 
@@ -155,12 +154,5 @@ def lora_metadata(network: UnHypeNetwork, baked: BakedLoRA, prompt: str, strengt
 
 
 def save_lora(path: str, baked: BakedLoRA, metadata: dict[str, str]) -> None:
-    """Write atomically (temp file + rename), like the network files."""
-    temporary = f"{path}.partial-write"
-    try:
-        save_file(baked.tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """Write atomically (unhype/files.py), like the network files."""
+    save_atomically(path, baked.tensors, metadata)

@@ -5,11 +5,11 @@ metadata as JSON with placeholders, so a checkpoint is restored exactly and noth
 """
 
 import json
-import os
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .files import save_atomically
 
 _TENSOR = "__tensor__"
 
@@ -47,12 +47,10 @@ def _unflatten(skeleton, tensors: dict):
 
 
 def save_state(path: str, state: dict, kind: str) -> None:
-    """Atomic write: a crash mid-save keeps the previous checkpoint intact."""
+    """Atomic write (unhype/files.py): a crash mid-save keeps the previous checkpoint intact."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "", tensors)
-    temporary = f"{path}.partial-write"
-    save_file(tensors, temporary, metadata={"format": kind, "state": json.dumps(skeleton)})
-    os.replace(temporary, path)
+    save_atomically(path, tensors, {"format": kind, "state": json.dumps(skeleton)})
 
 
 def load_state(path: str, kind: str) -> dict:

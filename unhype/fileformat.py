@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from .files import save_atomically
 from .hypernet import HyperNetConfig, HyperNetwork
 from .network import BASE_ARCHITECTURES, NetworkInfo, UnHypeNetwork
 from .targets import Target
@@ -89,19 +89,12 @@ def _metadata(network: UnHypeNetwork, tensors: dict[str, torch.Tensor]) -> dict[
 
 
 def save_unhype(path: str, network: UnHypeNetwork, dtype: torch.dtype = torch.float32) -> None:
-    """Write atomically (temp file + rename), so an interrupted save never leaves a broken file."""
+    """Write atomically (unhype/files.py): an interrupted save never leaves a broken file."""
     tensors = {
         name: value.detach().to("cpu", dtype).contiguous()
         for name, value in network.module.state_dict().items()
     }
-    temporary = f"{path}.partial-write"
-    try:
-        save_file(tensors, temporary, metadata=_metadata(network, tensors))
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    save_atomically(path, tensors, _metadata(network, tensors))
 
 
 def _looks_like_lora(names: list[str]) -> bool:

@@ -9,8 +9,8 @@ The config has the Trainer node's fields plus where the model and ComfyUI are:
 
 See workflows/train_config.example.toml for every field. This module never imports ComfyUI at
 import time: `train_from_config` finds the ComfyUI checkout, puts it on sys.path (with --cpu
-when there is no GPU), imports this pack as a package and calls `nodes/comfy_training.py`, the
-same code the node runs, so the checkpoints and the final file are the same.
+when there is no GPU), imports this pack as a package and calls `nodes/headless_training.py`,
+which trains with the code the node runs, so the checkpoints and the final file are the same.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def train_from_config(path: str | os.PathLike) -> str:
         raise ConfigError(f"{path}: checkpoint {config.checkpoint} does not exist")
     group = _join_processes(config.device)
     import_pack(comfyui, config.device)
-    training = importlib.import_module(f"{PACK_MODULE}.nodes.comfy_training")
+    training = importlib.import_module(f"{PACK_MODULE}.nodes.headless_training")
     rank = 0 if group is None else group.rank()
     try:
         outcome = training.train_headless(

@@ -1,0 +1,85 @@
+"""The files the pack writes: safe names, never-overwritten paths, and one atomic write.
+
+Networks, training checkpoints and baked LoRAs are all written by `save_atomically`, so a crash,
+a full disk or a cancel mid-write never leaves a half file, nor a stray temporary one, and the
+file that was there before stays intact.
+"""
+
+import contextlib
+import os
+import re
+import sys
+import unicodedata
+
+from safetensors.torch import save_file
+
+EXTENSION = ".safetensors"
+PARTIAL = ".partial-write"  # suffix of a file while it is written, in the same folder
+_RESERVED = {"con", "prn", "aux", "nul",  # Windows device names, also with any extension
+             *(f"{port}{n}" for port in ("com", "lpt") for n in "0123456789\u00b9\u00b2\u00b3")}
+
+
+def sanitise_name(name: str) -> str:
+    """A file stem that stays inside its folder and that common file systems accept.
+
+    Keeps letters, marks and digits of any script (in NFC, so the name reads back as typed),
+    '_', '-' and '.'; every run of anything else (separators, spaces, symbols, control or
+    invisible characters, and what the file-system encoding cannot store) becomes one '_'.
+    Drops a .safetensors suffix, collapses dot runs, trims to 100 characters and 200 encoded
+    bytes (file names stop at 255 bytes; room for '_2' and suffixes), puts '_' before a Windows
+    device name; an empty result becomes 'unhype'.
+    """
+    encoding = sys.getfilesystemencoding()
+
+    def kept(char: str) -> bool:
+        if char in "_.-":
+            return True
+        if unicodedata.category(char)[0] not in "LMN":
+            return False
+        try:
+            char.encode(encoding)
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    stem = unicodedata.normalize("NFC", str(name)).strip()
+    if stem.lower().endswith(EXTENSION):
+        stem = stem[: -len(EXTENSION)]
+    stem = re.sub(r"/+", "_", "".join(c if kept(c) else "/" for c in stem))
+    stem = re.sub(r"\.{2,}", ".", stem)
+    stem = stem.strip("._-")[:100]
+    while len(stem.encode(encoding)) > 200:
+        stem = stem[:-1]
+    stem = stem.strip("._-")
+    if not stem:
+        stem = "unhype"
+    if stem.split(".")[0].lower() in _RESERVED:
+        stem = "_" + stem
+    return stem
+
+
+def unique_path(folder: str, stem: str) -> str:
+    """folder/stem.safetensors, or stem_2, stem_3, ... when taken: nothing is overwritten."""
+    os.makedirs(folder, exist_ok=True)
+    candidate, number = stem, 1
+    while os.path.exists(os.path.join(folder, candidate + EXTENSION)) or os.path.exists(
+            os.path.join(folder, candidate + EXTENSION + PARTIAL)):
+        number += 1
+        candidate = f"{stem}_{number}"
+    return os.path.join(folder, candidate + EXTENSION)
+
+
+def save_atomically(path: str, tensors: dict, metadata: dict[str, str]) -> None:
+    """Write a .safetensors file: a temporary file in the same folder, flushed to disk, then
+    renamed over `path` (atomic on one file system). On any failure the temporary file is
+    removed and whatever was at `path` before is left as it was."""
+    temporary = path + PARTIAL
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
