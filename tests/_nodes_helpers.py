@@ -5,17 +5,15 @@ model calls."""
 import copy
 import sys
 
-import pytest
 import torch
 
 _HOST = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unhype_host(comfy, unhype_pack, pack_nodes):
-    """Every test module that imports this helper runs against conftest's in-process ComfyUI."""
-    _HOST.update(ns=comfy, pack=unhype_pack, core=sys.modules[unhype_pack.__name__ + ".unhype"],
-                 nodes=pack_nodes)
+def use_host(comfy, pack, nodes) -> dict:
+    """Point these helpers at conftest's in-process ComfyUI and pack (its `unhype_host`
+    fixture). `core` is the pack's own copy of unhype/, not the repo-root one."""
+    _HOST.update(ns=comfy, pack=pack, core=sys.modules[pack.__name__ + ".unhype"], nodes=nodes)
     return _HOST
 
 

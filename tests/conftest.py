@@ -1,6 +1,6 @@
 """Shared pytest fixtures: a real ComfyUI (in-process and as a server), tiny models, the pack.
 
-Fixtures (see tests/comfy_host.py for the helpers behind them):
+Fixtures (see the package tests/comfy_host/ for the helpers behind them):
 
 - ``comfyui_path`` (session) -> Path of the ComfyUI checkout; skips when there is none.
 - ``comfy`` (session) -> namespace of ComfyUI modules imported in-process with ``--cpu``:
@@ -11,7 +11,10 @@ Fixtures (see tests/comfy_host.py for the helpers behind them):
 - ``make_tiny_sd1_model`` -> factory ``(seed=0, **unet_config) -> ModelPatcher`` (a new module).
 - ``tiny_conds`` -> ``(positive, negative)`` CONDITIONING for the tiny model (context_dim 64).
 - ``unhype_pack`` (session) -> the pack's ``__init__`` imported as ``comfyui_unhype``.
-- ``pack_nodes`` (session) -> ``{node_id: class}`` of the pack (V1 or V3).
+- ``pack_nodes`` (session) -> ``{node_id: class}`` of the pack (its V3 nodes).
+- ``unhype_host`` (module) -> the host the helpers of ``tests/_nodes_helpers.py`` use (ComfyUI,
+  the pack, its own core, its nodes); a test module asks for it with
+  ``pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]``.
 - ``sd15_checkpoint`` (session) -> Path of a cached random-weight SD1.5 checkpoint.
 - ``sd15_checkpoint_name`` (session) -> its file name, registered in ComfyUI's in-process
   ``checkpoints`` folder list (for CheckpointLoaderSimple).
@@ -24,23 +27,14 @@ Tests marked ``host`` skip when no ComfyUI checkout is found.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import comfy_host
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import comfy_host  # noqa: E402
-
-comfy_host._drop_repo_root_from_sys_path()
-comfy_host.install_core_finder()
-
-_COMFY_PATH, _COMFY_DESC = comfy_host.find_comfyui()
+_COMFY_PATH, _COMFY_DESC = None, "no ComfyUI looked for yet"
 _HOST_NODEIDS: set[str] = set()
 TIMINGS: dict[str, float] = {}
 
@@ -63,6 +57,15 @@ class _RepoRootIsNotATestPackage:
 
 
 def pytest_configure(config):
+    """Before any test module is imported: offline, the repo root off sys.path (our `nodes/`
+    would shadow ComfyUI's nodes.py), `import unhype` from the repo root, ComfyUI found."""
+    global _COMFY_PATH, _COMFY_DESC
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    comfy_host.drop_repo_root_from_sys_path()
+    comfy_host.install_core_finder()
+    _COMFY_PATH, _COMFY_DESC = comfy_host.find_comfyui()
     if not config.pluginmanager.has_plugin("unhype-root-dir"):
         config.pluginmanager.register(_RepoRootIsNotATestPackage(), "unhype-root-dir")
 
@@ -165,6 +168,14 @@ def unhype_pack(comfy):
 @pytest.fixture(scope="session")
 def pack_nodes(unhype_pack):
     return comfy_host.pack_node_classes(unhype_pack)
+
+
+@pytest.fixture(scope="module")
+def unhype_host(comfy, unhype_pack, pack_nodes):
+    """The in-process ComfyUI and the pack, for the helpers in tests/_nodes_helpers.py."""
+    import _nodes_helpers
+
+    return _nodes_helpers.use_host(comfy, unhype_pack, pack_nodes)
 
 
 # ------------------------------------------------------------------------------------------

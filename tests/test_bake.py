@@ -10,10 +10,10 @@ import torch
 from safetensors import safe_open
 
 import comfy_host as ch
-from _nodes_helpers import _unhype_host, forget_parts, host, make_network, node  # noqa: F401
+from _nodes_helpers import forget_parts, host, make_network, node
 from test_nodes_models import TINY_FLUX, build
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
 
 

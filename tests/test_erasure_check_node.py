@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import _unhype_host, host, node  # noqa: F401
+from _nodes_helpers import host, node
 from test_erasure_check import BLUE, RED, renders, world_clip_folder
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
 
 def module():

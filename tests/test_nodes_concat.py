@@ -7,10 +7,9 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import (  # noqa: F401
+from _nodes_helpers import (
     CONCEPT,
     FILLER,
-    _unhype_host,
     concept_detector,
     forget_parts,
     host,
@@ -20,7 +19,7 @@ from _nodes_helpers import (  # noqa: F401
     pooled_of,
 )
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
 ORDINARY = "a red brick house under a clear sky"
 

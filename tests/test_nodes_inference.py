@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import (  # noqa: F401
-    _unhype_host,
+from _nodes_helpers import (
     call_model,
     dynamic_state,
     forget_parts,
@@ -20,7 +19,7 @@ from _nodes_helpers import (  # noqa: F401
     packed,
 )
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
 D = 64  # pooled width of the tiny prompts (= the tiny UNet's context width)
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import (  # noqa: F401
+from _nodes_helpers import (
     CONCEPT,
     FILLER,
-    _unhype_host,
     concept_detector,
     forget_parts,
     host,
@@ -23,7 +22,7 @@ from _nodes_helpers import (  # noqa: F401
     pooled_of,
 )
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import (  # noqa: F401  (_unhype_host: autouse host fixture)
-    _unhype_host,
+from _nodes_helpers import (
     hooks_left,
     host,
     make_network,
@@ -14,7 +13,7 @@ from _nodes_helpers import (  # noqa: F401  (_unhype_host: autouse host fixture)
     node,
 )
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
 TINY_SDXL = {
     "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,

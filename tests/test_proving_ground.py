@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import _unhype_host, host, node  # noqa: F401
+from _nodes_helpers import host, node
 from unhype.discovery import FLOOR_VERSION
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
 PROMPTS = ["", "a red circle", "a photo of a blue square", "the ring is yellow",
            "one teal cross in the picture"]

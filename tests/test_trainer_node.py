@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import _unhype_host, call_model, host, node, packed  # noqa: F401
+from _nodes_helpers import call_model, host, node, packed
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
 FAST = dict(preset="custom", objective="trajectory", steps=3, learning_rate=1e-3, rank=2,
             variant="paper", seed=0, checkpoint_every=2, retain_prompts="a dog\na red car",

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import _unhype_host, host  # noqa: F401  (_unhype_host: autouse host fixture)
+from _nodes_helpers import host
 from test_grad_checkpoint import saved_bytes
 from test_nodes_models import TINY_FLUX, build
 
-pytestmark = pytest.mark.host
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
 
 class RandomClip:
