@@ -22,26 +22,26 @@ from .comfy_training import Outcome, TrainingError, run_training
 
 def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
                    group=None) -> Outcome:
-    """Load the checkpoint with ComfyUI's loader (or build the proving ground), train, save;
+    """Load the model with ComfyUI's checkpoint loader (or build the proving ground), train, save;
     progress goes to `log`. `group`: see run_training."""
-    log(f"loading {config.checkpoint} (ComfyUI device: "
+    log(f"loading {config.model} (ComfyUI device: "
         f"{comfy.model_management.get_torch_device()})")
-    if config.checkpoint == PROVING_GROUND:
+    if config.model == PROVING_GROUND:
         from . import comfy_world
 
         model, clip = comfy_world.build_model(), comfy_world.build_clip()
     else:
         with torch.inference_mode(False):
             model, clip = comfy.sd.load_checkpoint_guess_config(
-                config.checkpoint, output_vae=False, output_clip=True,
+                config.model, output_vae=False, output_clip=True,
                 embedding_directory=folder_paths.get_folder_paths("embeddings"))[:2]
     if model is None:
-        raise TrainingError(f"{config.checkpoint}: no diffusion model found in this file")
+        raise TrainingError(f"{config.model}: no diffusion model found in this file")
     if clip is None:
-        raise TrainingError(f"{config.checkpoint}: this checkpoint has no text encoder (CLIP)")
+        raise TrainingError(f"{config.model}: this checkpoint has no text encoder (CLIP)")
     settings = config.settings
-    if settings.resume and not os.path.isabs(settings.resume) and config.checkpoint_dir:
-        candidate = os.path.join(config.checkpoint_dir, settings.resume)
+    if settings.resume and not os.path.isabs(settings.resume) and config.model_dir:
+        candidate = os.path.join(config.model_dir, settings.resume)
         if os.path.isfile(candidate):
             settings.resume = candidate
     started = time.perf_counter()
@@ -58,7 +58,7 @@ def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
         log(f"step {p.step}/{p.steps}: {losses}{extra} ({rate:.2f} steps/s)")
 
     outcome = run_training(model, clip, settings, output_dir=config.output,
-                           checkpoint_dir=config.checkpoint_dir, on_progress=progress, log=log,
+                           checkpoint_dir=config.model_dir, on_progress=progress, log=log,
                            group=group)
     if outcome.path:
         png = os.path.splitext(outcome.path)[0] + ".loss.png"

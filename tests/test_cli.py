@@ -33,7 +33,7 @@ def test_wrong_arguments_fail_with_one_line(args, message):
 
 def test_invalid_config_fails_without_a_traceback(tmp_path):
     config = tmp_path / "bad.toml"
-    config.write_text('checkpoint = "x.safetensors"\nconcepts = ["zebra"]\nlearning_rate = 1e6\n')
+    config.write_text('model = "x.safetensors"\nconcepts = ["zebra"]\nlearning_rate = 1e6\n')
     result = unhype("train", str(config))
     assert result.returncode == 2, result
     assert "learning_rate: must be between 0 and 1" in result.stderr

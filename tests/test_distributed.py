@@ -126,7 +126,7 @@ def test_draws_must_split_evenly(monkeypatch):
 def _headless_config(tmp_path, name, comfyui_path):
     config = tmp_path / f"{name}.toml"
     config.write_text(textwrap.dedent(f"""
-        checkpoint = "proving-ground"
+        model = "proving-ground"
         comfyui_path = "{comfyui_path}"
         output = "{tmp_path / name}"
         checkpoint_dir = "{tmp_path / name / 'ckpt'}"

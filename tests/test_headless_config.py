@@ -18,7 +18,7 @@ def write(tmp_path, text, name="cfg.toml"):
 
 def test_toml_config_with_lists_and_relative_paths(tmp_path):
     path = write(tmp_path, """
-checkpoint = "models/sd15.safetensors"
+model = "models/sd15.safetensors"
 output = "out"
 concepts = ["tench -> fish", "church"]
 retain_prompts = "a dog\\na cat"
@@ -27,7 +27,7 @@ learning_rate = 1   # an int where a float is expected is fine
 save_name = "objects"
 """)
     config = load_config(path)
-    assert config.checkpoint == str((tmp_path / "models" / "sd15.safetensors").resolve())
+    assert config.model == str((tmp_path / "models" / "sd15.safetensors").resolve())
     assert config.output == str((tmp_path / "out").resolve())
     assert config.settings.concepts == "tench -> fish\nchurch"
     assert config.settings.retain_prompts == "a dog\na cat"
@@ -36,44 +36,45 @@ save_name = "objects"
 
 
 def test_json_config(tmp_path):
-    path = write(tmp_path, json.dumps({"checkpoint": "/m.safetensors", "concepts": "zebra",
+    path = write(tmp_path, json.dumps({"model": "/m.safetensors", "concepts": "zebra",
                                        "objective": "direct", "variant": "compact"}),
                  "cfg.json")
     config = load_config(path)
-    assert config.checkpoint == "/m.safetensors"
+    assert config.model == "/m.safetensors"
     assert config.settings.objective == "direct" and config.settings.variant == "compact"
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"checkpoint": "a", "concepts": "x", "stpes": 5}, r"unknown keys \['stpes'\]"),
-    ({"concepts": "x"}, "missing required key 'checkpoint'"),
-    ({"checkpoint": "a"}, "missing required key 'concepts'"),
-    ({"checkpoint": "a", "concepts": []}, "missing required key 'concepts'"),
-    ({"checkpoint": "a", "concepts": "x", "steps": "ten"}, "steps: expected int, got str"),
-    ({"checkpoint": "a", "concepts": "x", "steps": True}, "steps: expected int"),
-    ({"checkpoint": "a", "concepts": "x", "steps": -5}, "steps: must be between 0 and"),
-    ({"checkpoint": "a", "concepts": "x", "learning_rate": 1e6},
+    ({"model": "a", "concepts": "x", "stpes": 5}, r"unknown keys \['stpes'\]"),
+    ({"concepts": "x"}, "missing required key 'model'"),
+    ({"model": "a"}, "missing required key 'concepts'"),
+    ({"model": "a", "concepts": []}, "missing required key 'concepts'"),
+    ({"model": "a", "concepts": "x", "steps": "ten"}, "steps: expected int, got str"),
+    ({"model": "a", "concepts": "x", "steps": True}, "steps: expected int"),
+    ({"model": "a", "concepts": "x", "steps": -5}, "steps: must be between 0 and"),
+    ({"model": "a", "concepts": "x", "learning_rate": 1e6},
      r"learning_rate: must be between 0 and 1, got 1000000.0"),
-    ({"checkpoint": "a", "concepts": "x", "retain_weight": -1.0}, "retain_weight: must be"),
-    ({"checkpoint": "a", "concepts": "-> fish"}, "concepts: line 1: no concept before"),
-    ({"checkpoint": "a", "concepts": "x", "preset": "animals"}, "preset: 'animals'"),
-    ({"checkpoint": "a", "concepts": "x", "objective": "esd"}, "objective: 'esd'"),
-    ({"checkpoint": "a", "concepts": "x", "target_preset": "sd-everything"}, "target_preset"),
-    ({"checkpoint": "a", "concepts": "x", "preset": "custom", "templates": ["no slot"]},
+    ({"model": "a", "concepts": "x", "retain_weight": -1.0}, "retain_weight: must be"),
+    ({"model": "a", "concepts": "-> fish"}, "concepts: line 1: no concept before"),
+    ({"model": "a", "concepts": "x", "preset": "animals"}, "preset: 'animals'"),
+    ({"model": "a", "concepts": "x", "objective": "esd"}, "objective: 'esd'"),
+    ({"model": "a", "concepts": "x", "target_preset": "sd-everything"}, "target_preset"),
+    ({"model": "a", "concepts": "x", "preset": "custom", "templates": ["no slot"]},
      "templates: each needs"),
-    ({"checkpoint": "a", "concepts": ["x", 3]}, "concepts: a list must hold strings"),
-    ({"checkpoint": "a", "concepts": "x", "device": "tpu"}, "device must be one of"),
+    ({"model": "a", "concepts": ["x", 3]}, "concepts: a list must hold strings"),
+    ({"model": "a", "concepts": "x", "device": "tpu"}, "device must be one of"),
+    ({"checkpoint": "a", "concepts": "x"}, r"^cfg: the key .checkpoint. is now .model. \(the"),
 ])
 def test_invalid_configs_fail_with_clear_errors(data, message):
     with pytest.raises(ConfigError, match=message):
-        parse_config(data)
+        parse_config(data, "cfg")
 
 
 def test_unreadable_files(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(write(tmp_path, "checkpoint = "))
+        load_config(write(tmp_path, "model = "))
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(write(tmp_path, "{", "cfg.json"))
     with pytest.raises(ConfigError, match="top level"):
@@ -88,7 +89,7 @@ def test_settings_defaults_validate():
 def test_example_config_is_valid():
     config = load_config(EXAMPLE)
     assert config.settings.concepts.strip()
-    assert config.checkpoint.endswith(".safetensors")
+    assert config.model.endswith(".safetensors")
 
 
 def test_find_comfyui_reports_what_it_tried(tmp_path, monkeypatch):

@@ -286,7 +286,7 @@ def test_headless_train_command_writes_the_same_kind_of_file(comfyui_path, sd15_
                                                              tmp_path):
     config = tmp_path / "cfg.toml"
     config.write_text(textwrap.dedent(f"""
-        checkpoint = "{sd15_checkpoint}"
+        model = "{sd15_checkpoint}"
         comfyui_path = "{comfyui_path}"
         output = "{tmp_path / 'out'}"
         checkpoint_dir = "{tmp_path / 'ckpt'}"

@@ -3,5 +3,5 @@ nothing, so the command line can offer them without loading torch."""
 
 OBJECTIVES = ("trajectory", "direct")
 
-#: the proving ground's model family, and the headless `checkpoint` value that loads it
+#: the proving ground's model family, and the headless `model` value that loads it
 PROVING_GROUND = "proving-ground"

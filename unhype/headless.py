@@ -2,7 +2,7 @@
 
 The config has the Trainer node's fields plus where the model and ComfyUI are:
 
-    checkpoint = "/models/v1-5-pruned-emaonly.safetensors"   # required: the model to train on
+    model = "/models/v1-5-pruned-emaonly.safetensors"        # required: the model to train on
     concepts = ["tench -> fish", "church"]                   # required: one per item (or a string)
     comfyui_path = "~/ComfyUI"    # default: as unhype/discovery.py finds it ($COMFYUI_PATH, ...)
     output = "out/"               # folder of the final file (default: ComfyUI's models/unhype)
@@ -32,7 +32,7 @@ PACK_MODULE = "comfyui_unhype"
 @dataclass
 class HeadlessConfig:
     settings: TrainingSettings
-    checkpoint: str
+    model: str  # a single-file checkpoint, or PROVING_GROUND
     comfyui_path: str | None = None
     output: str | None = None  # folder of the final file
     checkpoint_dir: str | None = None  # folder of the training checkpoints
@@ -40,9 +40,10 @@ class HeadlessConfig:
     extra: dict = field(default_factory=dict)
 
 
-HEADLESS_FIELDS = {"checkpoint": str, "comfyui_path": str, "output": str, "checkpoint_dir": str,
+HEADLESS_FIELDS = {"model": str, "comfyui_path": str, "output": str, "checkpoint_dir": str,
                    "device": str}
 DEVICES = ("auto", "cpu", "gpu")
+RENAMED = {"checkpoint": "model"}  # old key -> new key: an old config gets a one-line answer
 _TEXT_FIELDS = {s.name for s in SETTINGS if s.multiline}  # a string or a list of strings
 
 
@@ -50,13 +51,16 @@ def parse_config(data: dict, source: str = "config") -> HeadlessConfig:
     """Validate a config mapping: unknown keys, missing fields and wrong types are errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a table / object of settings")
+    for old, new in RENAMED.items():
+        if old in data:
+            raise ConfigError(f"{source}: the key {old!r} is now {new!r} (the model to train on)")
     types = {setting.name: setting.kind for setting in SETTINGS}
     known = set(types) | set(HEADLESS_FIELDS)
     unknown = sorted(set(data) - known)
     problems = []
     if unknown:
         problems.append(f"unknown keys {unknown}; known keys are {sorted(known)}")
-    for required in ("checkpoint", "concepts"):
+    for required in ("model", "concepts"):
         if required not in data or data[required] in ("", [], None):
             problems.append(f"missing required key {required!r}")
     values = {}
@@ -85,7 +89,7 @@ def parse_config(data: dict, source: str = "config") -> HeadlessConfig:
         settings.validate()
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from None
-    return HeadlessConfig(settings, values["checkpoint"], values.get("comfyui_path"),
+    return HeadlessConfig(settings, values["model"], values.get("comfyui_path"),
                           values.get("output"), values.get("checkpoint_dir"),
                           values.get("device", "auto"))
 
@@ -110,7 +114,7 @@ def load_config(path: str | os.PathLike) -> HeadlessConfig:
                           f"{error}") from None
     config = parse_config(data, str(path))
     base = path.parent
-    for name in ("checkpoint", "output", "checkpoint_dir", "comfyui_path"):
+    for name in ("model", "output", "checkpoint_dir", "comfyui_path"):
         value = getattr(config, name)
         if value and value != PROVING_GROUND:  # relative paths: relative to the config file
             setattr(config, name, str((base / Path(value).expanduser()).resolve()))
@@ -190,8 +194,8 @@ def train_from_config(path: str | os.PathLike) -> str:
     on GPUs, one GPU per process); process 0 prints, writes the checkpoints and the file."""
     config = load_config(path)
     comfyui = find_comfyui(config.comfyui_path)
-    if config.checkpoint != PROVING_GROUND and not Path(config.checkpoint).is_file():
-        raise ConfigError(f"{path}: checkpoint {config.checkpoint} does not exist")
+    if config.model != PROVING_GROUND and not Path(config.model).is_file():
+        raise ConfigError(f"{path}: model {config.model} does not exist")
     group = _join_processes(config.device)
     import_pack(comfyui, config.device)
     training = importlib.import_module(f"{PACK_MODULE}.nodes.headless_training")
