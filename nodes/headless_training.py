@@ -40,8 +40,8 @@ def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
     if clip is None:
         raise TrainingError(f"{config.model}: this checkpoint has no text encoder (CLIP)")
     settings = config.settings
-    if settings.resume and not os.path.isabs(settings.resume) and config.model_dir:
-        candidate = os.path.join(config.model_dir, settings.resume)
+    if settings.resume and not os.path.isabs(settings.resume) and config.checkpoint_dir:
+        candidate = os.path.join(config.checkpoint_dir, settings.resume)
         if os.path.isfile(candidate):
             settings.resume = candidate
     started = time.perf_counter()
@@ -58,7 +58,7 @@ def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
         log(f"step {p.step}/{p.steps}: {losses}{extra} ({rate:.2f} steps/s)")
 
     outcome = run_training(model, clip, settings, output_dir=config.output,
-                           checkpoint_dir=config.model_dir, on_progress=progress, log=log,
+                           checkpoint_dir=config.checkpoint_dir, on_progress=progress, log=log,
                            group=group)
     if outcome.path:
         png = os.path.splitext(outcome.path)[0] + ".loss.png"
