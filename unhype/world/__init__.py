@@ -16,6 +16,19 @@ both runs are bit-for-bit deterministic for a given seed):
         200 samples of "a photo of a {colour} {shape}" (DDIM 25, CFG 4): prompted colour 100%
         (pixel judge) / 100% (CLIP judge), prompted shape 88.5% (CLIP judge); 0.12 s a sample.
         Synonym and paraphrase prompts (160 each): colour 100% / 100%, shape 86%.
+
+The identities world (`identities`: 40 named identities, the paper's celebrity protocol) is this
+world fine-tuned, in `weights-identities/` (same machine, a helper's tests on the other core):
+    python -m unhype.world.train_world clip --identities --init unhype/world/weights \
+        --out unhype/world/weights-identities --steps 600
+        218 s wall, text tower only; held-out zero-shot colour 100%, shape 99.8%, identity by
+        name 99.8%, by alias 99.8% (40-way).
+    python -m unhype.world.train_world unet --identities --init unhype/world/weights \
+        --out unhype/world/weights-identities --steps 1500
+        1,090 s wall, lr 5e-4, EMA 0.998 from the loaded weights.
+    python -m unhype.world.train_world eval --identities --out unhype/world/weights-identities
+        200 samples each: "a photo of a {colour} {shape}" colour 100% (both judges), shape 94%;
+        "a photo of {name}" recognised (CLIP colour and shape) 92%, colour 100%; by alias 93%.
 """
 
 from __future__ import annotations

@@ -204,12 +204,16 @@ def draw_prompts(task: ErasureTask, per_set: int,
 
 def judge_accuracy(world: World, images: torch.Tensor, colours: list[int],
                    shapes: list[int]) -> dict[str, float]:
-    """Prompted colour by both judges, prompted shape by the CLIP judge ("shape")."""
+    """Prompted colour by both judges, prompted shape by the CLIP judge ("shape"), and both
+    colour and shape by the CLIP judge ("identity": the identities world's recognition)."""
     colour, shape = torch.tensor(colours), torch.tensor(shapes)
+    colour_ok = world.judge.clip_colour(images) == colour
+    shape_ok = world.judge.clip_shape(images) == shape
     return {
-        "clip": float((world.judge.clip_colour(images) == colour).float().mean()),
+        "clip": float(colour_ok.float().mean()),
         "pixel": float((world.judge.pixel_colour(images) == colour).float().mean()),
-        "shape": float((world.judge.clip_shape(images) == shape).float().mean()),
+        "shape": float(shape_ok.float().mean()),
+        "identity": float((colour_ok & shape_ok).float().mean()),
     }
 
 

@@ -84,15 +84,16 @@ class TinyClip(nn.Module):
         return self.model.encode_image((images.to(self.device) - 0.5) * 2.0, normalize=True)
 
 
-def trained_token_ids(tokenizer: SimpleTokenizer) -> torch.Tensor:
-    """Sorted ids of every token that training captions can contain (incl. SOT, EOT, pad)."""
-    tokens = tokenizer(training_vocabulary_texts())
+def trained_token_ids(tokenizer: SimpleTokenizer, extra_texts: Sequence[str] = ()) -> torch.Tensor:
+    """Sorted ids of every token that training captions can contain (incl. SOT, EOT, pad);
+    `extra_texts`: captions of a fine-tune beyond the colour world's (the identities world)."""
+    tokens = tokenizer([*training_vocabulary_texts(), *extra_texts])
     return torch.unique(tokens)
 
 
-def save_tiny_clip(clip: TinyClip, path: str) -> None:
+def save_tiny_clip(clip: TinyClip, path: str, extra_texts: Sequence[str] = ()) -> None:
     state = {k: v.detach().half().contiguous() for k, v in clip.model.state_dict().items()}
-    ids = trained_token_ids(clip.tokenizer)
+    ids = trained_token_ids(clip.tokenizer, extra_texts)
     state["token_embedding.ids"] = ids
     state["token_embedding.rows"] = state.pop(_EMBEDDING_KEY)[ids].contiguous()
     save_file(state, path)

@@ -1,0 +1,157 @@
+"""One network for many concepts: the paper's celebrity protocol on the identities world.
+
+    python benchmarks/bench_identities.py [--counts 1 5 10 20] [--steps 1000 2000 4000]
+                                          [--samples 50] [--seed 0] [--out DIR]
+
+For each number of erased identities N (the first N of the erasable half; the other half is kept
+and is the retain set), one UnHype network with the UnHype Trainer's proving-ground defaults
+and one static ESD-x LoRA (rank 4) are trained for the first --steps (default: the Trainer's
+1000); at the largest N the network is also trained for every other --steps, to show how steps
+must grow with concepts.
+Judged against the base model on the same prompts and noise (unhype/world/identities.py:
+identity_scores). Then sampling time with the largest-N network vs the 1-identity one.
+Writes identities.json and identities.md to --out and prints the table.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+SCORES = ("acc_erased", "acc_kept", "h_o", "kept_vs_base", "generality", "paraphrase_efficacy",
+          "looks_kept")
+
+
+def rows(counts: list[int], steps: list[int]) -> list[tuple[str, int, int]]:
+    """(method, erased count, training steps) per table row."""
+    result = []
+    for count in counts:
+        result += [("static ESD-x", count, steps[0]), ("UnHype", count, steps[0])]
+    result += [("UnHype", max(counts), s) for s in steps[1:]]
+    return result
+
+
+def run(counts: list[int], steps: list[int], samples: int, seed: int, out: str,
+        timing_prompts: int) -> dict:
+    from unhype.world import load_world
+    from unhype.world.erasure import (
+        accuracies,
+        draw_prompts,
+        train_static_esd,
+        train_unhype,
+        unhype_patch,
+    )
+    from unhype.world.identities import ERASABLE, WEIGHTS_DIR, IdentityTask, identity_scores
+
+    world = load_world(weights_dir=WEIGHTS_DIR)
+    baselines, results, networks = {}, [], {}
+    for method, count, step_count in rows(counts, steps):
+        task = IdentityTask([i.name for i in ERASABLE[:count]])
+        drawn = draw_prompts(task, samples, seed)
+        if count not in baselines:
+            baselines[count] = accuracies(world, drawn, seed)
+        started = time.perf_counter()
+        if method == "static ESD-x":
+            patch = train_static_esd(world, task, steps=step_count, seed=seed).patch(world)
+        else:
+            network = train_unhype(world, task, seed=seed, steps=step_count)[0]
+            networks.setdefault(count, network)
+            patch = unhype_patch(world, network)
+        seconds = time.perf_counter() - started
+        after = accuracies(world, drawn, seed, patch)
+        row = {"method": method, "erased": count, "steps": step_count,
+               "train_seconds": round(seconds, 1), **identity_scores(baselines[count], after),
+               "accuracy_before": baselines[count], "accuracy_after": after}
+        results.append(row)
+        write(out, results, {}, quiet=True)
+        print(f"{method} N={count} steps={step_count}: H_o {row['h_o']:.3f} acc_erased "
+              f"{row['acc_erased']:.3f} acc_kept {row['acc_kept']:.3f}, {seconds:.0f}s",
+              flush=True)
+    timing = sampling_cost(world, networks[min(counts)], networks[max(counts)], timing_prompts)
+    return {"rows": results, "sampling_seconds": timing}
+
+
+def sampling_cost(world, smallest, largest, count: int) -> dict:
+    """Seconds to sample `count` kept-name prompts: base model, the network of the fewest erased
+    identities, the network of the most; interleaved three times, the median of each."""
+    from unhype.world.erasure import generate, unhype_patch
+    from unhype.world.identities import KEPT, NAME_TEMPLATES
+
+    prompts = [NAME_TEMPLATES[k % len(NAME_TEMPLATES)].format(name=KEPT[k % len(KEPT)].name)
+               for k in range(count)]
+    patches = {"base": None, "fewest erased": unhype_patch(world, smallest),
+               "most erased": unhype_patch(world, largest)}
+    times = {name: [] for name in patches}
+    for _ in range(3):
+        for name, patch in patches.items():
+            started = time.perf_counter()
+            generate(world, prompts, 0, patch)
+            times[name].append(time.perf_counter() - started)
+    return {name: sorted(t)[1] for name, t in times.items()}
+
+
+def table(results: list[dict]) -> str:
+    names = {"acc_erased": "acc erased", "acc_kept": "acc kept", "h_o": "H_o",
+             "kept_vs_base": "kept vs base", "paraphrase_efficacy": "paraphrase",
+             "looks_kept": "looks kept"}
+    lines = ["| method | erased | steps | " + " | ".join(names.get(s, s) for s in SCORES)
+             + " | train s |", "|" + "---|" * (len(SCORES) + 4)]
+    for row in results:
+        cells = " | ".join(f"{100 * row[s]:.1f}" for s in SCORES)
+        lines.append(f"| {row['method']} | {row['erased']} | {row['steps']} | {cells} | "
+                     f"{row['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def write(out: str, results: list[dict], extra: dict, quiet: bool = False) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "identities.json"), "w") as handle:
+        json.dump({"rows": results, **extra}, handle, indent=2)
+    text = table(results)
+    if extra.get("sampling_seconds"):
+        seconds = extra["sampling_seconds"]
+        text += f"\n\nsampling {extra['args']['timing_prompts']} prompts: " + ", ".join(
+            f"{name} {value:.2f} s ({value / seconds['base']:.3f}x base)"
+            for name, value in seconds.items())
+    with open(os.path.join(out, "identities.md"), "w") as handle:
+        handle.write(text + "\n")
+    if not quiet:
+        print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--steps", type=int, nargs="+", default=[0, 2000, 4000],
+                        help="training steps: the first for every count (0: the Trainer's "
+                             "proving-ground default), the others at the largest count")
+    parser.add_argument("--samples", type=int, default=50, help="per prompt set; kept gets 3x")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timing-prompts", type=int, default=64,
+                        help="prompts sampled to compare sampling time (fewest vs most erased)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                      "identities"))
+    args = parser.parse_args()
+    if not all(1 <= c <= 20 for c in args.counts):
+        parser.error("--counts must be between 1 and 20 (the erasable half of 40 identities)")
+    if min(args.samples, args.threads, args.timing_prompts) < 1 or min(args.steps) < 0:
+        parser.error("--samples, --threads and --timing-prompts must be at least 1, --steps at "
+                     "least 0")
+    import torch
+
+    from unhype.settings import FAMILY_DEFAULTS
+
+    args.steps = [s or FAMILY_DEFAULTS["proving-ground"]["steps"] for s in args.steps]
+    torch.set_num_threads(args.threads)
+    result = run(sorted(set(args.counts)), args.steps, args.samples, args.seed, args.out,
+                 args.timing_prompts)
+    write(args.out, result["rows"], {"args": vars(args),
+                                     "sampling_seconds": result["sampling_seconds"]})
+
+
+if __name__ == "__main__":
+    main()
