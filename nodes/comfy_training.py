@@ -80,12 +80,9 @@ def _embedding_source(width: int) -> str:
 @dataclass
 class Outcome:
     network: object
-    path: str
+    path: str  # empty in the processes other than 0 of a distributed run
     name: str
-    checkpoint_path: str
     history: list
-    seconds: float
-    resumed_from: str | None
     report: str
 
 
@@ -154,5 +151,4 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
         *plan.notes,
     ])
     log(report)
-    return Outcome(network, path, name, checkpoint_path, list(trainer.history), seconds,
-                   resume, report)
+    return Outcome(network, path, name, list(trainer.history), report)

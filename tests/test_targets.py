@@ -9,7 +9,7 @@ from torch import nn
 from unhype.hypernet import RowFactors
 from unhype.lora import row_lora
 from unhype.targets import (
-    PRESETS,
+    TARGET_PRESETS,
     Target,
     TargetMismatchError,
     resolve_targets,
@@ -175,8 +175,8 @@ def test_flux_v_slice_is_comfyuis_v():
 
 
 def test_preset_descriptions_and_unknown_preset():
-    assert {"sd-cross-kv", "sd-all-attn", "sdxl-cross-kv", "flux-value-out"} <= set(PRESETS)
-    assert all(p.description for p in PRESETS.values())
+    assert {"sd-cross-kv", "sd-all-attn", "sdxl-cross-kv", "flux-value-out"} <= set(TARGET_PRESETS)
+    assert all(p.description for p in TARGET_PRESETS.values())
     with pytest.raises(ValueError, match=r"unknown target preset 'sd-everything'.*sd-cross-kv"):
         targets_from_preset(sd_unet(), "sd-everything")
 

@@ -9,17 +9,22 @@ from unhype.prompts import DROP_ANCHOR, Concept, builtin_retain_prompts, fill
 from unhype.training import TrainConfig, Trainer, TrainingDivergedError
 
 TEMPLATES = ["a photo of {}", "{}", "a {} in a field"]
+# the toy runs' own knobs (the product's defaults live in unhype/settings.py)
+TOY = dict(concepts=[Concept("zebra", "")], templates=TEMPLATES, eta=1.0, removal_step=1e-4,
+           removal_weight=10.0, retain_weight=5.0, retain_batch=8, removal_draws=1,
+           lr_gamma=0.9, lr_every=3000, hide_concepts=False, learning_rate=3e-3,
+           checkpoint_every=10, xt_cache_size=4)
+
+
+def toy_config(**values) -> TrainConfig:
+    return TrainConfig(**{**TOY, "retain_prompts": builtin_retain_prompts()[:40], **values})
 
 
 def make_trainer(objective="trajectory", steps=40, seed=0, denoiser=None, group=None,
                  **overrides):
     denoiser = denoiser or ToyDenoiser()
     targets = unhype.targets_from_preset(denoiser.lora_root, "sd-cross-kv")
-    settings = dict(objective=objective, steps=steps, learning_rate=3e-3, seed=seed,
-                    log_every=10, checkpoint_every=10, xt_cache_size=4)
-    settings.update(overrides)
-    config = TrainConfig([Concept("zebra", "")], builtin_retain_prompts()[:40], TEMPLATES,
-                         **settings)
+    config = toy_config(objective=objective, steps=steps, seed=seed, **overrides)
     net_config = unhype.HyperNetConfig(embed_dim=16, rank=2, hidden=32, trajectory_length=20)
     info = unhype.NetworkInfo("proving-ground", "sd-cross-kv", title="toy")
     return Trainer(denoiser, net_config, targets, info, config, group)
@@ -257,4 +262,4 @@ def test_config_errors_are_clear():
     with pytest.raises(ValueError, match="objective"):
         make_trainer(objective="magic")
     with pytest.raises(ValueError, match="'{}'"):
-        TrainConfig([Concept("a", "")], [], ["no slot"])
+        toy_config(objective="trajectory", steps=1, seed=0, templates=["no slot"])

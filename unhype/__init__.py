@@ -13,7 +13,7 @@ _EXPORTS = {
     "hypernet": ("Factors", "HyperNetConfig", "HyperNetwork", "RowFactors", "lora_norm"),
     "lora": ("row_lora", "row_lora_delta"),
     "network": ("NetworkInfo", "UnHypeNetwork"),
-    "targets": ("PRESETS", "Target", "TargetMismatchError", "resolve_targets",
+    "targets": ("TARGET_PRESETS", "Target", "TargetMismatchError", "resolve_targets",
                 "targets_from_preset"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

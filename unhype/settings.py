@@ -21,7 +21,7 @@ from .prompts import (
     parse_concepts,
     parse_prompt_lines,
 )
-from .targets import PRESETS as TARGET_PRESETS
+from .targets import TARGET_PRESETS
 from .training import TrainConfig
 
 #: what every run uses unless a preset or family says otherwise

@@ -2,7 +2,9 @@
 
 A target names a Linear relative to the diffusion model (ComfyUI's `model.diffusion_model`) and,
 for fused projections such as Flux's `qkv`, the slice of its output the LoRA may touch.
-Presets are name patterns, so one preset covers every size of a family (SD1 and SD2 share one).
+Target presets are name patterns, so one covers every size of a family (SD1 and SD2 share one).
+"Target preset" always names one of these layer sets; a bare "preset" is the Trainer's training
+preset (unhype/settings.py).
 """
 
 import re
@@ -68,22 +70,22 @@ def _value_of_fused_single(linear: nn.Module) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class Preset:
+class TargetPreset:
     description: str
     rules: tuple[tuple[str, object], ...]
 
 
 _CROSS_KV = ((r"(^|\.)attn2\.to_[kv]$", _whole),)
-PRESETS: dict[str, Preset] = {
-    "sd-cross-kv": Preset(
+TARGET_PRESETS: dict[str, TargetPreset] = {
+    "sd-cross-kv": TargetPreset(
         "SD1.x/SD2 cross-attention key and value (the paper's choice)", _CROSS_KV
     ),
-    "sd-all-attn": Preset(
+    "sd-all-attn": TargetPreset(
         "SD1.x/SD2 every attention projection (q, k, v, out) in self- and cross-attention",
         ((r"(^|\.)attn[12]\.to_(q|k|v|out\.0)$", _whole),),
     ),
-    "sdxl-cross-kv": Preset("SDXL cross-attention key and value", _CROSS_KV),
-    "flux-value-out": Preset(
+    "sdxl-cross-kv": TargetPreset("SDXL cross-attention key and value", _CROSS_KV),
+    "flux-value-out": TargetPreset(
         "Flux value projections (v slice of fused qkv / linear1) and image attention output",
         (
             (r"^double_blocks\.\d+\.(img|txt)_attn\.qkv$", _value_third),
@@ -98,15 +100,17 @@ def _is_linear(module: nn.Module) -> bool:
     return hasattr(module, "in_features") and hasattr(module, "out_features")
 
 
-def targets_from_preset(model: nn.Module, preset: str) -> list[Target]:
-    """Every Linear of `model` the preset selects, in module order, with its shape."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown target preset {preset!r}; choose one of {sorted(PRESETS)}")
+def targets_from_preset(model: nn.Module, target_preset: str) -> list[Target]:
+    """Every Linear of `model` the target preset selects, in module order, with its shape."""
+    if target_preset not in TARGET_PRESETS:
+        raise ValueError(f"unknown target preset {target_preset!r}; choose one of "
+                         f"{sorted(TARGET_PRESETS)}")
+    chosen = TARGET_PRESETS[target_preset]
     targets = []
     for name, module in model.named_modules():
         if not _is_linear(module):
             continue
-        for pattern, slicer in PRESETS[preset].rules:
+        for pattern, slicer in chosen.rules:
             if re.search(pattern, name):
                 targets.append(
                     Target(name, module.in_features, module.out_features, slicer(module))
@@ -114,8 +118,8 @@ def targets_from_preset(model: nn.Module, preset: str) -> list[Target]:
                 break
     if not targets:
         raise ValueError(
-            f"target preset {preset!r} ({PRESETS[preset].description}) matches no Linear layer "
-            f"of this {type(model).__name__}: is it the right model family?"
+            f"target preset {target_preset!r} ({chosen.description}) matches no Linear layer of "
+            f"this {type(model).__name__}: is it the right model family?"
         )
     return targets
 

@@ -47,31 +47,33 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Defaults follow the authors' celebrity config (PAPER.md) where one exists."""
+    """What one run does. The values a user can set, and their defaults (the authors' configs,
+    PAPER.md), are declared once in unhype/settings.py, which builds this; the fields with a
+    default here are the trainer's own, not settings."""
 
     concepts: list[Concept]
     retain_prompts: list[str]
     templates: list[str]
-    objective: str = "trajectory"
-    steps: int = 4000
-    learning_rate: float = 1e-4  # removal Adam
+    objective: str
+    steps: int
+    learning_rate: float  # removal Adam
+    eta: float
+    removal_step: float  # lambda: the trajectory's gradient-step size
+    removal_weight: float  # w_rm, on the trajectory term
+    retain_weight: float  # w_rt
+    retain_batch: int
+    removal_draws: int  # (concept, x_t, s) samples per step, gradients averaged; split across
+    #                     the processes of a distributed run
+    xt_cache_size: int  # x_t samples kept per concept; 0 re-samples every step
+    lr_gamma: float
+    lr_every: int
+    seed: int
+    checkpoint_every: int
+    hide_concepts: bool
     retain_learning_rate: float | None = None  # retention Adam; None: learning_rate
-    eta: float = 1.0
-    removal_step: float = 1e-4  # lambda: the trajectory's gradient-step size
-    removal_weight: float = 10.0  # w_rm, on the trajectory term
-    retain_weight: float = 5.0  # w_rt
-    retain_batch: int = 8
     removal_batch: int = 1
-    removal_draws: int = 1  # (concept, x_t, s) samples per step, gradients averaged; split
-    #                         across the processes of a distributed run
-    xt_cache_size: int = 32  # x_t samples kept per concept; 0 re-samples every step
     grad_clip: float = 0.0  # 0: none, as the authors
-    lr_gamma: float = 0.9
-    lr_every: int = 3000  # one decay in a 4000-step run, as the authors' single milestone
-    seed: int = 0
-    checkpoint_every: int = 100
     log_every: int = 10
-    hide_concepts: bool = False
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
