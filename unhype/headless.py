@@ -19,7 +19,7 @@ import importlib.util
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import discovery
@@ -37,7 +37,6 @@ class HeadlessConfig:
     output: str | None = None  # folder of the final file
     checkpoint_dir: str | None = None  # folder of the training checkpoints
     device: str = "auto"  # auto / cpu / gpu
-    extra: dict = field(default_factory=dict)
 
 
 HEADLESS_FIELDS = {"model": str, "comfyui_path": str, "output": str, "checkpoint_dir": str,
@@ -129,10 +128,6 @@ def find_comfyui(configured: str | None = None) -> Path:
         raise ConfigError(f"{error}; or set comfyui_path in the config") from None
 
 
-def pack_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
 def import_pack(comfyui: Path, device: str = "auto"):
     """Put ComfyUI first on sys.path and import this pack as the package `comfyui_unhype`.
 
@@ -140,7 +135,7 @@ def import_pack(comfyui: Path, device: str = "auto"):
     directory under `python -m`) leaves sys.path. `--cpu` is chosen before ComfyUI's
     model_management is imported, which reads it once.
     """
-    root = str(pack_root())
+    root = str(discovery.PACK_ROOT)
     sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != root]
     sys.path.insert(0, str(comfyui))
     loaded = sys.modules.get("nodes")
