@@ -1,8 +1,8 @@
 """UnHype Erasure Check: original and UnHype images of the same prompts and seeds, judged offline.
 
-The judging is in the core (unhype/erasure_check.py). This node adds the judge folder
-`models/clip_judge` (CLIP weights for zero-shot judging; more folders with a `clip_judge:` entry
-in extra_model_paths.yaml) and keeps the last judges loaded.
+The judging is in the core (unhype/erasure_check.py). This node lists the CLIP weights for
+zero-shot judging in the judge folders (models/clip_judge, registered in nodes/folders.py; more
+with a `clip_judge:` entry in extra_model_paths.yaml) and keeps the last judges loaded.
 """
 
 import os
