@@ -1,7 +1,8 @@
 """One network for many concepts: the paper's celebrity protocol on the identities world.
 
-    python benchmarks/bench_identities.py [--counts 1 5 10 20] [--steps 1000 2000 4000]
+    python benchmarks/bench_identities.py [--counts 1 5 10 20] [--steps 0 2000 4000]
                                           [--samples 50] [--seed 0] [--out DIR]
+    python benchmarks/bench_identities.py --merge DIR_SEED0 DIR_SEED1 --out DIR
 
 For each number of erased identities N (the first N of the erasable half; the other half is kept
 and is the retain set), one UnHype network with the UnHype Trainer's proving-ground defaults
@@ -10,12 +11,14 @@ and one static ESD-x LoRA (rank 4) are trained for the first --steps (default: t
 must grow with concepts.
 Judged against the base model on the same prompts and noise (unhype/world/identities.py:
 identity_scores). Then sampling time with the largest-N network vs the 1-identity one.
-Writes identities.json and identities.md to --out and prints the table.
+Writes identities.json and identities.md to --out and prints the table; --merge puts runs
+with other seeds into one table (mean, min..max); its timing line is the first run's.
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -94,15 +97,25 @@ def sampling_cost(world, smallest, largest, count: int) -> dict:
 
 
 def table(results: list[dict]) -> str:
+    """One line per (method, erased, steps): the mean over seeds, (min..max) when several."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in results:
+        groups.setdefault((row["method"], row["erased"], row["steps"]), []).append(row)
     names = {"acc_erased": "acc erased", "acc_kept": "acc kept", "h_o": "H_o",
              "kept_vs_base": "kept vs base", "paraphrase_efficacy": "paraphrase",
              "looks_kept": "looks kept"}
-    lines = ["| method | erased | steps | " + " | ".join(names.get(s, s) for s in SCORES)
-             + " | train s |", "|" + "---|" * (len(SCORES) + 4)]
-    for row in results:
-        cells = " | ".join(f"{100 * row[s]:.1f}" for s in SCORES)
-        lines.append(f"| {row['method']} | {row['erased']} | {row['steps']} | {cells} | "
-                     f"{row['train_seconds']:.0f} |")
+    lines = ["| method | erased | steps | seeds | "
+             + " | ".join(names.get(s, s) for s in SCORES) + " | train s |",
+             "|" + "---|" * (len(SCORES) + 5)]
+    for (method, erased, steps), group in groups.items():
+        cells = []
+        for score in SCORES:
+            values = [100 * r[score] for r in group]
+            spread = f" ({min(values):.0f}..{max(values):.0f})" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.1f}{spread}")
+        seconds = statistics.mean(r["train_seconds"] for r in group)
+        lines.append(f"| {method} | {erased} | {steps} | {len(group)} | " + " | ".join(cells)
+                     + f" | {seconds:.0f} |")
     return "\n".join(lines)
 
 
@@ -135,7 +148,19 @@ def main() -> None:
                         help="prompts sampled to compare sampling time (fewest vs most erased)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                       "identities"))
+    parser.add_argument("--merge", nargs="+", metavar="DIR",
+                        help="merge the identities.json of earlier runs (seeds) into --out")
     args = parser.parse_args()
+    if args.merge:
+        runs = []
+        for folder in args.merge:
+            with open(os.path.join(folder, "identities.json")) as handle:
+                runs.append(json.load(handle))
+        timed = [run for run in runs if run.get("sampling_seconds")][:1]  # finished runs
+        write(args.out, [row for run in runs for row in run["rows"]],
+              {"merged": args.merge, **{k: timed[0][k] for k in ("args", "sampling_seconds")
+                                        if timed}})
+        return
     if not all(1 <= c <= 20 for c in args.counts):
         parser.error("--counts must be between 1 and 20 (the erasable half of 40 identities)")
     if min(args.samples, args.threads, args.timing_prompts) < 1 or min(args.steps) < 0:

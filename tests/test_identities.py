@@ -144,6 +144,11 @@ def test_benchmark_runs_end_to_end(tmp_path):
     assert set(result["sampling_seconds"]) == {"base", "fewest erased", "most erased"}
     table = (out / "identities.md").read_text()
     assert table.count("\n| UnHype |") == 3 and "sampling 2 prompts: base" in table
+    merged = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_identities.py"),
+                             "--merge", str(out), str(out), "--out", str(tmp_path / "merged")],
+                            capture_output=True, text=True, timeout=60)
+    assert merged.returncode == 0, merged.stderr
+    assert "| UnHype | 2 | 3 | 2 |" in (tmp_path / "merged" / "identities.md").read_text()
     bad = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_identities.py"),
                           "--counts", "21"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--counts must be between 1 and 20" in bad.stderr
