@@ -14,7 +14,7 @@ import folder_paths
 import torch
 
 from ..unhype.choices import PROVING_GROUND
-from ..unhype.headless import HeadlessConfig
+from ..unhype.headless_config import HeadlessConfig
 from ..unhype.loss_plot import plot_png
 from ..unhype.training import Progress
 from .comfy_training import Outcome, TrainingError, run_training

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from unhype.headless import ConfigError, TrainingSettings, find_comfyui, load_config, parse_config
+from unhype.headless import find_comfyui
+from unhype.headless_config import ConfigError, TrainingSettings, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workflows" / "train_config.example.toml"
 
