@@ -196,6 +196,9 @@ def train_unet(
 
 
 def _judged_samples(world, prompts: list[str], colours, shapes, seed: int) -> dict[str, float]:
+    """erasure.judge_accuracy of DDIM samples of the prompts, plus seconds per sample."""
+    from .erasure import judge_accuracy
+
     generator = torch.Generator().manual_seed(seed)
     start = time.time()
     images = torch.cat(
@@ -204,15 +207,9 @@ def _judged_samples(world, prompts: list[str], colours, shapes, seed: int) -> di
             for i in range(0, len(prompts), SAMPLE_BATCH)
         ]
     )
-    judge = world.judge
-    colour_ok, shape_ok = judge.clip_colour(images) == colours, judge.clip_shape(images) == shapes
-    return {
-        "seconds": (time.time() - start) / len(prompts),
-        "pixel": (judge.pixel_colour(images) == colours).float().mean().item(),
-        "clip": colour_ok.float().mean().item(),
-        "shape": shape_ok.float().mean().item(),
-        "both": (colour_ok & shape_ok).float().mean().item(),
-    }
+    seconds = (time.time() - start) / len(prompts)
+    return {"seconds": seconds,
+            **judge_accuracy(world, images, colours.tolist(), shapes.tolist())}
 
 
 def evaluate_samples(out: str, seed: int, samples: int, identities: bool = False) -> None:
@@ -231,7 +228,7 @@ def evaluate_samples(out: str, seed: int, samples: int, identities: bool = False
     _log(
         f"{samples} samples, {result['seconds']:.3f}s each: colour pixel judge "
         f"{result['pixel']:.3f}, CLIP judge {result['clip']:.3f}; shape CLIP judge "
-        f"{result['shape']:.3f}; both {result['both']:.3f}"
+        f"{result['shape']:.3f}; both {result['identity']:.3f}"
     )
     if not identities:
         return
@@ -241,9 +238,9 @@ def evaluate_samples(out: str, seed: int, samples: int, identities: bool = False
         prompts = [NAME_TEMPLATES[0].format(name=getattr(i, word)) for i in who]
         result = _judged_samples(world, prompts, colours, shapes, seed)
         _log(
-            f"{samples} samples by {word}: identity (CLIP colour and shape) {result['both']:.3f}; "
-            f"colour pixel {result['pixel']:.3f}, CLIP {result['clip']:.3f}; shape "
-            f"{result['shape']:.3f}"
+            f"{samples} samples by {word}: identity (CLIP colour and shape) "
+            f"{result['identity']:.3f}; colour pixel {result['pixel']:.3f}, "
+            f"CLIP {result['clip']:.3f}; shape {result['shape']:.3f}"
         )
 
 
