@@ -5,7 +5,7 @@ import torch
 
 import unhype
 from toy_denoiser import ToyDenoiser
-from unhype.prompts import DROP_ANCHOR, Concept, builtin_retain_prompts, fill
+from unhype.prompts import Concept, builtin_retain_prompts, fill, parse_concepts
 from unhype.training import TrainConfig, Trainer, TrainingDivergedError
 
 TEMPLATES = ["a photo of {}", "{}", "a {} in a field"]
@@ -34,7 +34,7 @@ def esd_loss_at(trainer, s):
     x_t = torch.randn(16, 8, generator=torch.Generator().manual_seed(123))
     t = torch.rand(16, generator=torch.Generator().manual_seed(321))
     prompt = "a photo of zebra"
-    target = trainer._esd_target(x_t, t, prompt, "")
+    target = trainer._esd_target(x_t, t, prompt, "a photo of")  # the anchor: zebra left out
     with torch.no_grad():
         factors = trainer.module(trainer._embed([prompt]), s)
         return float(trainer._esd_loss(factors, x_t, t, prompt, target))
@@ -166,24 +166,25 @@ def test_same_seed_same_network_other_seed_other_network():
 
 
 class ExplodingDenoiser(ToyDenoiser):
-    """Turns every prediction into NaN once `explode_after` predictions have been made."""
+    """Turns every prediction into NaN once `exploded` is set."""
 
-    def __init__(self, explode_after):
-        super().__init__()
-        self.calls, self.explode_after = 0, explode_after
+    exploded = False
 
     def predict(self, x_t, t, prompts):
-        self.calls += 1
         out = super().predict(x_t, t, prompts)
-        return out * float("nan") if self.calls > self.explode_after else out
+        return out * float("nan") if self.exploded else out
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     checkpoint = str(tmp_path / "run.ckpt.safetensors")
-    trainer = make_trainer(steps=50, denoiser=ExplodingDenoiser(explode_after=3 * 25),
-                           checkpoint_every=10)
+    denoiser = ExplodingDenoiser()
+    trainer = make_trainer(steps=50, denoiser=denoiser, checkpoint_every=10)
+
+    def explode_after_25(progress):
+        denoiser.exploded = progress.step >= 25
+
     with pytest.raises(TrainingDivergedError, match="non-finite"):
-        trainer.run(checkpoint)
+        trainer.run(checkpoint, explode_after_25)
     restored = make_trainer(steps=50)
     restored.load_checkpoint(checkpoint)
     assert restored.step == 20
@@ -249,13 +250,18 @@ def test_trained_file_has_full_metadata(tmp_path, hide):
     assert metadata["modelspec.architecture"] == "unhype-proving-ground/unhype"
 
 
-def test_drop_anchor_is_the_erase_prompt_without_the_concept():
-    assert fill("a photo of a {} circle", DROP_ANCHOR) == "a photo of a circle"
+def test_the_anchor_takes_the_concepts_place_in_the_same_prompt():
+    """Keep the rest: the anchor prompt is the erase prompt with the concept replaced by the
+    anchor word, or left out ("" and "concept -> -" alike)."""
+    assert fill("a photo of a {} circle", "") == "a photo of a circle"
+    assert parse_concepts("zebra -> -")[0].anchor == ""
     trainer = make_trainer(steps=1)
-    trainer.config.concepts = [Concept("zebra", DROP_ANCHOR)]
-    for _ in range(5):
-        _, _, _, prompt, anchor = trainer._draw_removal()
-        assert "zebra" in prompt and anchor == " ".join(prompt.replace("zebra", "").split())
+    for anchor_word in ("", "a horse"):
+        trainer.config.concepts = [Concept("zebra", anchor_word)]
+        for _ in range(5):
+            _, _, _, prompt, anchor = trainer._draw_removal()
+            assert "zebra" in prompt
+            assert anchor == " ".join(prompt.replace("zebra", anchor_word).split())
 
 
 def test_config_errors_are_clear():

@@ -108,10 +108,14 @@ def builtin_retain_prompts() -> list[str]:
     return prompts
 
 
+#: the anchor written "concept -> -": no anchor word, the erase prompt without the concept
+DROP_ANCHOR = "-"
+
+
 @dataclass(frozen=True)
 class Concept:
     name: str
-    anchor: str  # "" means plain ESD (empty prompt)
+    anchor: str  # put in the erase prompt's place of the concept; "": the concept left out
 
 
 def parse_concepts(text: str, default_anchor: str = "") -> list[Concept]:
@@ -127,7 +131,7 @@ def parse_concepts(text: str, default_anchor: str = "") -> list[Concept]:
             raise ValueError(f"line {number}: no concept before '->' in {line!r}")
         if not arrow:
             anchor = default_anchor
-        concepts.append(Concept(name, anchor))
+        concepts.append(Concept(name, "" if anchor == DROP_ANCHOR else anchor))
     if not concepts:
         raise ValueError("no concepts to erase: write one per line, e.g. 'tench -> fish'")
     names = [c.name.lower() for c in concepts]
@@ -141,14 +145,7 @@ def parse_prompt_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-#: anchor meaning "the same prompt without the concept" ("a red circle" -> "a circle")
-DROP_ANCHOR = "-"
-
-
 def fill(template: str, subject: str) -> str:
-    """Template with the subject; an empty subject gives the empty prompt, as ESD's anchor does;
-    DROP_ANCHOR gives the template with the slot left out."""
-    if not subject:
-        return ""
-    text = template.format("" if subject == DROP_ANCHOR else subject)
-    return re.sub(r"\s+", " ", text).strip()
+    """Template with the subject; an empty subject leaves the slot out, so an empty anchor is
+    the erase prompt without its concept ("a photo of a {} circle" -> "a photo of a circle")."""
+    return re.sub(r"\s+", " ", template.format(subject)).strip()

@@ -39,7 +39,8 @@ PRESETS = {
                          "eta": 2.0, "rank": 1, "hidden": 100, "steps": 4000,
                          "learning_rate": 1e-3, "retain_learning_rate": 1e-3,
                          "removal_weight": 10.0, "retain_weight": 0.1},
-    # your templates (generic ones when none are given), the empty anchor, the people schedule
+    # your templates (generic ones when none are given), the concept left out, the people
+    # schedule
     "custom": {"templates": GENERIC_TEMPLATES, "anchor": "", "eta": 1.0, "rank": 6,
                "steps": 4000, "learning_rate": 1e-4, "retain_learning_rate": 3e-4,
                "removal_weight": 10.0, "retain_weight": 5.0},
@@ -81,12 +82,16 @@ _DEFAULT = "0: the default (model family, then preset)."
 
 # Node inputs in this order (a saved UI workflow stores widget values by position: append only).
 SETTINGS = (
-    Setting("concepts", "", "One concept per line; 'concept -> anchor' maps it to an anchor "
-            "(e.g. 'tench -> fish'); 'concept -> -' anchors each prompt to itself without the "
-            "concept. Without an anchor the preset's is used.", multiline=True),
+    Setting("concepts", "", "One concept per line. Each training prompt is pushed towards "
+            "itself with the concept replaced by its anchor, so the rest of the picture stays "
+            "('a photo of X at the beach' -> 'a photo of a person at the beach'). 'concept -> "
+            "anchor' sets the anchor (e.g. 'tench -> fish'); 'concept -> -' leaves the concept "
+            "out ('a red circle' -> 'a circle'); without one the preset's anchor is used.",
+            multiline=True),
     Setting("preset", "objects", "Templates, anchor and schedule of one of the authors' runs: "
-            "objects (empty anchor, eta 0.3), people ('a person', eta 1), explicit content ('a "
-            "fully clothed person', eta 2, rank 1), custom (your templates).",
+            "objects (the concept left out, eta 0.3), people ('a person', eta 1), explicit "
+            "content ('a fully clothed person', eta 2, rank 1), custom (your templates, the "
+            "concept left out).",
             choices=tuple(PRESETS)),
     Setting("objective", "trajectory", "trajectory: the paper's, as its authors train it (ESD "
             "gradient at a random s + smoothness along s); direct: ESD loss at s=T (ablation).",

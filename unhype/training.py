@@ -25,7 +25,8 @@ from .fileformat import concepts_digest
 from .hypernet import Factors, HyperNetConfig, HyperNetwork, RowFactors, lora_norm
 from .lora import row_lora
 from .network import NetworkInfo, UnHypeNetwork
-from .prompts import DROP_ANCHOR, Concept, fill
+from .prompts import Concept, fill
+from .separation import Separation, SeparationCheck, split_templates
 from .targets import Target
 
 CHECKPOINT_KIND = "unhype-training-checkpoint"
@@ -98,6 +99,7 @@ class Progress:
     erase_activation: float | None = None
     retain_activation: float | None = None
     seconds: float = 0.0
+    separation: Separation | None = None  # at checkpoints and at the end
 
 
 @dataclass
@@ -107,6 +109,7 @@ class TrainResult:
     seconds: float = 0.0
     xt_samplings: int = 0
     xt_seconds: float = 0.0
+    separation: Separation | None = None
 
 
 def _mean_square(pairs) -> torch.Tensor:
@@ -151,6 +154,10 @@ class Trainer:
             name: torch.optim.lr_scheduler.StepLR(opt, config.lr_every, config.lr_gamma)
             for name, opt in self.optimizers.items()
         }
+        # templates held out of training for the separation check (unhype/separation.py)
+        self.templates, _ = split_templates(config.templates)
+        self._separation_check: SeparationCheck | None = None
+        self._separation: Separation | None = None
         self.xt_cache: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {}
         self.step = 0
         self.history: list[dict] = []
@@ -179,7 +186,7 @@ class Trainer:
         pool = self.xt_cache.setdefault(str(index), [])
         if self.config.xt_cache_size and len(pool) >= self.config.xt_cache_size:
             return pool[self._randint(len(pool))]
-        template = self.config.templates[self._randint(len(self.config.templates))]
+        template = self.templates[self._randint(len(self.templates))]
         started = time.perf_counter()
         with torch.no_grad():
             x_t, t = self.denoiser.sample_xt(fill(template, concept.name),
@@ -215,11 +222,10 @@ class Trainer:
         index = self._randint(len(self.config.concepts))
         concept = self.config.concepts[index]
         x_t, t, template = self._sample_xt(index)
-        anchor_template = self.config.templates[self._randint(len(self.config.templates))]
-        if concept.anchor == DROP_ANCHOR:  # the erase prompt itself, without the concept
-            anchor_template = template
+        # the anchor in the same template keeps the rest of the prompt ("a photo of X at the
+        # beach" -> "a photo of a person at the beach")
         return (index, x_t.to(self.device), t.to(self.device), fill(template, concept.name),
-                fill(anchor_template, concept.anchor))
+                fill(template, concept.anchor))
 
     def _draw_retention(self) -> tuple[list[str], torch.Tensor, int] | None:
         """(this process's retain prompts, their s, the batch size), or None without any."""
@@ -377,6 +383,14 @@ class Trainer:
     def activation(self, prompts: list[str]) -> torch.Tensor:
         return lora_norm(self.module(self._embed(prompts))).cpu()
 
+    def separation(self) -> Separation:
+        """The judge-free separation check at the current step (its probes drawn once)."""
+        if self._separation_check is None:
+            self._separation_check = SeparationCheck(self, self.config.seed)
+        if self._separation is None or self._separation.step != self.step:
+            self._separation = self._separation_check(self.step)
+        return self._separation
+
     def _probe_prompts(self) -> tuple[list[str], list[str]]:
         templates = self.config.templates[:4]
         erase = [fill(t, c.name) for c in self.config.concepts for t in templates]
@@ -466,12 +480,18 @@ class Trainer:
                     )
                     self._check_activation(max(record["erase_activation"],
                                                record["retain_activation"]))
+                separation = None
+                if self.step % self.config.checkpoint_every == 0 \
+                        or self.step == self.config.steps:
+                    separation = self.separation()
+                    record["separation"] = separation.to_dict()
                 if checkpoint_path and self.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_path)
                 if on_progress:
                     on_progress(Progress(
                         self.step, self.config.steps, losses, record.get("erase_activation"),
-                        record.get("retain_activation"), time.perf_counter() - started))
+                        record.get("retain_activation"), time.perf_counter() - started,
+                        separation))
         except TrainingDivergedError as error:
             kept = (f"the last good checkpoint is {checkpoint_path} (step {self.checkpoint_step})"
                     if checkpoint_path and self.checkpoint_step is not None
@@ -488,7 +508,7 @@ class Trainer:
             self.save_checkpoint(checkpoint_path)
         self.module.eval()
         return TrainResult(self.network(), self.history, time.perf_counter() - started,
-                           self.xt_samplings, self.xt_seconds)
+                           self.xt_samplings, self.xt_seconds, self.separation())
 
     def network(self) -> UnHypeNetwork:
         """The trained network with its training summary and activation reference."""
@@ -508,6 +528,7 @@ class Trainer:
             else {c.name: c.anchor for c in self.config.concepts},
             "concept_count": len(concepts),
             "concepts_sha256": concepts_digest(concepts),
+            "separation": self.separation().to_dict(),
             **({} if self.config.hide_concepts else {"concepts": concepts}),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -127,7 +127,7 @@ def train_unhype(world: World, task: ErasureTask, *, anchor: str = "", on_progre
     """An UnHype network for the world, with the UnHype Trainer's defaults for the proving-ground
     family (unhype/settings.py) unless `settings` (Trainer settings) say otherwise: the caption
     templates with main shape words, the other colours as retain prompts, `anchor` for every
-    colour ("": plain ESD; prompts.DROP_ANCHOR: the prompt without the colour)."""
+    colour in the erase prompt's place of it ("": the prompt without the colour)."""
     settings = TrainingSettings(
         concepts="\n".join(f"{colour} -> {anchor}" for colour in task.erase), preset="custom",
         templates="\n".join(task.training_templates()), builtin_retain=False,
