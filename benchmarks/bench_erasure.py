@@ -1,6 +1,6 @@
 """Erasure in the proving ground: UnHype objectives and variants against a static ESD-x LoRA.
 
-    python benchmarks/bench_erasure.py --seeds 0 1 2 [--samples 100] [--out benchmarks/results]
+    python benchmarks/bench_erasure.py --seeds 0 1 2 3 4 [--samples 100] [--out benchmarks/results]
 
 Every method is trained on the same world and judged on the same prompts and noise as the base
 model (paired), per seed; the table gives the mean over seeds and the spread (min..max). UnHype
@@ -28,15 +28,14 @@ def rows():
     """(label, erased colours, Trainer settings or None for static ESD-x) per table row."""
     unhype = [
         ("UnHype paper, trajectory (default)", {}),
-        ("UnHype paper, direct", {"objective": "direct"}),
         ("UnHype compact, trajectory", {"variant": "compact"}),
-        ("UnHype compact, direct", {"variant": "compact", "objective": "direct"}),
     ]
     return [
         ("static ESD-x LoRA (rank 4)", SINGLE, None),
         *[(label, SINGLE, settings) for label, settings in unhype],
+        ("UnHype paper, direct", SINGLE, {"objective": "direct"}),
         ("static ESD-x LoRA (rank 4)", THREE, None),
-        *[(label, THREE, settings) for label, settings in unhype[:2]],
+        *[(label, THREE, settings) for label, settings in unhype],
     ]
 
 
@@ -62,13 +61,16 @@ def run_seed(seed: int, samples: int, out: str) -> list[dict]:
             baselines[tuple(erase)] = accuracies(world, drawn, seed)
         before = baselines[tuple(erase)]
         started = time.perf_counter()
+        separation = None
         if settings is None:
             patch = train_static_esd(world, task, seed=seed).patch(world)
         else:
-            patch = unhype_patch(world, train_unhype(world, task, seed=seed, **settings)[0])
+            network, _ = train_unhype(world, task, seed=seed, **settings)
+            patch, separation = unhype_patch(world, network), network.info.training["separation"]
         seconds = time.perf_counter() - started
         after = accuracies(world, drawn, seed, patch)
         row = {"method": label, "erase": erase, "seed": seed, "train_seconds": round(seconds, 1),
+               "separation": separation,
                **{judge: scores(before, after, judge) for judge in JUDGES},
                "accuracy_before": before, "accuracy_after": after}
         results.append(row)
@@ -85,8 +87,8 @@ def table(results: list[dict]) -> str:
         groups.setdefault((row["method"], tuple(row["erase"])), []).append(row)
     names = {"paraphrase_efficacy": "paraphrase", "h_o": "H_o", "shape_kept": "shape kept"}
     lines = ["| method | erased | judge | seeds | "
-             + " | ".join(names.get(s, s) for s in SCORES) + " | train s |",
-             "|" + "---|" * (len(SCORES) + 5)]
+             + " | ".join(names.get(s, s) for s in SCORES) + " | separated | train s |",
+             "|" + "---|" * (len(SCORES) + 6)]
     for (method, erase), group in groups.items():
         for judge in JUDGES:
             cells = []
@@ -98,8 +100,10 @@ def table(results: list[dict]) -> str:
                 spread = f" ({min(values):.0f}..{max(values):.0f})" if len(values) > 1 else ""
                 cells.append(f"{statistics.mean(values):.1f}{spread}")
             seconds = statistics.mean(r["train_seconds"] for r in group)
+            checked = [r["separation"]["separated"] for r in group if r.get("separation")]
+            verdict = f"{sum(checked)}/{len(checked)}" if checked and judge == JUDGES[0] else ""
             lines.append(f"| {method} | {', '.join(erase)} | {judge} | {len(group)} | "
-                         + " | ".join(cells) + f" | {seconds:.0f} |")
+                         + " | ".join(cells) + f" | {verdict} | {seconds:.0f} |")
     return "\n".join(lines)
 
 
@@ -116,7 +120,7 @@ def write(out: str, results: list[dict], args: dict, quiet: bool = False) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--samples", type=int, default=60, help="per erased set; others get 3x")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest for the tiny models)")

@@ -9,6 +9,7 @@ checkpoints go to `unhype_checkpoints` (nodes/folders.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -75,6 +76,14 @@ def _embedding_source(width: int) -> str:
     return {768: "CLIP-L pooled (final-layer-normed end-of-text state)",
             1024: "OpenCLIP-H pooled (projected)",
             1280: "CLIP-G pooled (projected)"}.get(width, f"pooled CLIP embedding ({width}-d)")
+
+
+def not_separated(separation) -> str:
+    """The warning for a run whose network does not tell erase prompts apart (it may erase
+    nothing): ends the report, and is logged as a warning."""
+    line = f"WARNING: this network did not separate, it may not erase: {separation.advice()}"
+    logging.warning("UnHype Trainer: %s", line)
+    return line
 
 
 @dataclass
@@ -148,6 +157,8 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
         f"final losses: removal {last.get('removal', float('nan')):.4g}, retention "
         f"{last.get('retention', float('nan')):.4g}, esd {last.get('esd', float('nan')):.4g}",
         f"checkpoint {os.path.basename(checkpoint_path)}",
+        result.separation.summary(),
+        *([] if result.separation.separated else [not_separated(result.separation)]),
         *plan.notes,
     ])
     log(report)

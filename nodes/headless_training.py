@@ -56,6 +56,8 @@ def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
             extra = f", activation erase {p.erase_activation:.3g} / retain " \
                     f"{p.retain_activation:.3g}"
         log(f"step {p.step}/{p.steps}: {losses}{extra} ({rate:.2f} steps/s)")
+        if p.separation is not None:
+            log(p.separation.summary())
 
     outcome = run_training(model, clip, settings, output_dir=config.output,
                            checkpoint_dir=config.checkpoint_dir, on_progress=progress, log=log,

@@ -104,7 +104,10 @@ class UnHypeTrainer(io.ComfyNode):
             _send(EVENT, {
                 "node": unique_id, "step": progress.step, "steps": progress.steps,
                 "losses": progress.losses, "erase_activation": progress.erase_activation,
-                "retain_activation": progress.retain_activation, "seconds": progress.seconds})
+                "retain_activation": progress.retain_activation, "seconds": progress.seconds,
+                "separation": progress.separation and progress.separation.to_dict()})
+            if progress.separation is not None:
+                logging.info("UnHype Trainer: %s", progress.separation.summary())
             # Cancel: raises InterruptProcessingException; the trainer checkpoints first.
             comfy.model_management.throw_exception_if_processing_interrupted()
 

@@ -269,3 +269,28 @@ def test_config_errors_are_clear():
         make_trainer(objective="magic")
     with pytest.raises(ValueError, match="'{}'"):
         toy_config(objective="trajectory", steps=1, seed=0, templates=["no slot"])
+
+
+def test_separation_check_flags_a_network_that_learned_nothing():
+    """One step of training: no trigger and no effect on the ESD loss, so the run is flagged and
+    told what to change; the check's probes leave the training's random stream alone."""
+    trainer = make_trainer(steps=1)
+    untouched = make_trainer(steps=1)
+    result = trainer.run()
+    separation = result.separation
+    assert not separation.separated
+    assert separation.residual == pytest.approx(1.0, abs=0.05)
+    assert "steps" in separation.advice()
+    assert result.network.info.training["separation"]["separated"] is False
+    untouched.run()
+    for a, b in zip(trainer.module.parameters(), untouched.module.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_held_out_templates_are_not_trained_on():
+    from unhype.separation import HELD_OUT_EVERY, split_templates
+
+    templates = [f"t{i} {{}}" for i in range(2 * HELD_OUT_EVERY)]
+    trained, held = split_templates(templates)
+    assert held and not set(trained) & set(held) and sorted(trained + held) == sorted(templates)
+    assert split_templates(templates[:3]) == (templates[:3], templates[:3])

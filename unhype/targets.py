@@ -80,6 +80,10 @@ TARGET_PRESETS: dict[str, TargetPreset] = {
     "sd-cross-kv": TargetPreset(
         "SD1.x/SD2 cross-attention key and value (the paper's choice)", _CROSS_KV
     ),
+    "sd-cross-v": TargetPreset(
+        "SD1.x/SD2/SDXL cross-attention value only: the attention maps, and so the layout, stay "
+        "the base model's", ((r"(^|\.)attn2\.to_v$", _whole),)
+    ),
     "sd-all-attn": TargetPreset(
         "SD1.x/SD2 every attention projection (q, k, v, out) in self- and cross-attention",
         ((r"(^|\.)attn[12]\.to_(q|k|v|out\.0)$", _whole),),

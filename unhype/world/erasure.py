@@ -135,8 +135,9 @@ def train_unhype(world: World, task: ErasureTask, *, anchor: str = "", on_progre
     embed_dim = world.clip.model.ln_final.normalized_shape[0]
     net_config, config = build_configs(settings, FAMILY, task.retain_prompts(), embed_dim)
     config.log_every = 25
-    targets = targets_from_preset(world.unet, "sd-cross-kv")
-    info = NetworkInfo(FAMILY, "sd-cross-kv", embedding_source="proving-ground tiny CLIP",
+    preset = "sd-cross-kv" if settings.target_preset == "auto" else settings.target_preset
+    targets = targets_from_preset(world.unet, preset)
+    info = NetworkInfo(FAMILY, preset, embedding_source="proving-ground tiny CLIP",
                        title=f"proving ground: erase {', '.join(task.erase)}")
     trainer = Trainer(world.denoiser, net_config, targets, info, config)
     result = trainer.run(on_progress=on_progress)
