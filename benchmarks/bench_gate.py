@@ -8,8 +8,9 @@ with --builtin-retain the built-in retain list is kept too, as the UnHype Traine
 default; --network loads a saved one instead), then prints
 - the gate's threshold and the LoRA norms of each prompt set (min, median, max);
 - identical: the share of images bit-identical to the base model's at the same seed, for every
-  kept prompt of the world (ErasureTask.prompt_sets()['others']) and for the built-in retain list
-  through the world's tiny CLIP;
+  kept prompt of the world (ErasureTask.prompt_sets()['others']), the built-in retain list
+  through the world's tiny CLIP, 120 kept prompts in wordings no training saw and the shape-only
+  prompts;
 - scores (tiny CLIP judge, paired with the base model) of the same network with and without its
   gate on draw_prompts' sets, and the gate's cost in points.
 """
@@ -17,9 +18,24 @@ default; --network loads a saved one instead), then prints
 import argparse
 import json
 import os
+import random
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def unseen_kept_wordings(task) -> list[str]:
+    """Kept colours in wordings no training saw: their synonyms, paraphrase templates, shape
+    synonyms."""
+    from unhype.world.vocabulary import COLOURS, PARAPHRASES, SHAPES, TEMPLATES
+
+    kept = [c for c in COLOURS if c.word in task.kept]
+    return ([t.format(colour=w, shape=s.word) for c in kept for w in c.synonyms
+             for t in TEMPLATES for s in SHAPES]
+            + [t.format(colour=c.word, shape=s.word) for c in kept for t in PARAPHRASES
+               for s in SHAPES]
+            + [t.format(colour=c.word, shape=w) for c in kept for s in SHAPES
+               for w in s.synonyms for t in TEMPLATES])
 
 
 def main() -> None:
@@ -50,6 +66,7 @@ def main() -> None:
         train_unhype,
         unhype_patch,
     )
+    from unhype.world.vocabulary import SHAPE_ONLY_TEMPLATES, SHAPES
 
     world, task = load_world(), ErasureTask(["red"])
     if args.network:
@@ -64,6 +81,9 @@ def main() -> None:
                             network.module)
     sets = {name: [p for p, _, _ in items] for name, items in task.prompt_sets().items()}
     sets["builtin retain"] = builtin_retain_prompts()
+    sets["kept, unseen wordings"] = unseen_kept_wordings(task)
+    sets["shape only"] = [t.format(shape=w) for s in SHAPES for w in s.words
+                          for t in SHAPE_ONLY_TEMPLATES]
     result = {"gate_threshold": network.info.gate_threshold,
               "activation_reference": network.info.activation_reference, "norms": {}}
     for name, prompts in sets.items():
@@ -73,7 +93,9 @@ def main() -> None:
                                  for v in (norms.min(), norms.median(), norms.max())]
 
     result["identical"] = {}
-    for name in ("others", "builtin retain"):
+    sets["kept, unseen wordings"] = random.Random(args.seed).sample(sets["kept, unseen wordings"],
+                                                                    120)
+    for name in ("others", "builtin retain", "kept, unseen wordings", "shape only"):
         before = generate(world, sets[name], args.seed)
         after = generate(world, sets[name], args.seed, unhype_patch(world, network))
         result["identical"][name] = round(identical_share(before, after), 4)

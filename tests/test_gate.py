@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unhype.factors import FactorCache
-from unhype.gate import CEILING, choose_threshold, triggers
+from unhype.gate import ERASE_SIDE, choose_threshold, triggers
 from unhype.hypernet import HyperNetConfig, lora_norm
 from unhype.network import NetworkInfo, UnHypeNetwork
 from unhype.targets import targets_from_preset
@@ -25,10 +25,10 @@ def test_threshold_is_halfway_between_retain_and_erase_on_a_log_scale():
 
 
 def test_threshold_stays_under_the_weakest_erase_prompt_when_retain_overlaps():
-    """Retain prompts as strong as erase ones: the gate cuts only what is too weak to erase."""
+    """Retain prompts as strong as erase ones: every erase prompt keeps its LoRA."""
     erase, retain = torch.tensor([40.0, 100.0]), torch.tensor([0.01, 50.0])
     threshold = choose_threshold(erase, retain)
-    assert threshold == pytest.approx(CEILING * 40.0)
+    assert threshold == pytest.approx(ERASE_SIDE * 40.0)
     assert triggers(erase, threshold).all()
     assert triggers(retain, threshold).tolist() == [False, True]
 
