@@ -129,7 +129,7 @@ def main():
     state = variants["unhype-1"][0].get_wrappers(
         ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "unhype")[0]
     emb = variants["unhype-1"][1][0][1]["model_conds"]["unhype_embedding"].cond
-    factors = state.cache.stacked(emb[:, 1:], torch.device("cpu"), torch.float32)
+    _, factors = state.cache.select(emb[:, 1:], torch.device("cpu"), torch.float32)
     context = torch.randn(2, 77, 768)
     modules = [dm.get_submodule(t.name) for t in targets]
 

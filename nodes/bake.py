@@ -60,6 +60,15 @@ def read_prompt(network, conditioning) -> tuple[torch.Tensor, torch.Tensor]:
     return embedding, tokens
 
 
+GATED = ("the prompt does not trigger the network: Apply Dynamic LoRA leaves it untouched, so "
+         "the baked LoRA is all zeros and changes nothing")
+
+
+def readout(network, embedding) -> tuple[float, bool]:
+    activation, triggered = network.readout(embedding)
+    return float(activation[0]), bool(triggered[0])
+
+
 def cap_lines(network, layers, strength: float) -> list[str]:
     """What the norm cap does for this prompt, and where the baked file differs from it."""
     cap = network.config.norm_cap
@@ -140,10 +149,10 @@ class UnHypeBakeLoRA(io.ComfyNode):
             f"from {unhype.info.title} [{unhype.info.base_arch}, {unhype.info.target_preset}], "
             f"{len(baked.layers)} layers, rank {baked.rank}, strength {strength:g}, "
             f"{key_format} keys",
-            f"prompt: {describe(float(unhype.activation(embedding)[0]), unhype)}"
+            f"prompt: {describe(readout(unhype, embedding), unhype)}"
             + (" (its text is stored as a SHA-256: the network hides its concepts)"
                if hidden else ""),
-            *cap_lines(unhype, baked.layers, strength),
+            *([GATED] if baked.gated else cap_lines(unhype, baked.layers, strength)),
             "Load with LoraLoaderModelOnly at strength 1: it applies to every prompt, the "
             "negative too, unlike Apply Dynamic LoRA.",
         ])

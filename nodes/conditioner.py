@@ -70,15 +70,19 @@ def entry_parts(node: str, network, cond, pooled, index: int) -> list[Part]:
     return parts
 
 
-def strongest(network, entries: list[list[Part]]) -> list[tuple[int, list[float | None]]]:
-    """For each entry, the index of its most strongly triggering part and every part's
-    activation (None for a part not seen), from one pass of the network."""
+Readout = tuple[float, bool]  # (activation, passes the gate), from UnHypeNetwork.readout
+
+
+def strongest(network, entries: list[list[Part]]) -> list[tuple[int, list[Readout | None]]]:
+    """For each entry, the index of its most strongly triggering part and every part's readout
+    (None for a part not seen), from one pass of the network."""
     seen = [p.pooled for parts in entries for p in parts if p.pooled is not None]
-    values = iter(network.activation(torch.cat(seen)).tolist() if seen else [])
+    activation, triggered = network.readout(torch.cat(seen)) if seen else (torch.zeros(0),) * 2
+    values = iter(zip(activation.tolist(), triggered.tolist()))
     out = []
     for parts in entries:
         scores = [next(values) if p.pooled is not None else None for p in parts]
-        best = max((i for i, v in enumerate(scores) if v is not None), key=lambda i: scores[i])
+        best = max((i for i, v in enumerate(scores) if v is not None), key=lambda i: scores[i][0])
         out.append((best, scores))
     return out
 
@@ -94,15 +98,31 @@ def with_embedding(entry: list, pooled: torch.Tensor) -> list:
     return [entry[0], options]
 
 
-def describe(value: float, network) -> str:
+UNTOUCHED = "untouched: identical to the base model"
+
+
+def describe(readout: Readout, network) -> str:
+    value, triggered = readout
     if network.info.activation_reference:
-        return f"activation {value:.2f}"
-    return f"raw LoRA norm {value:.3g} (the network has no activation reference)"
+        level = f"activation {value:.2f}"
+    else:
+        level = f"raw LoRA norm {value:.3g} (the network has no activation reference)"
+    if network.info.gate_threshold is None:
+        return level
+    return f"{level}, {'gets a LoRA' if triggered else UNTOUCHED}"
 
 
 def header(network) -> str:
     info = network.info
-    return f"{info.title} [{info.base_arch}, {info.target_preset}]"
+    if info.gate_threshold is None:
+        gate = ("no gate: every prompt gets its LoRA, however weak (a network saved before "
+                "UnHype had the gate: retrain it to get one)")
+    elif info.activation_reference:
+        gate = (f"prompts at activation {info.gate_threshold / info.activation_reference:.2g} "
+                "or under get no LoRA")
+    else:
+        gate = f"prompts at raw LoRA norm {info.gate_threshold:.3g} or under get no LoRA"
+    return f"{info.title} [{info.base_arch}, {info.target_preset}]; {gate}"
 
 
 def entry_lines(label: str, network, parts: list[Part], best: int, scores) -> list[str]:

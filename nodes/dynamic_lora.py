@@ -4,8 +4,10 @@ The Conditioner packs each conditioning entry's pooled embedding (nodes/wire.py)
 conditioning's `model_conds`. ComfyUI repeats it to the entry's rows, concatenates it row-aligned
 with x when it batches conds (positive and negative together) and hands it to APPLY_MODEL
 wrappers as a keyword argument. The wrapper turns each distinct embedding into LoRA factors
-once (LRU cache), selects the rows that get a LoRA and runs the model inside `row_lora`, whose
-forward hooks are removed when the call returns or raises. Nothing here imports ComfyUI.
+once (LRU cache), selects the rows that get a LoRA (the mode's rows whose prompt passes the
+network's gate, unhype/gate.py) and runs the model inside `row_lora`, whose forward hooks are
+removed when the call returns or raises; with no such row it adds no hook at all. Nothing here
+imports ComfyUI.
 """
 
 import torch
@@ -120,13 +122,15 @@ class DynamicLoRA:
                 f"UnHype: {embedding.shape[0]} embedding rows for a batch of {x.shape[0]} rows"
             )
         rows = select_rows(embedding, self.mode, transformer_options)
+        base_model = executor.class_obj
+        if rows.numel():
+            dtype = base_model.get_dtype_inference() \
+                if hasattr(base_model, "get_dtype_inference") else x.dtype
+            kept, factors = self.cache.select(embedding[rows.to(embedding.device), 1:],
+                                              x.device, dtype)
+            rows = rows[kept]  # the gate: rows whose prompt does not trigger get no LoRA at all
         if rows.numel() == 0:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        base_model = executor.class_obj
-        root = base_model.diffusion_model
-        dtype = base_model.get_dtype_inference() if hasattr(base_model, "get_dtype_inference") \
-            else x.dtype
-        factors = self.cache.stacked(embedding[rows.to(embedding.device), 1:], x.device, dtype)
-        with row_lora(root, self.network.targets, factors, rows=rows,
+        with row_lora(base_model.diffusion_model, self.network.targets, factors, rows=rows,
                       scale=self.strength, norm_cap=config.norm_cap):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

@@ -201,3 +201,31 @@ def test_a_concat_after_the_conditioner_is_read_as_sampling_reads_it(tiny_sd1_mo
         source = json.loads(handle.metadata()["unhype.baked_from"])
     bake_core = sys.modules[host()[1].__name__ + ".unhype.bake"]
     assert source["embedding_sha256"] == bake_core.tensor_sha256(pooled[strong:strong + 1])
+
+
+def test_a_gated_prompt_bakes_to_a_lora_that_changes_nothing(tiny_sd1_model, loras):
+    """Apply Dynamic LoRA gives a prompt under the gate no LoRA: its baked file is all zeros."""
+    network = make_network(tiny_sd1_model.model.diffusion_model, embed_dim=64, seed=10)
+    cond, negative = ch.make_cond(64, seed=11), ch.make_cond(64, seed=12)
+    core = host()[2]
+    norm = float(core.lora_norm(network.factors(cond[0][1]["pooled_output"]))[0])
+    network.info.gate_threshold = 2 * norm
+    positive = condition(network, cond)
+    name, report = bake(network, positive)
+    assert "untouched: identical to the base model" in report and "all zeros" in report, report
+    with safe_open(str(loras / name), "pt") as handle:
+        ups = [handle.get_tensor(k) for k in handle.keys() if k.endswith("lora_up.weight")]
+        meta = handle.metadata()
+    assert len(ups) == len(network.targets) and all(not up.any() for up in ups)
+    assert json.loads(meta["unhype.baked_from"])["gated"] is True
+    base = sample(tiny_sd1_model, positive, negative, 4, cfg=5.0)
+    assert torch.equal(sample(with_lora(tiny_sd1_model, name), positive, negative, 4, cfg=5.0),
+                       base)
+    assert torch.equal(sample(dynamic(tiny_sd1_model, network), positive, negative, 4, cfg=5.0),
+                       base)
+    network.info.gate_threshold = norm / 2  # over the gate: an ordinary, non-zero bake
+    name, report = bake(network, positive)
+    with safe_open(str(loras / name), "pt") as handle:
+        assert any(handle.get_tensor(k).any() for k in handle.keys()
+                   if k.endswith("lora_up.weight"))
+    assert "gets a LoRA" in report and "all zeros" not in report

@@ -22,8 +22,9 @@ def test_short_demo_erases_red_and_keeps_other_colours(tmp_path):
     assert after["others"]["pixel"] >= before["others"]["pixel"] - 0.05, (before, after)
 
     written = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("efficacy", "specificity", "generality", "h_o", "seconds"):
+    for key in ("efficacy", "specificity", "generality", "h_o", "kept_identical", "seconds"):
         assert key in written
+    assert written["kept_identical"] >= 0.99, written  # the gate: kept prompts give the base image
     grid = Image.open(tmp_path / "grid.png")
     assert grid.width > 600 and grid.height > 500
     network = load_unhype(str(tmp_path / "erase-red.safetensors"))

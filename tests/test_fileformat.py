@@ -1,5 +1,6 @@
 """The .safetensors UnHype file: exact round trip, metadata, and a clear error for each bad file."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -45,6 +46,7 @@ def make_network(variant: str, seed: int = 0) -> UnHypeNetwork:
     info = NetworkInfo(
         base_arch="sd1", target_preset="sd-cross-kv", title="Test network",
         description="erases two things", training=TRAINING, activation_reference=3.25,
+        gate_threshold=0.125,
     )
     network = UnHypeNetwork(config, TARGETS, info)
     with torch.no_grad():  # random everywhere, so the round trip is not trivially zeros
@@ -96,6 +98,7 @@ def test_round_trip_is_exact(saved):
     assert loaded.targets == network.targets
     assert loaded.info == network.info
     assert loaded.info.training == TRAINING and loaded.info.activation_reference == 3.25
+    assert loaded.info.gate_threshold == 0.125
     assert not any(p.requires_grad for p in loaded.module.parameters())
     assert not loaded.module.training
     embeddings = torch.randn(3, 12)
@@ -227,6 +230,14 @@ def test_broken_metadata_json(saved, tmp_path, key):
     assert f"metadata key {key!r} is not valid JSON" in message
 
 
+def test_file_saved_before_the_gate_loads_without_one(saved, tmp_path):
+    path, network = saved
+    older = load_unhype(rewrite(path, str(tmp_path / "older.safetensors"),
+                                {"unhype.gate_threshold": None}))
+    assert older.info.gate_threshold is None
+    assert older.info == dataclasses.replace(network.info, gate_threshold=None)
+
+
 @pytest.mark.parametrize("key", ["unhype.config", "unhype.targets", "unhype.embedding"])
 def test_missing_metadata_key(saved, tmp_path, key):
     path, _ = saved
@@ -253,6 +264,9 @@ def test_invalid_metadata_values(saved, tmp_path):
         ("unhype.embedding", "5", "unhype.embedding must be a JSON object"),
         ("unhype.training", "[1]", "unhype.training must be a JSON object"),
         ("unhype.activation_reference", '"high"', "could not convert"),
+        ("unhype.gate_threshold", '"high"', "must be a number >= 0 or null"),
+        ("unhype.gate_threshold", "-1", "must be a number >= 0 or null"),
+        ("unhype.gate_threshold", "NaN", "must be a number >= 0 or null"),
     ]
     for key, value, expected in cases:
         bad = rewrite(path, str(tmp_path / "bad.safetensors"), {key: value})

@@ -475,14 +475,14 @@ def test_factor_cache_is_bounded_in_bytes(network):
 
     cpu = torch.device("cpu")
     probe = FactorCache(network)
-    probe.stacked(torch.randn(1, D), cpu, torch.float32)
+    probe.select(torch.randn(1, D), cpu, torch.float32)
     one = probe._factor_bytes
     cache = FactorCache(network, cache_bytes=2 * one)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
-        cache.stacked(torch.randn(1, D, generator=gen), cpu, torch.float32)
+        cache.select(torch.randn(1, D, generator=gen), cpu, torch.float32)
     assert len(cache._factors) == 2 and cache._factor_bytes == 2 * one
     assert cache.hypernet_calls == 5
-    cache.stacked(torch.randn(3, D, generator=gen), cpu, torch.float32)
+    cache.select(torch.randn(3, D, generator=gen), cpu, torch.float32)
     assert len(cache._factors) == 3 and cache.hypernet_calls == 6
     assert all(f.down.device == cpu for entry in cache._factors.values() for f in entry.values())

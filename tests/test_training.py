@@ -5,7 +5,12 @@ import torch
 
 import unhype
 from toy_denoiser import ToyDenoiser
+<<<<<<< HEAD
 from unhype.prompts import Concept, builtin_retain_prompts, fill, parse_concepts
+=======
+from unhype.gate import choose_threshold, triggers
+from unhype.prompts import DROP_ANCHOR, Concept, builtin_retain_prompts, fill
+>>>>>>> gate
 from unhype.training import TrainConfig, Trainer, TrainingDivergedError
 
 TEMPLATES = ["a photo of {}", "{}", "a {} in a field"]
@@ -246,6 +251,10 @@ def test_trained_file_has_full_metadata(tmp_path, hide):
     assert training["concepts_sha256"] == unhype.fileformat.concepts_digest(["zebra"])
     assert ("concepts" in training) is not hide
     assert loaded.info.activation_reference and loaded.info.activation_reference > 0
+    erase = trainer.activation([fill(t, "zebra") for t in TEMPLATES])
+    retain = trainer.activation(builtin_retain_prompts()[:40])
+    assert loaded.info.gate_threshold == pytest.approx(choose_threshold(erase, retain))
+    assert triggers(erase, loaded.info.gate_threshold).all()  # no erase prompt is gated
     metadata, _ = unhype.read_header(path)
     assert metadata["modelspec.architecture"] == "unhype-proving-ground/unhype"
 

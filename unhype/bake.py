@@ -8,6 +8,9 @@ whose input is the conditioning tensor) get exactly the dynamic path's gain. Lay
 is the image (self-attention, Flux) change with the latent and the step: their cap is not baked,
 and the baked LoRA equals the dynamic one wherever the cap does not bind there.
 
+A prompt that does not pass the network's gate (unhype/gate.py) gets no LoRA from Apply Dynamic
+LoRA, so it bakes to a LoRA whose up matrices are all zero: loading it changes nothing.
+
 Fused Flux targets (the v slice of `qkv` / `linear1`) are written as a LoRA of the whole fused
 weight whose up rows outside the slice are zero, so every loader that reads plain keys applies
 it, and exactly to the slice.
@@ -23,6 +26,8 @@ import torch
 
 from .fileformat import IMPLEMENTATION_URL
 from .files import save_atomically
+from .gate import triggers
+from .hypernet import RowFactors, lora_norm
 from .lora import row_lora_delta
 from .network import BASE_ARCHITECTURES, UnHypeNetwork
 
@@ -51,6 +56,8 @@ class BakedLoRA:
     layers: list[BakedLayer]
     rank: int
     embedding_sha256: str
+    #: the prompt does not pass the network's gate (unhype/gate.py): every up is zero
+    gated: bool = False
 
 
 def lora_key(module: str, key_format: str) -> str:
@@ -75,6 +82,9 @@ def bake_lora(network: UnHypeNetwork, embedding: torch.Tensor, context: torch.Te
     """
     embedding = embedding.detach().reshape(1, -1).float()
     factors = network.factors(embedding)
+    gated = not bool(triggers(lora_norm(factors), network.info.gate_threshold)[0])
+    if gated:  # Apply Dynamic LoRA gives this prompt no LoRA: bake exactly that, a zero one
+        factors = {n: RowFactors(f.down, torch.zeros_like(f.up)) for n, f in factors.items()}
     cap = network.config.norm_cap
     context = context.detach().reshape(1, -1, context.shape[-1]).float()
     tensors, layers, rank = {}, [], network.config.rank
@@ -104,7 +114,7 @@ def bake_lora(network: UnHypeNetwork, embedding: torch.Tensor, context: torch.Te
         tensors[f"{key}.lora_down.weight"] = f.down[0].to("cpu", torch.float32).contiguous()
         tensors[f"{key}.alpha"] = torch.tensor(float(rank))
         layers.append(layer)
-    return BakedLoRA(tensors, layers, rank, tensor_sha256(embedding))
+    return BakedLoRA(tensors, layers, rank, tensor_sha256(embedding), gated)
 
 
 def hides_concepts(network: UnHypeNetwork) -> bool:
@@ -147,6 +157,7 @@ def lora_metadata(network: UnHypeNetwork, baked: BakedLoRA, prompt: str, strengt
             "network": info.title, "base_arch": info.base_arch,
             "target_preset": info.target_preset, **source, **record,
             "embedding_sha256": baked.embedding_sha256, "strength": strength,
+            "gated": baked.gated,
             "norm_cap": network.config.norm_cap, "cap_baked_layers": len(baked_cap),
             "cap_not_baked_layers": sum(layer.cap == "image" for layer in baked.layers),
         }),

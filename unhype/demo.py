@@ -3,8 +3,8 @@
 Trains with the UnHype Trainer's defaults for the proving ground (unhype/settings.py), then
 writes to the output folder: `grid.png` (the same prompts and noise before and after, erased
 prompts next to untouched ones, with a caption), `metrics.json` (efficacy, specificity,
-generality, h_o, seconds and the raw accuracies) and the trained network as an UnHype
-`.safetensors` file: a proving-ground network, which no real model can use.
+generality, h_o, kept_identical, seconds and the raw accuracies) and the trained network as an
+UnHype `.safetensors` file: a proving-ground network, which no real model can use.
 """
 
 import json
@@ -22,6 +22,7 @@ from .world.erasure import (
     accuracies,
     draw_prompts,
     generate,
+    identical_share,
     scores,
     train_unhype,
     unhype_patch,
@@ -135,15 +136,20 @@ def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0, sam
     drawn = draw_prompts(task, samples, seed)
     sets = len(drawn)
     bar = ProgressBar(2 * sets, f"measuring: {samples} samples per set, before and after")
-    before = accuracies(world, drawn, seed, on_set=lambda i: bar.update(i + 1))
+    images_before, images_after = {}, {}
+    before = accuracies(world, drawn, seed, on_set=lambda i: bar.update(i + 1),
+                        images=images_before)
     after = accuracies(world, drawn, seed, unhype_patch(world, network),
-                       on_set=lambda i: bar.update(sets + i + 1))
+                       on_set=lambda i: bar.update(sets + i + 1), images=images_after)
 
     clip_scores, pixel_scores = scores(before, after, "clip"), scores(before, after, "pixel")
     metrics = {
         "concept": concept,
         "objective": objective,
         **{k: round(v, 4) for k, v in clip_scores.items()},
+        # kept prompts whose image is bit-identical to the base model's (the gate, unhype/gate.py)
+        "kept_identical": round(identical_share(images_before["others"], images_after["others"]),
+                                4),
         "judge": "tiny CLIP zero-shot (pixel judge in 'pixel_judge')",
         "pixel_judge": {k: round(v, 4) for k, v in pixel_scores.items()},
         "accuracy_before": before,

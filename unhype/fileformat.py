@@ -7,6 +7,7 @@ can show what the file is.
 
 import hashlib
 import json
+import math
 import os
 from datetime import UTC, datetime
 
@@ -33,6 +34,10 @@ USAGE_HINT = (
     "Not a LoRA: load it with UnHype Loader (ComfyUI pack comfyui-unhype), put UnHype "
     "Conditioner on both prompts and Apply Dynamic LoRA on the model."
 )
+
+
+#: The gate's threshold (unhype/gate.py); files saved before the gate lack it and load ungated.
+GATE_KEY = "unhype.gate_threshold"
 
 
 class UnHypeFileError(ValueError):
@@ -71,6 +76,7 @@ def _metadata(network: UnHypeNetwork, tensors: dict[str, torch.Tensor]) -> dict[
         "unhype.targets": json.dumps([t.to_dict() for t in network.targets]),
         "unhype.training": json.dumps(info.training),
         "unhype.activation_reference": json.dumps(info.activation_reference),
+        GATE_KEY: json.dumps(info.gate_threshold),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{BASE_ARCHITECTURES[info.base_arch]}/unhype",
         "modelspec.implementation": IMPLEMENTATION_URL,
@@ -151,6 +157,11 @@ def _network_skeleton(path: str, metadata: dict) -> UnHypeNetwork:
         targets = [Target.from_dict(t) for t in _parse(metadata, "unhype.targets")]
         embedding = _parse(metadata, "unhype.embedding")
         reference = _parse(metadata, "unhype.activation_reference")
+        gate = _parse(metadata, GATE_KEY) if GATE_KEY in metadata else None
+        if gate is not None and (isinstance(gate, bool) or not isinstance(gate, int | float)
+                                 or not math.isfinite(gate) or gate < 0):
+            raise ValueError(f"{GATE_KEY} must be a number >= 0 or null, got {gate!r} (without "
+                             "the key the network loads with no gate)")
         training = _parse(metadata, "unhype.training")
         for key, value in (("unhype.embedding", embedding), ("unhype.training", training)):
             if not isinstance(value, dict):
@@ -163,6 +174,7 @@ def _network_skeleton(path: str, metadata: dict) -> UnHypeNetwork:
             description=metadata.get("modelspec.description", ""),
             training=training,
             activation_reference=float(reference) if reference is not None else None,
+            gate_threshold=float(gate) if gate is not None else None,
         )
         if int(embedding.get("dim", -1)) != config.embed_dim:
             raise ValueError(

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .gate import triggers
 from .hypernet import Factors, HyperNetConfig, HyperNetwork, lora_norm
 from .targets import Target
 
@@ -29,6 +30,8 @@ class NetworkInfo:
     training: dict = field(default_factory=dict)
     #: LoRA norm of the strongest erase prompt seen in training: activation 1.0 in reports.
     activation_reference: float | None = None
+    #: LoRA norm at or under which a prompt gets no LoRA at all (unhype/gate.py); None: no gate.
+    gate_threshold: float | None = None
 
     def __post_init__(self):
         if self.base_arch not in BASE_ARCHITECTURES:
@@ -52,15 +55,19 @@ class UnHypeNetwork:
         return self.module(embeddings.to(device, torch.float32), s)
 
     @torch.no_grad()
-    def activation(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """How strongly each prompt triggers the network, 0..1 against the training reference.
-
-        Without a reference (an untrained network) the raw LoRA norm is returned.
-        """
+    def readout(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(activation, triggered) per prompt from one pass: how strongly it triggers the
+        network, 0..1 against the training reference (the raw LoRA norm without one), and
+        whether it passes the gate (unhype/gate.py), i.e. gets a LoRA at all."""
         norms = lora_norm(self.factors(embeddings)).cpu()
+        triggered = triggers(norms, self.info.gate_threshold)
         if not self.info.activation_reference:
-            return norms
-        return (norms / self.info.activation_reference).clamp(0.0, 1.0)
+            return norms, triggered
+        return (norms / self.info.activation_reference).clamp(0.0, 1.0), triggered
+
+    def activation(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The activation part of `readout`."""
+        return self.readout(embeddings)[0]
 
     def to(self, device) -> "UnHypeNetwork":
         self.module.to(device)

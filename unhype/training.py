@@ -22,6 +22,7 @@ from .checkpoint import load_state, save_state
 from .choices import OBJECTIVES
 from .denoiser import Denoiser
 from .fileformat import concepts_digest
+from .gate import choose_threshold
 from .hypernet import Factors, HyperNetConfig, HyperNetwork, RowFactors, lora_norm
 from .lora import row_lora
 from .network import NetworkInfo, UnHypeNetwork
@@ -511,11 +512,13 @@ class Trainer:
                            self.xt_samplings, self.xt_seconds, self.separation())
 
     def network(self) -> UnHypeNetwork:
-        """The trained network with its training summary and activation reference."""
+        """The trained network with its training summary, activation reference and gate."""
         self.module.eval()
         templates = self.config.templates[:8]
-        reference = float(self.activation(
-            [fill(t, c.name) for c in self.config.concepts for t in templates]).max())
+        erase = self.activation([fill(t, c.name) for c in self.config.concepts for t in templates])
+        reference = float(erase.max())
+        retain = self.config.retain_prompts
+        gate = choose_threshold(erase, self.activation(retain) if retain else torch.zeros(0))
         concepts = [c.name for c in self.config.concepts]
         training = {
             "steps": self.step,
@@ -533,7 +536,8 @@ class Trainer:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         info = NetworkInfo(**{**asdict(self.info), "training": training,
-                              "activation_reference": reference or None})
+                              "activation_reference": reference or None,
+                              "gate_threshold": gate})
         module = HyperNetwork(self.module.config, self.module.targets)
         module.load_state_dict(self.module.state_dict())
         return UnHypeNetwork(self.module.config, self.module.targets, info,

@@ -21,6 +21,7 @@ from ..factors import FactorCache
 from ..hypernet import RowFactors
 from ..lora import row_lora
 from ..network import NetworkInfo, UnHypeNetwork
+from ..prompts import builtin_retain_prompts
 from ..settings import FAMILY_DEFAULTS, TrainingSettings, build_configs
 from ..targets import targets_from_preset
 from ..training import Trainer
@@ -85,15 +86,16 @@ SamplingPatch = Callable[[list[str], torch.Tensor], object]
 
 
 def unhype_patch(world: World, network: UnHypeNetwork, strength: float = 1.0) -> SamplingPatch:
-    """Per-row LoRA on the conditional rows only, factors from Apply Dynamic LoRA's own provider
-    (unhype/factors.py): the nodes' "conditional only" mode."""
+    """Per-row LoRA on the conditional rows only, factors and gate from Apply Dynamic LoRA's
+    own provider (unhype/factors.py): the nodes' "conditional only" mode."""
     cache = FactorCache(network)
 
     @contextmanager
     def patch(row_prompts: list[str], cond_mask: torch.Tensor):
-        rows = cond_mask.nonzero().flatten()
+        rows = cond_mask.nonzero().flatten().cpu()
         embeddings = world.denoiser.embed([row_prompts[i] for i in rows.tolist()])
-        factors = cache.stacked(embeddings, world.denoiser.device, torch.float32)
+        kept, factors = cache.select(embeddings, world.denoiser.device, torch.float32)
+        rows = rows[kept]  # the gate: rows whose prompt does not trigger get no LoRA (no hook)
         with row_lora(world.unet, network.targets, factors, rows=rows, scale=strength,
                       norm_cap=network.config.norm_cap):
             yield
@@ -126,14 +128,16 @@ def train_unhype(world: World, task: ErasureTask, *, anchor: str = "", on_progre
                  **settings) -> tuple[UnHypeNetwork, dict]:
     """An UnHype network for the world, with the UnHype Trainer's defaults for the proving-ground
     family (unhype/settings.py) unless `settings` (Trainer settings) say otherwise: the caption
-    templates with main shape words, the other colours as retain prompts, `anchor` for every
-    colour in the erase prompt's place of it ("": the prompt without the colour)."""
+    templates with main shape words, the other colours as retain prompts (plus the built-in
+    retain list with `builtin_retain=True`), `anchor` for every colour in the erase prompt's
+    place of it ("": the prompt without the colour)."""
     settings = TrainingSettings(
         concepts="\n".join(f"{colour} -> {anchor}" for colour in task.erase), preset="custom",
-        templates="\n".join(task.training_templates()), builtin_retain=False,
-        **settings).validate()
+        templates="\n".join(task.training_templates()),
+        **{"builtin_retain": False, **settings}).validate()
     embed_dim = world.clip.model.ln_final.normalized_shape[0]
-    net_config, config = build_configs(settings, FAMILY, task.retain_prompts(), embed_dim)
+    retain = task.retain_prompts() + (builtin_retain_prompts() if settings.builtin_retain else [])
+    net_config, config = build_configs(settings, FAMILY, retain, embed_dim)
     config.log_every = 25
     preset = "sd-cross-kv" if settings.target_preset == "auto" else settings.target_preset
     targets = targets_from_preset(world.unet, preset)
@@ -219,16 +223,24 @@ def judge_accuracy(world: World, images: torch.Tensor, colours: list[int],
 
 
 def accuracies(world: World, drawn: dict, seed: int, patch: SamplingPatch | None = None,
-               on_set: Callable[[int], None] | None = None) -> dict:
-    """Share of images in each set that show the prompt's colour, per judge."""
+               on_set: Callable[[int], None] | None = None, images: dict | None = None) -> dict:
+    """Share of images in each set that show the prompt's colour, per judge; each set's images
+    go to `images` (by set name) when it is given."""
     result = {}
     for index, (name, items) in enumerate(drawn.items()):
-        images = generate(world, [p for p, _, _ in items], seed + 100_000 * index, patch)
-        result[name] = judge_accuracy(world, images, [c for _, c, _ in items],
+        generated = generate(world, [p for p, _, _ in items], seed + 100_000 * index, patch)
+        if images is not None:
+            images[name] = generated
+        result[name] = judge_accuracy(world, generated, [c for _, c, _ in items],
                                       [s for _, _, s in items])
         if on_set:
             on_set(index)
     return result
+
+
+def identical_share(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Share of images in `after` bit-identical to the same row of `before` (same prompt, seed)."""
+    return float((before == after).flatten(1).all(dim=1).float().mean())
 
 
 def _harmonic(values: list[float]) -> float:
