@@ -11,7 +11,14 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..unhype.bake import KEY_FORMATS, bake_lora, hides_concepts, lora_metadata, save_lora
+from ..unhype.bake import (
+    KEY_FORMATS,
+    bake_lora,
+    concepts_line,
+    hides_concepts,
+    lora_metadata,
+    save_lora,
+)
 from ..unhype.files import EXTENSION, sanitise_name, unique_path
 from .conditioner import PartsAtSampling, describe
 from .schema import CATEGORY, ERASURE, UnHype
@@ -149,6 +156,7 @@ class UnHypeBakeLoRA(io.ComfyNode):
             f"from {unhype.info.title} [{unhype.info.base_arch}, {unhype.info.target_preset}], "
             f"{len(baked.layers)} layers, rank {baked.rank}, strength {strength:g}, "
             f"{key_format} keys",
+            concepts_line(unhype),
             f"prompt: {describe(readout(unhype, embedding), unhype)}"
             + (" (its text is stored as a SHA-256: the network hides its concepts)"
                if hidden else ""),

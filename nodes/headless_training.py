@@ -5,6 +5,7 @@ the model with ComfyUI's own loader, train as the node does, write the network a
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections.abc import Callable
 
@@ -14,10 +15,13 @@ import folder_paths
 import torch
 
 from ..unhype.choices import PROVING_GROUND
+from ..unhype.files import FileWriteError, cannot_write
+from ..unhype.headless import CHECKPOINT_HINT
 from ..unhype.headless_config import HeadlessConfig
 from ..unhype.loss_plot import plot_png
 from ..unhype.training import Progress
 from .comfy_training import Outcome, TrainingError, run_training
+from .folders import CHECKPOINTS, NETWORKS, first_folder
 
 
 def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
@@ -31,14 +35,20 @@ def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
 
         model, clip = comfy_world.build_model(), comfy_world.build_clip()
     else:
-        with torch.inference_mode(False):
-            model, clip = comfy.sd.load_checkpoint_guess_config(
-                config.model, output_vae=False, output_clip=True,
-                embedding_directory=folder_paths.get_folder_paths("embeddings"))[:2]
+        model, clip = load_checkpoint(config.model)
     if model is None:
-        raise TrainingError(f"{config.model}: no diffusion model found in this file")
+        raise TrainingError(f"model {config.model}: no diffusion model found in this file: "
+                            f"{CHECKPOINT_HINT}")
     if clip is None:
-        raise TrainingError(f"{config.model}: this checkpoint has no text encoder (CLIP)")
+        raise TrainingError(f"model {config.model}: this file has no text encoder (CLIP): "
+                            f"{CHECKPOINT_HINT}")
+    output = config.output or first_folder(NETWORKS)
+    checkpoints = config.checkpoint_dir or first_folder(CHECKPOINTS)
+    for key, folder in (("output", output), ("checkpoint_dir", checkpoints)):
+        reason = cannot_write(folder)
+        if reason:
+            raise TrainingError(f"{key} {folder}: cannot write there ({reason}); set {key} in "
+                                "the config to a folder you can write to")
     settings = config.settings
     if settings.resume and not os.path.isabs(settings.resume) and config.checkpoint_dir:
         candidate = os.path.join(config.checkpoint_dir, settings.resume)
@@ -59,12 +69,35 @@ def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
         if p.separation is not None:
             log(p.separation.summary())
 
-    outcome = run_training(model, clip, settings, output_dir=config.output,
-                           checkpoint_dir=config.checkpoint_dir, on_progress=progress, log=log,
-                           group=group)
+    outcome = run_training(model, clip, settings, output_dir=output, checkpoint_dir=checkpoints,
+                           on_progress=progress, log=log, group=group)
     if outcome.path:
         png = os.path.splitext(outcome.path)[0] + ".loss.png"
-        with open(png, "wb") as handle:
-            handle.write(plot_png(outcome.history))
+        try:
+            with open(png, "wb") as handle:
+                handle.write(plot_png(outcome.history))
+        except OSError as error:
+            raise FileWriteError(error.errno, f"cannot write {png}: {error.strerror} (the "
+                                              f"network is saved: {outcome.path})") from None
         log(f"loss plot {png}")
     return outcome
+
+
+def load_checkpoint(path: str):
+    """(MODEL, CLIP) from ComfyUI's checkpoint loader; a file it cannot load as a checkpoint is
+    a TrainingError (unhype/headless.py has refused the files it can tell apart already)."""
+    try:
+        with torch.inference_mode(False):
+            return comfy.sd.load_checkpoint_guess_config(
+                path, output_vae=False, output_clip=True,
+                embedding_directory=folder_paths.get_folder_paths("embeddings"))[:2]
+    except Exception as error:  # torch.load, safetensors and model detection raise their own
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if "Could not detect model type" in first:
+            reason = "ComfyUI recognises no diffusion model in it (a VAE, a text encoder?)"
+        elif isinstance(error, pickle.UnpicklingError):  # nothing that runs code is loaded
+            reason = ("not a .safetensors file, and torch.load(weights_only=True) refuses it "
+                      "(damaged, or a pickle that would run code)")
+        else:
+            reason = f"ComfyUI cannot load it as a checkpoint ({type(error).__name__}: {first})"
+        raise TrainingError(f"model {path}: {reason}: {CHECKPOINT_HINT}") from None

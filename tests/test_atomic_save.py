@@ -2,6 +2,7 @@
 leaves neither a temporary file nor a half-written one, and the file that was there stays."""
 
 import os
+import re
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def test_a_failing_write_keeps_the_previous_file_and_leaves_nothing_else(
         monkeypatch.setattr(files, "save_file", broken)
     else:
         monkeypatch.setattr(files.os, "replace", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(files.FileWriteError, match=re.escape(f"cannot write {path}: ")):
         write(path, seed=2)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["kept.safetensors"]  # no .partial-write, no half file

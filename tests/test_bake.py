@@ -168,6 +168,42 @@ def test_metadata_names_network_and_prompt_or_its_hash(tiny_sd1_model, loras):
     assert digest in meta["modelspec.description"] and len(digest) == 64
 
 
+def real_training_record(hide: bool) -> dict:
+    """The record the core trainer writes (one step on the toy denoiser, concept "zebra")."""
+    from test_training import make_trainer
+
+    return make_trainer(steps=1, hide_concepts=hide).run().network.info.training
+
+
+@pytest.mark.parametrize("record", ["none", "listed", "hidden"])
+def test_hidden_only_when_hidden_and_the_prompt_stored_otherwise(tiny_sd1_model, loras, record):
+    """A network without a training record (hand-built, or older) hides nothing: the baked file
+    stores the prompt and the report says there is no record. Only a record made with
+    hide_concepts keeps the prompt down to its SHA-256."""
+    network = make_network(tiny_sd1_model.model.diffusion_model, embed_dim=64, seed=11)
+    if record != "none":
+        network.info.training = real_training_record(hide=record == "hidden")
+    prompt = "a zebra in a field"
+    name, report = bake(network, condition(network, ch.make_cond(64, seed=4)), prompt=prompt)
+    with safe_open(str(loras / name), "pt") as handle:
+        meta = handle.metadata()
+    source = json.loads(meta["unhype.baked_from"])
+    if record == "hidden":
+        assert "zebra" not in json.dumps(meta) + report
+        assert source["prompt_sha256"] in meta["modelspec.description"]
+        assert "concepts: hidden (1, SHA-256 " in report and "hides its concepts" in report
+        return
+    assert source["prompt"] == prompt and repr(prompt) in meta["modelspec.description"]
+    assert "prompt_sha256" not in source and "hides" not in report and "SHA-256" not in report
+    if record == "none":
+        assert source["training_record"].startswith("none")
+        assert "no training record" in meta["modelspec.description"]
+        assert "concepts: no training record (a hand-built or older network)" in report
+    else:
+        assert source["concepts"] == ["zebra"] and "concepts: zebra" in report
+        assert "training_record" not in source
+
+
 def test_clear_errors(tiny_sd1_model, loras):
     network = make_network(tiny_sd1_model.model.diffusion_model, embed_dim=64, seed=9)
     plain = ch.make_cond(64, seed=5)

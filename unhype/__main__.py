@@ -1,7 +1,8 @@
 """Command line: `python -m unhype demo` and `python -m unhype train CONFIG`.
 
 Arguments are checked before anything heavy is imported: `--help` and a wrong argument answer at
-once, with one line and exit status 2.
+once, with one line and exit status 2. So does every error of `train` a user can fix (the config,
+the model file, ComfyUI, a folder or disk it cannot write): one line, no traceback, status 2.
 """
 
 import argparse
@@ -26,15 +27,12 @@ def _count(low: int):
 
 
 def _writable_folder(parser: argparse.ArgumentParser, path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".unhype-write-test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as error:
-        parser.error(f"--out {path}: cannot write there ({error.strerror}); pick a folder you "
-                     "can write to")
+    from .files import cannot_write
+
+    reason = cannot_write(path)
+    if reason:
+        parser.error(f"--out {path}: cannot write there ({reason}); pick a folder you can "
+                     "write to")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_from_config(args.config)
     except ConfigError as error:
-        print(f"python -m unhype train: {error}", file=sys.stderr)
+        print(f"python -m unhype train: {one_line(str(error))}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(message: str) -> str:
+    """A message's lines joined into one: after a colon with a space, otherwise with '; '."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    joined = lines[0] if lines else ""
+    for line in lines[1:]:
+        joined += (" " if joined.endswith(":") else "; ") + line
+    return joined
 
 
 if __name__ == "__main__":

@@ -118,14 +118,34 @@ def bake_lora(network: UnHypeNetwork, embedding: torch.Tensor, context: torch.Te
 
 
 def hides_concepts(network: UnHypeNetwork) -> bool:
-    """A network saved with hidden concepts stores only their hash (no "concepts" entry)."""
-    return "concepts" not in network.info.training
+    """Whether the network was trained with hide_concepts: its training record has the concepts'
+    SHA-256 but not the concepts. A network without a record (hand-built, or older) hides
+    nothing: there is nothing it was told to hide."""
+    training = network.info.training
+    return bool(training.get("hide_concepts")) or (
+        "concepts_sha256" in training and "concepts" not in training)
+
+
+def concepts_line(network: UnHypeNetwork) -> str:
+    """What the network's training record says it erases, for the bake report."""
+    training = network.info.training
+    if not training:
+        return "concepts: no training record (a hand-built or older network): unknown"
+    if hides_concepts(network):
+        count = training.get("concept_count", "?")
+        return f"concepts: hidden ({count}, SHA-256 {training.get('concepts_sha256', '?')})"
+    if "concepts" in training:
+        names = [str(name) for name in training["concepts"]]
+        more = f" ... ({len(names)} in all)" if len(names) > 10 else ""
+        return f"concepts: {', '.join(names[:10])}{more}"
+    return "concepts: not in its training record"
 
 
 def lora_metadata(network: UnHypeNetwork, baked: BakedLoRA, prompt: str, strength: float,
                   title: str) -> dict[str, str]:
     """ModelSpec keys naming the source network and the prompt (its SHA-256 when the network
-    hides its concepts: the prompt would tell them), plus what a reader needs to reproduce it."""
+    hides its concepts: the prompt would tell them), plus what a reader needs to reproduce it.
+    A network without a training record is said to have none."""
     info, prompt = network.info, prompt.strip()
     if not prompt:
         shown, record = "an unnamed prompt", {}
@@ -136,10 +156,13 @@ def lora_metadata(network: UnHypeNetwork, baked: BakedLoRA, prompt: str, strengt
         shown, record = repr(prompt), {"prompt": prompt}
     source = {key: info.training[key] for key in ("concepts", "concepts_sha256", "concept_count")
               if key in info.training}
+    if not info.training:
+        source["training_record"] = "none (a hand-built or older network)"
     baked_cap = [layer.name for layer in baked.layers if layer.cap == "baked"]
     description = (
         f"Static LoRA baked from the UnHype network '{info.title}' ({info.base_arch}, "
-        f"{info.target_preset}) for {shown} at strength {strength:g}: the LoRA Apply Dynamic "
+        f"{info.target_preset}{'' if info.training else '; no training record'}) for {shown} "
+        f"at strength {strength:g}: the LoRA Apply Dynamic "
         "LoRA gives that prompt. Loaded as an ordinary LoRA it applies to every prompt, the "
         "negative included.")
     return {

@@ -103,7 +103,7 @@ def save_unhype(path: str, network: UnHypeNetwork, dtype: torch.dtype = torch.fl
     save_atomically(path, tensors, _metadata(network, tensors))
 
 
-def _looks_like_lora(names: list[str]) -> bool:
+def looks_like_lora(names: list[str]) -> bool:
     markers = ("lora_up", "lora_down", "lora_A", "lora_B", ".alpha", "lokr", "hada_")
     return any(marker in name for name in names for marker in markers)
 
@@ -131,7 +131,7 @@ def read_header(path: str) -> tuple[dict[str, str], dict[str, list[int]]]:
             "corrupt: download it again"
         ) from None
     if metadata.get("format") != FORMAT_NAME:
-        if _looks_like_lora(list(shapes)):
+        if looks_like_lora(list(shapes)):
             raise UnHypeFileError(
                 f"{path}: this is an ordinary LoRA, not an UnHype network: load it with "
                 "ComfyUI's LoRA loader instead"

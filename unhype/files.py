@@ -11,8 +11,6 @@ import re
 import sys
 import unicodedata
 
-from safetensors.torch import save_file
-
 EXTENSION = ".safetensors"
 PARTIAL = ".partial-write"  # suffix of a file while it is written, in the same folder
 _RESERVED = {"con", "prn", "aux", "nul",  # Windows device names, also with any extension
@@ -69,17 +67,59 @@ def unique_path(folder: str, stem: str) -> str:
     return os.path.join(folder, candidate + EXTENSION)
 
 
+class FileWriteError(OSError):
+    """A file the pack could not write (a full disk, no permission, a read-only folder): the
+    message names the file and the reason."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors reports an I/O failure
+
+
+def save_file(tensors: dict, filename: str, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, imported when first used: the command line checks its folders
+    through this module without loading torch."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, filename, metadata=metadata)
+
+
 def save_atomically(path: str, tensors: dict, metadata: dict[str, str]) -> None:
     """Write a .safetensors file: a temporary file in the same folder, flushed to disk, then
     renamed over `path` (atomic on one file system). On any failure the temporary file is
-    removed and whatever was at `path` before is left as it was."""
+    removed and whatever was at `path` before is left as it was; a failure of the disk or the
+    folder is a `FileWriteError` naming `path`."""
     temporary = path + PARTIAL
     try:
-        save_file(tensors, temporary, metadata=metadata)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        try:
+            save_file(tensors, temporary, metadata=metadata)
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as error:
+            raise FileWriteError(error.errno, f"cannot write {path}: {error.strerror}") from None
+        except Exception as error:
+            number = _OS_ERROR.search(str(error))
+            if number is None:
+                raise
+            code = int(number.group(1))
+            raise FileWriteError(code, f"cannot write {path}: {os.strerror(code)}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
         raise
+
+
+def cannot_write(folder: str) -> str | None:
+    """Why no file can be written in `folder` (made if missing), or None when one can."""
+    probe = os.path.join(folder, ".unhype-write-test")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None

@@ -23,10 +23,14 @@ from pathlib import Path
 
 from . import discovery
 from .choices import PROVING_GROUND
+from .fileformat import FORMAT_NAME, looks_like_lora
+from .files import cannot_write
 from .headless_config import load_config
 from .settings import ConfigError
 
 PACK_MODULE = "comfyui_unhype"
+CHECKPOINT_HINT = ("give a model checkpoint (diffusion model and text encoder in one file, such "
+                   "as v1-5-pruned-emaonly.safetensors)")
 
 
 def find_comfyui(configured: str | None = None) -> Path:
@@ -35,6 +39,48 @@ def find_comfyui(configured: str | None = None) -> Path:
         return discovery.find(configured)
     except discovery.ComfyUINotFound as error:
         raise ConfigError(f"{error}; or set comfyui_path in the config") from None
+
+
+def check_model_file(model: str) -> None:
+    """Refuse, before ComfyUI is imported, a model file that cannot be a checkpoint: missing,
+    unreadable, a damaged .safetensors file, an UnHype network or a LoRA. ComfyUI judges the rest
+    (nodes/headless_training.py)."""
+    path = Path(model)
+    if path.is_dir():
+        raise ConfigError(f"model {model} is a folder: give the checkpoint file in it")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except FileNotFoundError:
+        raise ConfigError(f"model {model} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"model {model}: cannot read it ({error.strerror})") from None
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        return  # ComfyUI reads other files with torch.load(weights_only=True)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata, names = handle.metadata() or {}, list(handle.keys())
+    except Exception as error:  # safetensors raises its own error for a damaged header
+        raise ConfigError(
+            f"model {model}: not a readable .safetensors file ({str(error).splitlines()[0]}); "
+            "it may be truncated or damaged: copy or download it again") from None
+    if metadata.get("format") == FORMAT_NAME:
+        raise ConfigError(f"model {model} is an UnHype network (what training writes), not a "
+                          f"model to train on: {CHECKPOINT_HINT}")
+    if looks_like_lora(names):
+        raise ConfigError(f"model {model} is a LoRA, not a model checkpoint: {CHECKPOINT_HINT}")
+
+
+def check_folders(config) -> None:
+    """The configured output and checkpoint folders can be written to (made if missing)."""
+    for key in ("output", "checkpoint_dir"):
+        folder = getattr(config, key)
+        reason = folder and cannot_write(folder)
+        if reason:
+            raise ConfigError(f"{key} {folder}: cannot write there ({reason}); pick a folder "
+                              "you can write to")
 
 
 def import_pack(comfyui: Path, device: str = "auto"):
@@ -97,16 +143,31 @@ def train_from_config(path: str | os.PathLike) -> str:
     Under `torchrun --nproc_per_node N`, the N processes train data-parallel (gloo on CPU, NCCL
     on GPUs, one GPU per process); process 0 prints, writes the checkpoints and the file."""
     config = load_config(path)
+    if config.model != PROVING_GROUND:
+        check_model_file(config.model)
+    check_folders(config)
     comfyui = find_comfyui(config.comfyui_path)
-    if config.model != PROVING_GROUND and not Path(config.model).is_file():
-        raise ConfigError(f"{path}: model {config.model} does not exist")
     group = _join_processes(config.device)
-    import_pack(comfyui, config.device)
-    training = importlib.import_module(f"{PACK_MODULE}.nodes.headless_training")
+    try:
+        import_pack(comfyui, config.device)
+        training = importlib.import_module(f"{PACK_MODULE}.nodes.headless_training")
+    except ImportError as error:
+        raise ConfigError(
+            f"the ComfyUI at {comfyui} cannot be imported by this Python ({sys.executable}): "
+            f"{error}. Run with the Python that has ComfyUI's requirements (pip install -r "
+            f"{comfyui / 'requirements.txt'})") from None
+    # the pack imports its own copy of this core: its errors are its own classes
+    settings_error = importlib.import_module(f"{PACK_MODULE}.unhype.settings").ConfigError
+    write_error = importlib.import_module(f"{PACK_MODULE}.unhype.files").FileWriteError
     rank = 0 if group is None else group.rank()
     try:
         outcome = training.train_headless(
             config, log=lambda line: rank == 0 and print(line, flush=True), group=group)
+    except settings_error as error:
+        raise ConfigError(str(error)) from None
+    except write_error as error:
+        raise ConfigError(f"{error}: make room there, or set output and checkpoint_dir in the "
+                          "config to a folder with space that you can write to") from None
     finally:
         if group is not None:
             import torch.distributed as dist

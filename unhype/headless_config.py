@@ -5,6 +5,7 @@ unhype/headless.py). Every field is in workflows/train_config.example.toml.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -43,7 +44,10 @@ def parse_config(data: dict, source: str = "config") -> HeadlessConfig:
     unknown = sorted(set(data) - known)
     problems = []
     if unknown:
-        problems.append(f"unknown keys {unknown}; known keys are {sorted(known)}")
+        hints = [f"{key!r}: did you mean {close[0]!r}?" for key in unknown
+                 if (close := difflib.get_close_matches(key, known, 1))]
+        problems.append(f"unknown keys {unknown}" + (f" ({', '.join(hints)})" if hints else "")
+                        + f"; known keys are {sorted(known)}")
     for required in ("model", "concepts"):
         if required not in data or data[required] in ("", [], None):
             problems.append(f"missing required key {required!r}")
