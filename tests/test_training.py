@@ -5,12 +5,8 @@ import torch
 
 import unhype
 from toy_denoiser import ToyDenoiser
-<<<<<<< HEAD
-from unhype.prompts import Concept, builtin_retain_prompts, fill, parse_concepts
-=======
 from unhype.gate import choose_threshold, triggers
-from unhype.prompts import DROP_ANCHOR, Concept, builtin_retain_prompts, fill
->>>>>>> gate
+from unhype.prompts import Concept, builtin_retain_prompts, fill, parse_concepts
 from unhype.training import TrainConfig, Trainer, TrainingDivergedError
 
 TEMPLATES = ["a photo of {}", "{}", "a {} in a field"]
