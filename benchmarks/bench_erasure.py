@@ -7,7 +7,8 @@ model (paired), per seed; the table gives the mean over seeds and the spread (mi
 rows use the UnHype Trainer's defaults for the proving-ground family (unhype/settings.py) unless
 the row says otherwise. Scores are relative to the base model (unhype/world/erasure.py); raw
 accuracies go to the JSON file next to the table. Seeds can run in separate processes
-(`--seeds 1 --out DIR/1`) and be merged with `--merge DIR/0 DIR/1 ...`.
+(`--seeds 1 --out DIR/1`), or a subset of rows (`--methods compact`), and be merged with
+`--merge DIR/0 DIR/1 ...`.
 """
 
 import argparse
@@ -39,8 +40,9 @@ def rows():
     ]
 
 
-def run_seed(seed: int, samples: int, out: str) -> list[dict]:
-    """Every row for one seed; the rows so far are written to `out` after each one."""
+def run_seed(seed: int, samples: int, out: str, methods: str = "") -> list[dict]:
+    """Every row for one seed (those whose label contains `methods`); the rows so far are
+    written to `out` after each one."""
     from unhype.world import load_world
     from unhype.world.erasure import (
         ErasureTask,
@@ -55,6 +57,8 @@ def run_seed(seed: int, samples: int, out: str) -> list[dict]:
     world = load_world()
     baselines, results = {}, []
     for label, erase, settings in rows():
+        if methods not in label:
+            continue
         task = ErasureTask(erase)
         drawn = draw_prompts(task, samples, seed)
         if tuple(erase) not in baselines:
@@ -125,22 +129,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest for the tiny models)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--methods", default="",
+                        help="only the rows whose label contains this, e.g. 'compact'")
     parser.add_argument("--merge", nargs="+", metavar="DIR",
-                        help="merge the erasure.json of earlier runs into --out; no training")
+                        help="merge the erasure.json of earlier runs into --out (a later run's "
+                             "row replaces an earlier one of the same method, colours and "
+                             "seed); no training")
     args = parser.parse_args()
     if args.merge:
-        results = []
+        merged = {}  # a later folder's row replaces an earlier one of the same method and seed
         for folder in args.merge:
             with open(os.path.join(folder, "erasure.json")) as handle:
-                results += json.load(handle)["rows"]
-        write(args.out, results, {"merged": args.merge})
+                for row in json.load(handle)["rows"]:
+                    merged[row["method"], tuple(row["erase"]), row["seed"]] = row
+        write(args.out, list(merged.values()), {"merged": args.merge})
         return
     if args.samples < 1 or args.threads < 1:
         parser.error("--samples and --threads must be at least 1")
     import torch
 
     torch.set_num_threads(args.threads)
-    results = [row for seed in args.seeds for row in run_seed(seed, args.samples, args.out)]
+    results = [row for seed in args.seeds
+               for row in run_seed(seed, args.samples, args.out, args.methods)]
     write(args.out, results, vars(args))
 
 
