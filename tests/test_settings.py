@@ -100,3 +100,15 @@ def test_defaulted_settings_are_numbers_that_default_to_zero():
     by_name = {s.name: s for s in SETTINGS}
     for name in DEFAULTED:
         assert by_name[name].default == 0, name
+
+
+def test_compact_defaults_to_a_smaller_learning_rate_unless_set():
+    from unhype.settings import COMPACT_LEARNING_RATE_SCALE, TrainingSettings
+
+    paper = TrainingSettings(concepts="red").validate().resolve("proving-ground")
+    compact = TrainingSettings(concepts="red", variant="compact").validate() \
+        .resolve("proving-ground")
+    for name in ("learning_rate", "retain_learning_rate"):
+        assert compact[name] == pytest.approx(COMPACT_LEARNING_RATE_SCALE * paper[name])
+    chosen = TrainingSettings(concepts="red", variant="compact", learning_rate=2e-3).validate()
+    assert chosen.resolve("proving-ground")["learning_rate"] == 2e-3
