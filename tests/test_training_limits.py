@@ -83,37 +83,59 @@ def world():
     return load_world()
 
 
+def train_world(world, denoiser=None, **settings):
+    """The proving ground's own entry (unhype/world/erasure.py) erasing red, SHORT steps at most
+    unless `settings` say fewer; returns the error it raised or None."""
+    import dataclasses
+
+    from unhype.world.erasure import ErasureTask, train_unhype
+
+    def stop_early(progress):
+        if progress.step >= settings.get("steps", SHORT) and progress.step < progress.steps:
+            raise Stop
+
+    if denoiser is not None:
+        world = dataclasses.replace(world, denoiser=denoiser)
+    try:
+        network, record = train_unhype(world, ErasureTask(["red"]), on_progress=stop_early,
+                                       **settings)
+    except Stop:
+        return None
+    except (TrainingDivergedError, ConfigError) as error:
+        return error
+    assert all(torch.isfinite(v).all() for v in network.module.state_dict().values())
+    assert all(math.isfinite(h["retention"]) for h in record["history"])
+    return None
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name, bound", [(s.name, b) for s in NUMERIC for b in (s.low, s.high)
+@pytest.mark.parametrize("name, bound", [(s.name, s.kind(b)) for s in NUMERIC
+                                         for b in (s.low, s.high)
                                          if s.name in ("guidance", "sampling_steps")])
 def test_sampling_bounds_on_the_proving_ground(world, name, bound):
-    """guidance and sampling_steps are the ESD sampling's: the world denoiser's CFG and DDIM
-    schedule (0 guidance: the world's default). resolution only sizes ComfyUI's latents."""
+    """guidance and sampling_steps set the ESD sampling: the world denoiser's CFG and DDIM
+    schedule (guidance 0: the world's default). resolution only sizes ComfyUI's latents."""
     from unhype.world.denoiser import WorldDenoiser
 
-    steps = int(bound) if name == "sampling_steps" else 50
-    guidance = float(bound) if name == "guidance" and bound else 4.0
-    denoiser = WorldDenoiser(world.unet, world.clip, xt_steps=steps, xt_guidance=guidance)
-    embed_dim = world.clip.model.ln_final.normalized_shape[0]
-    assert_trained_or_clear(*run_settings(denoiser, "proving-ground", embed_dim))
+    steps = bound if name == "sampling_steps" else 50
+    guidance = bound if name == "guidance" and bound else 4.0
+    error = train_world(world, WorldDenoiser(world.unet, world.clip, xt_steps=steps,
+                                             xt_guidance=guidance), steps=SHORT)
+    assert error is None or isinstance(error, TrainingDivergedError), error
 
 
 def test_learning_rate_one_stops_with_a_clear_error_on_the_toy():
     trainer = make_trainer(steps=20, learning_rate=1.0, checkpoint_every=100)
-    with pytest.raises(TrainingDivergedError, match="Lower the learning rate .now 1.") as caught:
+    with pytest.raises(TrainingDivergedError, match=r"Lower the learning rate \(now 1\)"):
         trainer.run()
-    assert "retention loss" in str(caught.value) or "LoRA norm" in str(caught.value)
 
 
 @pytest.mark.slow
 def test_learning_rate_one_stops_with_a_clear_error_on_the_proving_ground(world):
     """The issue's run: proving-ground defaults, learning rate 1.0, 20 steps."""
-    embed_dim = world.clip.model.ln_final.normalized_shape[0]
-    trainer, error = run_settings(world.denoiser, "proving-ground", embed_dim, steps=20,
-                                  learning_rate=1.0)
+    error = train_world(world, steps=20, learning_rate=1.0)
     assert isinstance(error, TrainingDivergedError), error
     assert "Lower the learning rate (now 1)" in str(error)
-    assert trainer.step < 20
 
 
 def test_retention_held_away_from_untouched_stops_after_patience():
@@ -129,20 +151,19 @@ def test_retention_held_away_from_untouched_stops_after_patience():
     trainer._check("retention", 0.0)  # one good step resets the count
     for _ in range(RETENTION_PATIENCE - 1):
         trainer._check("retention", huge)
-    with pytest.raises(TrainingDivergedError, match=r"retention loss .* moved the retain "
-                                                    r"prompts' LoRA factors by .* 3 steps in a "
-                                                    r"row .*retain learning rate now"):
+    with pytest.raises(TrainingDivergedError, match=rf"retention loss .* moved the retain "
+                                                    rf"prompts' LoRA factors by .* "
+                                                    rf"{RETENTION_PATIENCE} steps in a row "
+                                                    r".*retain learning rate now"):
         trainer._check("retention", huge)
 
 
 def test_retain_norm_growing_past_the_erase_norm_stops():
     trainer = make_trainer(steps=12)
-    trainer.run()
+    trainer.run()  # probes at steps 10 and 12 leave the last retain norm behind
     erase = trainer.history[-1]["erase_activation"]
-    trainer._check_activation(erase, 3.0 * erase)  # above, but the first probe: not growing
-    trainer._check_activation(erase, 2.0 * erase)  # above, shrinking
-    trainer._check_activation(erase, 0.5 * erase)
     trainer._check_activation(erase, 0.9 * erase)  # growing, still below the erase prompts'
     with pytest.raises(TrainingDivergedError, match="retain prompts' LoRA norm grew to .* above "
                                                     "the erase prompts'"):
         trainer._check_activation(erase, 2.0 * erase)
+    trainer._check_activation(erase, 1.5 * erase)  # above, but shrinking: not on its own
