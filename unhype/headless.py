@@ -69,7 +69,7 @@ def check_model_file(model: str) -> None:
     if metadata.get("format") == FORMAT_NAME:
         raise ConfigError(f"model {model} is an UnHype network (what training writes), not a "
                           f"model to train on: {CHECKPOINT_HINT}")
-    if looks_like_lora(names):
+    if names and all(looks_like_lora([name]) for name in names):  # every tensor a LoRA's
         raise ConfigError(f"model {model} is a LoRA, not a model checkpoint: {CHECKPOINT_HINT}")
 
 

@@ -41,6 +41,15 @@ GROWTH_LIMIT = 1e4
 GROWTH_WARMUP = 10
 LEVEL_FLOOR = 1e-6
 ACTIVATION_LIMIT = 1e5
+# Retention lost: for RETENTION_PATIENCE steps in a row, the retain prompts' factors moved (mean
+# square, the retention loss over w_rt) by more than RETENTION_LIMIT times the mean square of an
+# untouched network's factors (proving-ground default run: ~1e-3 at the start, ~2e-6 later;
+# learning rate 1.0: ~80 after one step). Or, at a probe after GROWTH_WARMUP steps, the retain
+# prompts' mean LoRA norm above RETAIN_RATIO times the erase prompts' and still growing (default
+# run: 0.17 at step 25, under 0.03 from step 50).
+RETENTION_LIMIT = 1.0
+RETENTION_PATIENCE = 3
+RETAIN_RATIO = 1.0
 
 
 class TrainingDivergedError(RuntimeError):
@@ -291,7 +300,29 @@ class Trainer:
         if reason:
             raise TrainingDivergedError(f"the {name} loss {reason} at step {self.step + 1}")
         self._peaks[name] = max(peak, value)
+        if name == "retention":
+            self._check_retention(value)
         return value
+
+    def _check_retention(self, value: float) -> None:
+        """Raises when the retention loss has held the retain prompts' factors far from their
+        untouched values for RETENTION_PATIENCE steps in a row (see RETENTION_LIMIT)."""
+        if not self.config.retain_weight or not self.config.retain_prompts:
+            return
+        untouched = list(self.module.untouched(1).values())  # alpha0·A0 and a zero B
+        scale = sum(float(f.down.pow(2).sum()) for f in untouched) / sum(
+            f.down.numel() + f.up.numel() for f in untouched)
+        moved = value / self.config.retain_weight / scale
+        above = self._peaks.get("retention steps above limit", 0.0) + 1 if (
+            moved > RETENTION_LIMIT) else 0.0
+        self._peaks["retention steps above limit"] = above
+        if above >= RETENTION_PATIENCE:
+            retain_rate = self.config.retain_learning_rate or self.config.learning_rate
+            raise TrainingDivergedError(
+                f"the retention loss ({value:.3g}) moved the retain prompts' LoRA factors by "
+                f"{moved:.3g}x the mean square of an untouched network's for {int(above)} steps "
+                f"in a row at step {self.step + 1}, so prompts to keep are changed too (retain "
+                f"learning rate now {retain_rate:g})")
 
     def _total(self, values: list[float]) -> list[float]:
         """Sums of per-process values over all processes (the values themselves alone)."""
@@ -428,11 +459,22 @@ class Trainer:
         self.generator.set_state(generator)
         self.xt_cache = {k: v[:lengths[k]] for k, v in self.xt_cache.items() if k in lengths}
 
-    def _check_activation(self, value: float) -> None:
+    def _check_activation(self, erase: float, retain: float) -> None:
+        """The probes' mean LoRA norms: raises when either is non-finite or huge, or when the
+        retain prompts' passes RETAIN_RATIO times the erase prompts' and is still growing."""
+        value = max(erase, retain)
         if not math.isfinite(value) or value > ACTIVATION_LIMIT:
             raise TrainingDivergedError(
                 f"the generated LoRA's norm reached {value:.3g} at step {self.step} (working "
-                "ones stay under ~100)")
+                "ones stay under ~150)")
+        before = self._peaks.get("retain norm", math.inf)
+        self._peaks["retain norm"] = retain
+        if (self.step > GROWTH_WARMUP and self.config.retain_weight and retain > before
+                and retain > RETAIN_RATIO * erase):
+            raise TrainingDivergedError(
+                f"the retain prompts' LoRA norm grew to {retain:.3g} at step {self.step}, above "
+                f"the erase prompts' ({erase:.3g}): the network changes the prompts to keep more "
+                "than those to erase")
 
     def load_checkpoint(self, path: str) -> None:
         state = load_state(path, CHECKPOINT_KIND)
@@ -479,8 +521,8 @@ class Trainer:
                     record["retain_activation"] = (
                         float(self.activation(retain_probe).mean()) if retain_probe else 0.0
                     )
-                    self._check_activation(max(record["erase_activation"],
-                                               record["retain_activation"]))
+                    self._check_activation(record["erase_activation"],
+                                           record["retain_activation"])
                 separation = None
                 if self.step % self.config.checkpoint_every == 0 \
                         or self.step == self.config.steps:
