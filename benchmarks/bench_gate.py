@@ -92,6 +92,8 @@ def main() -> None:
         result["norms"][name] = [round(float(v), 4)
                                  for v in (norms.min(), norms.median(), norms.max())]
 
+    print(json.dumps({k: result[k] for k in ("gate_threshold", "norms")}), file=sys.stderr,
+          flush=True)
     result["identical"] = {}
     sets["kept, unseen wordings"] = random.Random(args.seed).sample(sets["kept, unseen wordings"],
                                                                     120)
@@ -99,6 +101,7 @@ def main() -> None:
         before = generate(world, sets[name], args.seed)
         after = generate(world, sets[name], args.seed, unhype_patch(world, network))
         result["identical"][name] = round(identical_share(before, after), 4)
+        print(f"identical, {name}: {result['identical'][name]}", file=sys.stderr, flush=True)
 
     drawn = draw_prompts(task, args.samples, args.seed)
     base = accuracies(world, drawn, args.seed)

@@ -208,8 +208,9 @@ class UnHypeConditioner(io.ComfyNode):
                 "Attaches each prompt's UnHype embedding to its conditioning, so Apply Dynamic "
                 "LoRA can give every prompt its own LoRA. Use it on the positive AND the "
                 "negative, after any Conditioning (Concat). The report shows how strongly each "
-                "entry (and each part of a joined or long one) triggers the network (0..1), and "
-                "warns about parts it cannot see."),
+                "entry (and each part of a joined or long one) triggers the network (0..1), "
+                "whether it is untouched (under the network's gate: identical to the base "
+                "model) and warns about parts it cannot see."),
             search_aliases=[*ERASURE, "conditioning", "prompt embedding"],
             inputs=[io.Conditioning.Input("conditioning"), UnHype.Input("unhype")],
             outputs=[
