@@ -82,14 +82,16 @@ def test_reruns_leave_no_dead_entries_and_the_network_is_freed(caplog):
                 assert dead_entries() == []
         handle.remove()
         assert samplings == 30 and used  # the network ran, so ComfyUI loaded it
-        assert len(entries_of(network.module)) <= 1
+        assert len(entries_of(network.module)) == 1  # one entry, not one per Apply run
         mm.load_models_gpu([models[0].clone()])  # a later model load
     leaks = [r.getMessage() for r in caplog.records if "memory leak" in r.getMessage()]
     assert leaks == []
     assert dead_entries() == []
 
     network_ref, module_ref = weakref.ref(network), weakref.ref(network.module)
+    entries = len(mm.current_loaded_models)
     del network, run, handle
     assert network_ref() is None and module_ref() is None  # no cycle: freed without a gc pass
+    assert len(mm.current_loaded_models) == entries - 1  # its entry went with it
     assert dead_entries() == []
     mm.unload_all_models()
