@@ -1,8 +1,8 @@
 """Which texts a conditioning entry's tokens come from, and the pooled vector of each.
 
 ComfyUI's pooled vector describes only the first text of an entry: CLIP pools the first chunk of
-a long prompt, Conditioning (Concat) appends another prompt's tokens but keeps the
-first prompt's dict, and an UnHype embedding packed before a Concat still describes the first
+a long prompt, Conditioning (Concat) appends another prompt's tokens but keeps the first
+prompt's dict, and an UnHype embedding packed before a Concat still describes the first
 prompt alone. Yet every token reaches the UNet. A pooled vector cannot be read back from hidden
 states, so UnHype nodes remember, by content, each block of tokens they encoded or saw together
 with its own pooled vector; an entry is split into such blocks and the most strongly triggering
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 #: a row within this distance of row 0, relative to row 0's norm, starts a CLIP chunk. Chunk
-#: starts agree to float noise (exactly, on the CPU); other rows differ by 3.5% or more even in
-#: the tests' tiny random CLIPs, by far more in real ones.
+#: starts agree to float noise (exactly, in one encode on the CPU); other rows differed by 3.5%
+#: or more in tiny random CLIPs (measured with ComfyUI's classes; trained CLIPs not measured).
 CHUNK_START_RTOL = 1e-2
 
 
