@@ -1,5 +1,8 @@
 """Apply Dynamic LoRA: MODEL + UNHYPE -> MODEL whose every batch row gets its prompt's LoRA."""
 
+import threading
+import weakref
+
 import comfy.model_patcher
 import comfy.patcher_extension
 from comfy_api.latest import io
@@ -37,13 +40,32 @@ class HypernetworkPatcher(comfy.model_patcher.ModelPatcher):
         return freed
 
 
+#: network -> {(load device, offload device): its one HypernetworkPatcher}, for the network's life
+_PATCHERS = weakref.WeakKeyDictionary()
+_PATCHERS_LOCK = threading.Lock()
+
+
+def network_patcher(network, load_device, offload_device) -> HypernetworkPatcher:
+    """The network's one patcher for these devices, made on first use and kept while the network
+    lives. ComfyUI's loaded-model list holds patchers weakly: a patcher made per Apply run dies
+    with its MODEL while the module lives on in the network, a dead entry that makes every later
+    model load run a full garbage collection and log "memory leak". The patcher holds the module,
+    not the network, so the entry goes when the network does."""
+    with _PATCHERS_LOCK:
+        patchers = _PATCHERS.setdefault(network, {})
+        key = (load_device, offload_device)
+        if key not in patchers:
+            patchers[key] = HypernetworkPatcher(network.module, load_device=load_device,
+                                                offload_device=offload_device)
+        return patchers[key]
+
+
 def attach_hypernetwork(m, network) -> None:
     """Register the network's module as an additional model of the MODEL clone `m` (once)."""
     managed = m.get_additional_models_with_key(ADDITIONAL_MODELS_KEY)
     if any(p.model is network.module for p in managed):
         return
-    patcher = HypernetworkPatcher(network.module, load_device=m.load_device,
-                                  offload_device=m.offload_device)
+    patcher = network_patcher(network, m.load_device, m.offload_device)
     m.set_additional_models(ADDITIONAL_MODELS_KEY, [*managed, patcher])
 
 

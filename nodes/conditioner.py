@@ -14,7 +14,7 @@ import comfy.conds
 import torch
 from comfy_api.latest import io
 
-from .parts import CHUNK, MEMORY, Part, split
+from .parts import MEMORY, Part, split
 from .schema import CATEGORY, ERASURE, UnHype
 from .wire import EMBEDDING_KEY, pack_embedding
 
@@ -24,7 +24,7 @@ POOLED_NAMES = {
     1280: "CLIP-G pooled embeddings (SDXL)",
     2048: "CLIP-L+G pooled embeddings (SD3)",
 }
-CLIP_CONDS = {"sd1", "sd2", "sdxl"}  # families whose cond tensor is CLIP output in 77-token chunks
+CLIP_CONDS = {"sd1", "sd2", "sdxl"}  # families whose cond tensor is CLIP output in chunks
 RESOLVED_FOR = "unhype_resolved_for"  # cond dict key: the tensor the packed embedding was read from
 UNSEEN = (
     "the tokens marked NOT SEEN reach the model but not the UnHype network, so a "
@@ -244,7 +244,7 @@ def pooled_source_key(tokens: dict) -> str:
 
 
 def chunk_pooled(clip, tokens: dict, key: str) -> torch.Tensor:
-    """Pooled vector of every 77-token chunk of tokens[key], each encoded alone: [chunks, D]."""
+    """Pooled vector of every chunk of tokens[key], each encoded alone: [chunks, D]."""
     chunks = tokens[key]
     if len(chunks) == 1:
         return None
@@ -257,13 +257,13 @@ def chunk_pooled(clip, tokens: dict, key: str) -> torch.Tensor:
     return torch.cat(pooled)
 
 
-def remember_chunks(network, cond: torch.Tensor, chunks: torch.Tensor) -> None:
-    """Each 77-token chunk of a CLIP cond with its own pooled vector, so the chunks count as
-    parts; tokens not laid out in those chunks (Flux's T5) count as one part, described by the
-    most strongly triggering chunk."""
-    if network.info.base_arch in CLIP_CONDS and cond.shape[1] == CHUNK * len(chunks):
+def remember_chunks(network, cond: torch.Tensor, chunks: torch.Tensor, length: int) -> None:
+    """Each `length`-token chunk of a CLIP cond (the tokenizer's chunk length) with its own pooled
+    vector, so the chunks count as parts; tokens not laid out in those chunks (Flux's T5) count
+    as one part, described by the most strongly triggering chunk."""
+    if network.info.base_arch in CLIP_CONDS and cond.shape[1] == length * len(chunks):
         for k in range(len(chunks)):
-            MEMORY.remember(cond[0, k * CHUNK:(k + 1) * CHUNK], chunks[k:k + 1])
+            MEMORY.remember(cond[0, k * length:(k + 1) * length], chunks[k:k + 1])
     else:
         best = int(network.activation(chunks).argmax())
         MEMORY.remember(cond[0], chunks[best:best + 1])
@@ -277,10 +277,11 @@ class UnHypeTextEncode(io.ComfyNode):
             display_name="UnHype Text Encode",
             category=CATEGORY,
             description=(
-                "CLIP Text Encode that also attaches the UnHype embedding, reading every 77-token "
-                "chunk of a long prompt: the most strongly triggering chunk decides the LoRA, so "
-                "a concept placed late in a long prompt is still caught. Its chunks stay known "
-                "when the output is joined to another prompt with Conditioning (Concat)."),
+                "CLIP Text Encode that also attaches the UnHype embedding, reading every chunk "
+                "(77 tokens for standard CLIPs) of a long prompt: the most strongly triggering "
+                "chunk decides the LoRA, so a concept placed late in a long prompt is still "
+                "caught. Its chunks stay known when the output is joined to another prompt with "
+                "Conditioning (Concat)."),
             search_aliases=[*ERASURE, "CLIP Text Encode", "text encode", "prompt", "long prompt"],
             inputs=[
                 io.Clip.Input("clip"),
@@ -294,7 +295,7 @@ class UnHypeTextEncode(io.ComfyNode):
                             "embedding attached."),
                 io.String.Output(
                     display_name="report",
-                    tooltip="How strongly each 77-token chunk triggers the network, 0..1; also "
+                    tooltip="How strongly each chunk triggers the network, 0..1; also "
                             "shown on the node."),
             ],
         )
@@ -308,10 +309,11 @@ class UnHypeTextEncode(io.ComfyNode):
             )
         tokens = clip.tokenize(text)
         conditioning = clip.encode_from_tokens_scheduled(tokens)
-        chunks = chunk_pooled(clip, tokens, pooled_source_key(tokens))
+        key = pooled_source_key(tokens)
+        chunks = chunk_pooled(clip, tokens, key)
         if chunks is not None:  # one chunk: the ordinary pooled vector already saw all of it
             check_pooled(node, unhype, chunks[:1], 0)
             for entry in conditioning:
-                remember_chunks(unhype, entry[0], chunks)
+                remember_chunks(unhype, entry[0], chunks, length=len(tokens[key][0]))
         out, report = condition(node, unhype, conditioning, label="prompt")
         return io.NodeOutput(out, report, ui={"text": [report]})

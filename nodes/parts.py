@@ -1,8 +1,8 @@
 """Which texts a conditioning entry's tokens come from, and the pooled vector of each.
 
-ComfyUI's pooled vector describes only the first text of an entry: CLIP pools the first 77-token
-chunk of a long prompt, Conditioning (Concat) appends another prompt's tokens but keeps the
-first prompt's dict, and an UnHype embedding packed before a Concat still describes the first
+ComfyUI's pooled vector describes only the first text of an entry: CLIP pools the first chunk of
+a long prompt, Conditioning (Concat) appends another prompt's tokens but keeps the first
+prompt's dict, and an UnHype embedding packed before a Concat still describes the first
 prompt alone. Yet every token reaches the UNet. A pooled vector cannot be read back from hidden
 states, so UnHype nodes remember, by content, each block of tokens they encoded or saw together
 with its own pooled vector; an entry is split into such blocks and the most strongly triggering
@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-CHUNK = 77  # CLIP context: ComfyUI encodes longer prompts in 77-token chunks
+#: a row within this distance of row 0, relative to row 0's norm, starts a CLIP chunk. Chunk
+#: starts agree to float noise (exactly, in one encode on the CPU); other rows differed by 3.5%
+#: or more in tiny random CLIPs (measured with ComfyUI's classes; trained CLIPs not measured).
+CHUNK_START_RTOL = 1e-2
 
 
 @dataclass
@@ -93,22 +96,39 @@ def split(cond: torch.Tensor | None, pooled: torch.Tensor, chunked: bool,
     """The parts of one entry (cond [1, T, C]); its own pooled vector ([1, D], D the width
     looked up) covers the first part.
 
-    `chunked` (CLIP conditioning, SD1.x / SD2 / SDXL): every 77-token chunk is a part. Otherwise
-    (e.g. Flux's T5 tokens, where parts have any length) known blocks are matched from both ends
-    and what lies between is one part.
+    `chunked` (CLIP conditioning, SD1.x / SD2 / SDXL): every chunk is a part, found where it
+    starts (chunk_starts), whatever the encoder's chunk length. Otherwise (e.g. Flux's T5
+    tokens, where parts have any length) known blocks are matched from both ends and what lies
+    between is one part.
     """
     if cond is None or cond.ndim != 3 or cond.shape[1] == 0:
         return [Part(0, 0, pooled)]
     tokens, width = cond[0], pooled.shape[-1]
     if chunked:
-        parts = [Part(s, min(s + CHUNK, len(tokens)), None) for s in range(0, len(tokens), CHUNK)]
-        for part in parts:
-            part.pooled = memory.recall(tokens[part.start:part.end], width)
+        bounds = [*chunk_starts(tokens), len(tokens)]
+        parts = [Part(s, e, memory.recall(tokens[s:e], width)) for s, e in zip(bounds, bounds[1:])]
     else:
         parts = _known_ends(tokens, width, memory)
     if parts[0].pooled is None:
         parts[0].pooled = pooled
     return parts
+
+
+def chunk_starts(tokens: torch.Tensor) -> list[int]:
+    """Rows [T, C] of CLIP hidden states where a chunk starts: the rows equal to row 0.
+
+    ComfyUI encodes a long prompt in chunks of its tokenizer's length, each opening with the
+    start token, and CLIP's text transformer is causal: a chunk's first hidden state sees only
+    that token at position 0, so it is the same vector in every chunk and every text from the
+    same encoder joined by Conditioning (Concat), at any clip skip or prompt weight (weights leave
+    the start token alone). A zeroed conditioning (every row 0) is one part.
+    """
+    first = tokens[0].float()
+    scale = first.norm()
+    if scale == 0:
+        return [0]
+    distance = (tokens.float() - first).norm(dim=-1)
+    return (distance <= CHUNK_START_RTOL * scale).nonzero().flatten().tolist()
 
 
 def _known_ends(tokens: torch.Tensor, width: int, memory: BlockMemory) -> list[Part]:

@@ -106,8 +106,16 @@ def forget_parts():
     sys.modules[host()[1].__name__ + ".nodes.parts"].MEMORY.clear()
 
 
-def make_tiny_clip():
-    """A tiny random CLIP-L (width 64) built with ComfyUI's classes and its real tokenizer."""
+TINY_CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+             "num_hidden_layers": 2, "projection_dim": 64}
+
+
+def make_tiny_clip(chunk=77, embedding_directory=None):
+    """A tiny random CLIP-L (width 64) built with ComfyUI's classes and its real tokenizer, whose
+    prompts are encoded in chunks of `chunk` tokens (ComfyUI's own max_length settings);
+    textual-inversion embeddings (width 64) are read from `embedding_directory`."""
+    import functools
+
     import comfy.sd
     import comfy.sd1_clip
     import comfy.supported_models_base
@@ -116,12 +124,20 @@ def make_tiny_clip():
 
     target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
                                                     comfy.sd1_clip.SD1ClipModel)
-    config = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
-              "num_hidden_layers": 2, "projection_dim": 64}
-    clip = comfy.sd.CLIP(target=target, model_options={"clip_l_model_config": config,
-                                                       "dtype": torch.float32})
+    tokenizer = functools.partial(comfy.sd1_clip.SDTokenizer, embedding_size=64)
+    clip = comfy.sd.CLIP(
+        target=target, embedding_directory=embedding_directory,
+        tokenizer_data={"clip_l_max_length": chunk, "clip_l_tokenizer_class": tokenizer},
+        model_options={"clip_l_model_config": {**TINY_CLIP, "max_position_embeddings": chunk},
+                       "dtype": torch.float32})
     fill_random_(clip.cond_stage_model, seed=3, std=0.5)
     return clip
+
+
+def chunk_length(clip):
+    """The chunk length of this CLIP's prompts, as its tokenizer lays them out."""
+    tokens = clip.tokenize("")
+    return len(tokens["g" if "g" in tokens else "l"][0])
 
 
 FILLER = " ".join(["a"] * 75)  # exactly the first 77-token chunk (start + 75 + end)

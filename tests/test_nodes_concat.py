@@ -2,6 +2,7 @@
 the UnHype network, in either order of Concat and UnHype Conditioner (real ComfyUI nodes)."""
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import comfy_host as ch
 from _nodes_helpers import (
     CONCEPT,
     FILLER,
+    TINY_CLIP,
+    chunk_length,
     concept_detector,
     forget_parts,
     host,
@@ -206,3 +209,115 @@ def test_text_encode_long_prompt_for_a_family_without_chunks(tiny, clip):
     torch.testing.assert_close(packed_pooled(encoded), concept)
     joined, report = condition(concat(encode(clip, ORDINARY), encoded), network)
     assert "part 2 of 2 (tokens 78-231): activation 1.00  <- used" in report
+
+
+# ------------------------------------------------------------------------------------------
+# CLIPs whose chunks are not 77 tokens long (a long-context CLIP-L, any custom CLIP)
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=[50, 100], ids=lambda n: f"{n}-token chunks")
+def odd_clip(request):
+    return make_tiny_clip(chunk=request.param)
+
+
+def filler(clip):
+    """Words that fill exactly the first chunk of this CLIP (start + words + end)."""
+    return " ".join(["a"] * (chunk_length(clip) - 2))
+
+
+def chunk_starts(cond):
+    return sys.modules[host()[1].__name__ + ".nodes.parts"].chunk_starts(cond[0])
+
+
+def test_late_concept_in_a_long_prompt_with_any_chunk_length(tiny, odd_clip):
+    """UnHype Text Encode reads the tokenizer's chunk length: the concept in the second chunk is
+    found, with the activation and the embedding of the concept alone."""
+    clip, n = odd_clip, chunk_length(odd_clip)
+    concept = pooled_of(clip, CONCEPT)
+    network = concept_detector(tiny, concept, pooled_of(clip, filler(clip)))
+    encoded, report = ch.run_node(node("UnHypeTextEncode"), clip=clip,
+                                  text=filler(clip) + " " + CONCEPT, unhype=network)
+    assert encoded[0][0].shape[1] == 2 * n
+    alone = network.activation(concept).item()
+    assert report.splitlines()[1] == f"prompt: 2 chunks, {2 * n} tokens; the most strongly " \
+                                     "triggering one decides the LoRA"
+    assert f"chunk 2 of 2 (tokens {n + 1}-{2 * n}): activation {alone:.2f}  <- used" in report
+    torch.testing.assert_close(packed_pooled(encoded), concept)
+    assert network.activation(packed_pooled(encoded)).item() == alone
+    negative = condition(encode(clip, ""), network)[0]
+    embedding, _, _ = sample_positive_row(tiny, network, encoded, negative)
+    torch.testing.assert_close(embedding, concept)
+
+
+@pytest.mark.parametrize("order", ["Concat, then Conditioner", "Conditioner, then Concat"])
+def test_concept_in_a_concat_part_with_any_chunk_length(tiny, odd_clip, order):
+    """Concat(to=ordinary, from=concept) with chunks of another length: the concept's part is
+    found where it starts and decides the LoRA, in either order of Concat and Conditioner."""
+    clip, n = odd_clip, chunk_length(odd_clip)
+    concept = pooled_of(clip, CONCEPT)
+    network = concept_detector(tiny, concept, pooled_of(clip, ORDINARY))
+    ordinary, concept_cond = encode(clip, ORDINARY), encode(clip, CONCEPT)
+    if order == "Concat, then Conditioner":
+        condition(concept_cond, network)  # seen before it is joined
+        positive, report = condition(concat(ordinary, concept_cond), network)
+        alone = network.activation(concept).item()
+        assert f"chunk 2 of 2 (tokens {n + 1}-{2 * n}): activation {alone:.2f}  <- used" in report
+        assert "NOT SEEN" not in report
+        torch.testing.assert_close(packed_pooled(positive), concept)
+    else:
+        positive = concat(condition(ordinary, network)[0], condition(concept_cond, network)[0])
+    negative = condition(encode(clip, ""), network)[0]
+    embedding, _, (_, _, context) = sample_positive_row(tiny, network, positive, negative)
+    assert context.shape[1] == 2 * n
+    torch.testing.assert_close(embedding, concept)
+
+
+def tiny_sdxl_clip():
+    """A tiny random SDXL text encoder (CLIP-L and CLIP-G, 3 layers: both read the penultimate)
+    built with ComfyUI's classes."""
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models_base
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer,
+                                                    comfy.sdxl_clip.SDXLClipModel)
+    layers = {**TINY_CLIP, "num_hidden_layers": 3}
+    clip = comfy.sd.CLIP(target=target, model_options={
+        "clip_l_model_config": layers, "dtype": torch.float32,
+        "clip_g_model_config": {**layers, "hidden_size": 96, "projection_dim": 80}})
+    ch.fill_random_(clip.cond_stage_model, seed=4, std=0.5)
+    return clip
+
+
+def test_chunk_starts_are_the_tokenizers_chunks_on_every_clip_path(odd_clip, tmp_path):
+    """The row-0 rule that finds chunks without the tokenizer holds on ComfyUI's CLIP code paths:
+    any chunk length, prompt weights, clip skip (CLIP Set Last Layer), a textual-inversion
+    embedding, SDXL's CLIP-L + CLIP-G concatenation, Concat of differently weighted texts; a
+    zeroed conditioning is one part."""
+    import safetensors.torch
+
+    ns = host()[0]
+    gen = torch.Generator().manual_seed(0)
+    safetensors.torch.save_file({"emb_params": torch.randn(3, 64, generator=gen)},
+                                str(tmp_path / "tench_style.safetensors"))
+    n = chunk_length(odd_clip)
+    with_embeddings = make_tiny_clip(chunk=n, embedding_directory=str(tmp_path))
+    skipped = ch.run_node(ns.nodes.CLIPSetLastLayer, clip=odd_clip, stop_at_clip_layer=-2)[0]
+    long = " ".join([CONCEPT] * 30)
+    cases = {
+        "plain": (odd_clip, long),
+        "prompt weights": (odd_clip, f"(a photo:1.3) of a [pond] {long} (tench:0.6)"),
+        "clip skip": (skipped, f"(a photo:1.3) {long}"),
+        "embedding": (with_embeddings, f"embedding:tench_style {long} embedding:tench_style"),
+        "sdxl": (tiny_sdxl_clip(), f"(a photo:1.2) {long}"),
+    }
+    tokens = with_embeddings.tokenize(cases["embedding"][1])["l"][0]
+    assert any(torch.is_tensor(t) for t, _ in tokens)  # the embedding is used
+    for name, (clip, text) in cases.items():
+        cond = encode(clip, text)[0][0]
+        width = chunk_length(clip)
+        assert cond.shape[1] > 2 * width, name
+        assert chunk_starts(cond) == list(range(0, cond.shape[1], width)), name
+    joined = concat(encode(odd_clip, ORDINARY), encode(odd_clip, f"(tench:1.4) {long}"))[0][0]
+    assert chunk_starts(joined) == list(range(0, joined.shape[1], n))
+    zeroed = ch.run_node(ns.nodes.ConditioningZeroOut, conditioning=encode(odd_clip, long))[0]
+    assert chunk_starts(zeroed[0][0]) == [0]

@@ -120,8 +120,10 @@ def test_apply_does_not_touch_the_input_model(tiny, network):
 def test_conditioner_packs_embedding_without_mutating(network):
     forget_parts()
     pooled = torch.randn(1, D)
-    cond = [[torch.randn(1, 154, D), {"pooled_output": pooled, "strength": 0.5,
-                                      "model_conds": {"other": "x"}}],
+    two_chunks = torch.randn(1, 154, D)
+    two_chunks[0, 77] = two_chunks[0, 0]  # the second chunk opens as CLIP's chunks do
+    cond = [[two_chunks, {"pooled_output": pooled, "strength": 0.5,
+                          "model_conds": {"other": "x"}}],
             [torch.randn(1, 77, D), {"pooled_output": pooled * 2}]]
     snapshot = [dict(e[1]) for e in cond]
     out = node("UnHypeConditioner").execute(cond, network)
