@@ -1,18 +1,18 @@
 """The command line as a newcomer meets it: one clear line and exit status 2 for a wrong
 argument, and no heavy import before the arguments are known."""
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from comfy_host import run_watched
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def unhype(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "unhype", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return run_watched([sys.executable, "-m", "unhype", *args], budget=120, cwd=cwd)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -49,6 +49,5 @@ def test_help_and_argument_errors_load_no_torch(args):
              "try:\n    runpy.run_module('unhype', run_name='__main__')\n"
              "except SystemExit:\n    pass\n"
              "print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = run_watched([sys.executable, "-c", probe], budget=120, cwd=REPO)
     assert result.stderr.strip().endswith("no torch"), result.stderr
