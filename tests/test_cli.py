@@ -19,6 +19,7 @@ def unhype(*args, cwd=REPO):
     (["demo", "--steps", "-5"], "argument --steps: must be at least 0, got -5"),
     (["demo", "--steps", "abc"], "argument --steps: expected a whole number, got 'abc'"),
     (["demo", "--samples", "0"], "argument --samples: must be at least 1"),
+    (["demo", "--cores", "0"], "argument --cores: must be at least 1"),
     (["demo", "--concept", "mauve"], "argument --concept: invalid choice: 'mauve'"),
     (["demo", "--objective", "esd"], "argument --objective: invalid choice: 'esd'"),
     (["demo", "--out", "/proc/forbidden"], "--out /proc/forbidden: cannot write there"),
