@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-import comfy_host
-
 from unhype import load_unhype
 from unhype.demo import choose_cores, run_demo
+
 
 @pytest.mark.slow
 def test_short_demo_erases_red_and_keeps_other_colours(tmp_path):
@@ -33,11 +32,9 @@ def test_short_demo_erases_red_and_keeps_other_colours(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_cores_give_the_numbers_one_core_gives(tmp_path, monkeypatch):
+def test_two_cores_give_the_numbers_one_core_gives(tmp_path):
     """The second process (base model during training, half the trained model's sets) changes
     where the work runs, not what it gives: the same accuracies and network, bit for bit."""
-    # the second process imports `unhype` from sys.path (conftest's finder is this process's)
-    monkeypatch.syspath_prepend(str(comfy_host.REPO_ROOT))
     runs = {cores: run_demo(out=str(tmp_path / str(cores)), steps=2, samples=2, cores=cores)
             for cores in (1, 2)}
     assert runs[1]["cores"] == 1 and runs[2]["cores"] == 2

@@ -79,6 +79,21 @@ def choose_cores(requested: int | None) -> tuple[int, str]:
 _WORKER_WORLD = None
 
 
+def _second_process() -> ProcessPoolExecutor:
+    """A started process with one torch thread and its own world. It imports this same
+    `unhype`; a test run imports it through a finder, not sys.path, so the package's folder is
+    on sys.path while the process starts (spawn hands sys.path over)."""
+    helper = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    try:
+        helper.submit(int)  # a first job starts the process, here
+    finally:
+        sys.path.remove(root)
+    return helper
+
+
 def _start_worker() -> None:
     global _WORKER_WORLD
     torch.set_num_threads(1)
@@ -169,8 +184,7 @@ def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0, sam
         else "one process (--cores 2 measures the base model alongside training)\n"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the second process: the same numbers in either
-    helper = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
-                                 initializer=_start_worker) if cores > 1 else None
+    helper = _second_process() if cores > 1 else None
     try:
         metrics = _run(concept, out, steps, samples, seed, objective, helper)
     finally:
