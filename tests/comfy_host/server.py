@@ -130,7 +130,7 @@ class ComfyServer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(timeout=10)
+                self.proc.wait()
         self.proc = None
         fh = getattr(self, "_log_fh", None)
         if fh is not None and not fh.closed:
