@@ -5,7 +5,7 @@
 Times what the demo spends its time on (sampling 25-step CFG images with the tiny world, and ESD
 x_t partial samplings) in one process per thread count, then again while a second process keeps
 one core busy ("loaded"). Prints seconds and the ratio all-cores / 1-thread measured in the same
-run; the demo's `--threads` default follows from it.
+run; the demo's one thread per process follows from it.
 """
 
 import argparse

@@ -17,6 +17,8 @@ from test_training import make_trainer  # noqa: E402
 
 def train(rank, world, store, settings, checkpoint, resume, out):
     torch.set_num_threads(1)
+    # gloo's default timeout (30 min) is a hang guard only: a collective waits for one step of
+    # the other process, seconds even on a busy machine
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         trainer = make_trainer(group=dist.group.WORLD, **settings)

@@ -37,6 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "workflows"
 EXTENSION_NAME = "unhype.report"  # app.registerExtension({name}) in web/unhype.js
 EXTENSION_URL = f"/extensions/{ch.PACK_DIR_NAME}/unhype.js"
+# Hang guards for what the browser does alone (launch, page load, one action): seconds when idle,
+# and so large that only a hang reaches them; waits on the server's work use its progress.
+BROWSER_HANG_MS = 900_000
 PACK_NODES = ("UnHypeLoader", "UnHypeConditioner", "UnHypeTextEncode", "UnHypeApplyDynamicLoRA")
 # how our script shows up in the page's errors: its URL, or the extension name in the frontend's
 # "Error calling extension 'unhype.report' ..." / "Error loading extension <url>" messages
@@ -146,7 +149,7 @@ def browser(chromium_exe):
     try:
         # Playwright gives every launch a fresh temporary --user-data-dir.
         b = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_FLAGS,
-                               timeout=30_000)
+                               timeout=BROWSER_HANG_MS)
     except Exception as e:  # any launch failure means "no usable browser"
         pw.stop()
         pytest.skip(f"Chromium at {exe} did not start: {str(e).splitlines()[0]}")
@@ -215,11 +218,11 @@ def session(chromium_exe, comfy_server, sd15_models, browser):
     assert status == 200
     context = browser.new_context(viewport={"width": 1920, "height": 1080})
     page = context.new_page()
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(BROWSER_HANG_MS)
     s = PageSession(page)
     t0 = time.monotonic()
     page.goto(comfy_server.url + "/", wait_until="domcontentloaded")
-    page.wait_for_function(READY_JS, timeout=90_000)
+    page.wait_for_function(READY_JS, timeout=BROWSER_HANG_MS)
     page.evaluate(RECORDER_JS)
     print(f"\npage ready in {time.monotonic() - t0:.1f}s")
     try:
@@ -370,7 +373,19 @@ def _is_blank(png: Path) -> bool:
     return len(colors) < 20
 
 
-def test_sd15_workflow_screenshot_and_run(session):
+def wait_for_run(page, comfy_server, watch: ch.Watch, done_js: str) -> None:
+    """Until `done_js` is true on the page; fails only if the server's work hangs."""
+    from playwright.sync_api import TimeoutError as PageTimeout
+
+    while True:
+        try:
+            page.wait_for_function(done_js, timeout=5_000, polling=250)
+            return
+        except PageTimeout:
+            watch.check(lambda: comfy_server.log(4000))
+
+
+def test_sd15_workflow_screenshot_and_run(session, comfy_server):
     page = session.page
     workflow = json.loads((WORKFLOWS / "sd15_unhype.json").read_text())
     got = page.evaluate(LOAD_JS, [workflow, "sd15_unhype.json"])
@@ -402,16 +417,17 @@ def test_sd15_workflow_screenshot_and_run(session):
         window.__unhypeExecErrors = [];
     }""")
     t0 = time.monotonic()
+    watch = comfy_server.watch(180, "the run queued from the page")
     page.evaluate("async () => { await app.queuePrompt(0, 1); }")
-    page.wait_for_function("""() => {
+    wait_for_run(page, comfy_server, watch, """() => {
         if (window.__unhypeExecErrors.length) return true;
         const g = app.rootGraph ?? app.graph;
         const nodes = g._nodes.filter((n) => n.type === 'UnHypeConditioner');
         return nodes.length === 2 && nodes.every(
             (n) => (n.widgets ?? []).some((w) => w.name === 'unhype_report' && w.value));
-    }""", timeout=180_000, polling=250)
-    page.wait_for_function(
-        "() => window.__unhypeExecErrors.length || window.__unhypeDone.length", timeout=180_000)
+    }""")
+    wait_for_run(page, comfy_server, watch,
+                 "() => window.__unhypeExecErrors.length || window.__unhypeDone.length")
     errors = page.evaluate("() => window.__unhypeExecErrors")
     assert errors == [], json.dumps(errors, indent=1)[:4000]
     reports = page.evaluate("""() => (app.rootGraph ?? app.graph)._nodes

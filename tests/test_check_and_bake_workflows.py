@@ -63,7 +63,7 @@ def scores(text: str) -> tuple[float, float]:
 
 def test_workflow_checks_the_erasure(comfy_server, api):
     started = time.monotonic()
-    outputs = comfy_server.run(api, timeout=600)
+    outputs = comfy_server.run(api, budget=600)
     print(f"workflow ran in {time.monotonic() - started:.1f}s")
     check = next(k for k, n in api.items() if n["class_type"] == "UnHypeErasureCheck")
     report = outputs[check]["text"][0]
@@ -85,7 +85,7 @@ def test_clip_zero_shot_judge_from_the_judge_folder(comfy_server, api):
                            erased_concept="a red shape",
                            other_classes="\n".join(f"a {c} shape" for c in (
                                "orange", "yellow", "green", "teal", "blue", "purple", "pink")))
-    outputs = comfy_server.run(api, timeout=300)
+    outputs = comfy_server.run(api, budget=300)
     report = next(o["text"][0] for k, o in outputs.items()
                   if api[k]["class_type"] == "UnHypeErasureCheck")
     print(report)
@@ -114,7 +114,7 @@ def test_baked_file_samples_like_apply_dynamic_lora(comfy_server, object_info, a
     workflow = json.loads((WORKFLOWS / "bake_lora.json").read_text())
     assert validate(workflow, object_info) == []
     graph = to_api(workflow, object_info)
-    outputs = comfy_server.run(graph, timeout=300)
+    outputs = comfy_server.run(graph, budget=300)
     report = next(o["text"][0] for k, o in outputs.items() if graph[k]["class_type"] ==
                   "PreviewAny")
     print(report)
@@ -145,7 +145,7 @@ def test_baked_file_samples_like_apply_dynamic_lora(comfy_server, object_info, a
     }
     images = {}
     for label, model in models.items():
-        out = comfy_server.run({**common, **sampled(model, label)}, timeout=300)
+        out = comfy_server.run({**common, **sampled(model, label)}, budget=300)
         images[label] = np.stack([np.asarray(Image.open(comfy_server.output_path(i)), np.int16)
                                   for i in out["save"]["images"]])
     baked, dynamic, base = images["baked"], images["dynamic"], images["original"]

@@ -17,13 +17,14 @@ from unhype.hypernet import HyperNetConfig
 from unhype.network import NetworkInfo, UnHypeNetwork
 from unhype.targets import Target
 
+from comfy_host import run_watched
+
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "python -m unhype train: "
 
 
-def unhype(*args, cwd=REPO, timeout=120):
-    return subprocess.run([sys.executable, "-m", "unhype", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+def unhype(*args, cwd=REPO, budget=120):
+    return run_watched([sys.executable, "-m", "unhype", *args], budget=budget, cwd=cwd)
 
 
 def assert_one_line_error(result, *fragments):
@@ -44,13 +45,14 @@ def train(tmp_path, **keys):
     keys = {"model": "proving-ground", "concepts": ["red"], **keys}
     config = tmp_path / "cfg.toml"
     config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items()))
-    return unhype("train", str(config), timeout=600)
+    return unhype("train", str(config), budget=600)
 
 
 @pytest.mark.parametrize("args, message", [
     (["demo", "--steps", "-5"], "argument --steps: must be at least 0, got -5"),
     (["demo", "--steps", "abc"], "argument --steps: expected a whole number, got 'abc'"),
     (["demo", "--samples", "0"], "argument --samples: must be at least 1"),
+    (["demo", "--cores", "0"], "argument --cores: must be at least 1"),
     (["demo", "--concept", "mauve"], "argument --concept: invalid choice: 'mauve'"),
     (["demo", "--objective", "esd"], "argument --objective: invalid choice: 'esd'"),
     (["demo", "--out", "/proc/forbidden"], "--out /proc/forbidden: cannot write there"),
@@ -81,8 +83,7 @@ def test_help_and_argument_errors_load_no_torch(args):
              "try:\n    runpy.run_module('unhype', run_name='__main__')\n"
              "except SystemExit:\n    pass\n"
              "print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = run_watched([sys.executable, "-c", probe], budget=120, cwd=REPO)
     assert result.stderr.strip().endswith("no torch"), result.stderr
 
 
@@ -212,8 +213,7 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_no_partial_file(tmp_
     config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items()))
     command, options, reason = _full_disk_command(
         folder, [sys.executable, "-m", "unhype", "train", str(config)])
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                            **options)
+    result = run_watched(command, budget=600, cwd=REPO, **options)
     assert_one_line_error(result, f"cannot write {folder / 'ckpt' / 'unhype.safetensors'}: "
                           f"{reason}", "make room there, or set output and checkpoint_dir")
     # what is left on that disk (listed inside the namespace, or seen here): no half file

@@ -88,8 +88,8 @@ def shell(command: str, home: Path, **env) -> subprocess.CompletedProcess:
         (venv / "bin" / "python").symlink_to(sys.executable)
     environment = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
     environment.update(HOME=str(home), UNHYPE_VENV=str(venv), **env)
-    return subprocess.run(["bash", "-c", f"source .ci/common.sh && {command}"], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=60)
+    return comfy_host.run_watched(["bash", "-c", f"source .ci/common.sh && {command}"],
+                                  budget=60, cwd=REPO, env=environment)
 
 
 def test_the_shell_asks_the_same_module(tmp_path):

@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import _distributed_worker
+from comfy_host import Watch, communicate_watched, run_watched
 from test_training import make_trainer
 
 DRAWS = 4
@@ -86,13 +87,13 @@ def test_killing_one_process_loses_nothing_the_last_checkpoint_held(tmp_path, vi
          "--master_port", str(_free_port()), str(worker), json.dumps(settings), str(checkpoint),
          str(pids)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 300
+        watch = Watch(launcher.pid, 300, "torchrun before its first checkpoint")
         while not checkpoint.exists() or len(list(pids.iterdir())) < 2:
             assert launcher.poll() is None, launcher.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            watch.check()
             time.sleep(0.02)
         os.kill(int((pids / f"rank{victim}").read_text()), signal.SIGKILL)
-        output = launcher.communicate(timeout=300)[0]
+        output = communicate_watched(launcher, 300, "torchrun stopping the rest")[0]
     finally:
         launcher.kill()
     assert launcher.returncode != 0, output[-3000:]
@@ -162,8 +163,7 @@ def test_torchrun_runs_the_headless_trainer_data_parallel(comfyui_path, tmp_path
     networks = {}
     for name, command in runs.items():
         config = _headless_config(tmp_path, name, comfyui_path)
-        proc = subprocess.run([*command, str(config)], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = run_watched([*command, str(config)], budget=600, cwd=root, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert proc.stdout.count("step 6/6") == 1, proc.stdout  # process 0 alone prints
         networks[name] = unhype.load_unhype(str(tmp_path / name / f"{name}.safetensors"))

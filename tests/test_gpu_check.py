@@ -3,11 +3,12 @@ Dynamic LoRA and hook LoRA, UnHype and ESD-x training steps with and without che
 tiny models of each family, in a separate process as it would run on a GPU machine."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from comfy_host import run_watched
 
 pytestmark = pytest.mark.host
 
@@ -16,9 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_gpu_check_cpu_smoke(comfyui_path):
     env = {**os.environ, "COMFYUI_PATH": str(comfyui_path)}
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"),
-                             "--cpu-smoke"], capture_output=True, text=True, timeout=300,
-                            env=env, cwd=ROOT)
+    result = run_watched([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"),
+                          "--cpu-smoke"], budget=300, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = result.stdout.split("==== report ====")[-1]
     for section in ("sampling sd15", "sampling sdxl", "training sd15", "training sdxl",

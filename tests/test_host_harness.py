@@ -45,16 +45,16 @@ def test_tiny_sd1_model_samples_with_cond_and_uncond(comfy, tiny_sd1_model, tiny
     model.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "unhype-test", wrapper)
     comfy_host.sample_steps(comfy, model, positive, negative, steps=1)  # warm-up
     calls.clear()
-    t0 = time.monotonic()
+    t0 = time.process_time()  # CPU time: the work done, the same on a busy machine
     out = comfy_host.sample_steps(comfy, model, positive, negative, steps=2, seed=3)
-    elapsed = time.monotonic() - t0
+    elapsed = time.process_time() - t0
     assert out.shape == (1, 4, 8, 8)
     assert torch.isfinite(out).all()
     assert len(calls) == 2 and all(sorted(c[1]) == [0, 1] and c[0] == 2 for c in calls)
     # deterministic for a fixed seed
     again = comfy_host.sample_steps(comfy, model, positive, negative, steps=2, seed=3)
     assert torch.equal(out, again)
-    assert elapsed < 15, f"2 steps took {elapsed:.1f}s"  # ~0.5 s when the CPU is not shared
+    assert elapsed < 15, f"2 steps took {elapsed:.1f} CPU-seconds"  # ~0.5 s
 
 
 @pytest.mark.slow
@@ -100,7 +100,7 @@ def test_server_runs_a_trivial_graph(comfy_server):
               "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0}},
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     }
-    outputs = comfy_server.run(graph, timeout=60)
+    outputs = comfy_server.run(graph, budget=60)
     (image,) = outputs["2"]["images"]
     assert comfy_server.output_path(image).is_file()
 
@@ -136,6 +136,6 @@ def test_server_txt2img_with_random_sd15_checkpoint(comfy_server, sd15_checkpoin
         "out": {"class_type": "SaveImage",
                 "inputs": {"images": ["dec", 0], "filename_prefix": "harness"}},
     }
-    outputs = comfy_server.run(graph, timeout=180)
+    outputs = comfy_server.run(graph, budget=180)
     (image,) = outputs["out"]["images"]
     assert comfy_server.output_path(image).is_file()

@@ -2,13 +2,13 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from comfy_host import run_watched
 from unhype.world import load_world
 from unhype.world.data import make_dataset, to_float, training_vocabulary_texts
 from unhype.world.erasure import draw_prompts
@@ -130,10 +130,10 @@ def test_benchmark_runs_end_to_end(tmp_path):
     """benchmarks/bench_identities.py at toy sizes: every row, the table and the timing line."""
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "identities"
-    proc = subprocess.run(
+    proc = run_watched(
         [sys.executable, str(root / "benchmarks" / "bench_identities.py"), "--counts", "2", "1",
          "--steps", "2", "3", "--samples", "1", "--timing-prompts", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        budget=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "identities.json").read_text())
     assert [(r["method"], r["erased"], r["steps"]) for r in result["rows"]] == [
@@ -144,13 +144,13 @@ def test_benchmark_runs_end_to_end(tmp_path):
     assert set(result["sampling_seconds"]) == {"base", "fewest erased", "most erased"}
     table = (out / "identities.md").read_text()
     assert table.count("\n| UnHype |") == 3 and "sampling 2 prompts: base" in table
-    merged = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_identities.py"),
-                             "--merge", str(out), str(out), "--out", str(tmp_path / "merged")],
-                            capture_output=True, text=True, timeout=60)
+    merged = run_watched([sys.executable, str(root / "benchmarks" / "bench_identities.py"),
+                          "--merge", str(out), str(out), "--out", str(tmp_path / "merged")],
+                         budget=60)
     assert merged.returncode == 0, merged.stderr
     assert "| UnHype | 2 | 3 | 2 |" in (tmp_path / "merged" / "identities.md").read_text()
-    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_identities.py"),
-                          "--counts", "21"], capture_output=True, text=True, timeout=60)
+    bad = run_watched([sys.executable, str(root / "benchmarks" / "bench_identities.py"),
+                       "--counts", "21"], budget=60)
     assert bad.returncode == 2 and "--counts must be between 1 and 20" in bad.stderr
 
 

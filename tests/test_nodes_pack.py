@@ -2,9 +2,10 @@
 it never exports NODE_CLASS_MAPPINGS (ComfyUI would then load it as V1 and drop the V3 nodes)."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from comfy_host import run_watched
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,8 +23,7 @@ print(json.dumps({{"exports": sorted(n for n in vars(module) if n.isupper() or "
 
 
 def test_pack_imports_without_comfyui():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         cwd="/", timeout=120)
+    out = run_watched([sys.executable, "-c", SCRIPT], budget=120, cwd="/")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"exports": ["HOST_MODULES", "WEB_DIRECTORY"], "web": "./web", "comfy": False}

@@ -144,7 +144,7 @@ def test_sd15_workflow_runs(comfy_server, object_info, sd15_checkpoint, unhype_p
     by_type["UnHypeLoader"]["inputs"]["unhype_name"] = net
     by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
     by_type["KSampler"]["inputs"]["steps"] = 2
-    outputs = comfy_server.run(copy.deepcopy(api), timeout=300)
+    outputs = comfy_server.run(copy.deepcopy(api), budget=300)
     images = [o for o in outputs.values() if "images" in o]
     assert images and comfy_server.output_path(images[0]["images"][0]).is_file()
     reports = [o["text"][0] for o in outputs.values() if "text" in o]
@@ -161,5 +161,5 @@ def test_node_error_keeps_server_running(comfy_server, object_info, sd15_checkpo
     if "PreviewAny" not in object_info:
         pytest.skip("no output node to pull the loader")
     with pytest.raises(ch.PromptError, match="UnHype Loader"):
-        comfy_server.run(api, timeout=60)
+        comfy_server.run(api, budget=60)
     assert comfy_server.object_info("UnHypeLoader")

@@ -111,7 +111,7 @@ def test_workflow_erases_red_and_keeps_the_other_colours(comfy_server, object_in
         for sampler in samplers:
             sampler["inputs"]["seed"] = 42 + run
         latent["inputs"]["batch_size"] = 8 if run == 0 else 4  # 32 images per row in all
-        outputs = comfy_server.run(api, timeout=900)
+        outputs = comfy_server.run(api, budget=900)
         if train_seconds is None:
             train_seconds = time.monotonic() - started
             report = next(o["text"][0] for k, o in outputs.items()

@@ -7,7 +7,6 @@ checkpoint (full-size CLIP-L), with settings that keep the number of CLIP encodi
 """
 
 import os
-import subprocess
 import sys
 import textwrap
 import time
@@ -309,9 +308,8 @@ def test_headless_train_command_writes_the_same_kind_of_file(comfyui_path, sd15_
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     env.pop("PYTHONPATH", None)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "unhype", "train", str(config)],
-                          cwd=ch.REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = ch.run_watched([sys.executable, "-m", "unhype", "train", str(config)], budget=300,
+                          cwd=ch.REPO_ROOT, env=env)
     seconds = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "step 2/2" in proc.stdout, proc.stdout
@@ -372,14 +370,14 @@ def test_training_workflow_on_the_server_cancel_and_resume(comfy_server, sd15_ch
     api = _training_api(comfy_server, info, ckpt, steps=500, checkpoint_every=1,
                         save_name="server_run")
     prompt_id = comfy_server.post_prompt(api)
-    deadline = time.monotonic() + 240
+    watch = comfy_server.watch(240, "the first training checkpoint")
     while "server_run.safetensors" not in _files(comfy_server, "unhype_checkpoints"):
-        assert time.monotonic() < deadline, comfy_server.log(4000)
+        watch.check(lambda: comfy_server.log(4000))
         time.sleep(0.5)
     status, _ = comfy_server.request("POST", "/interrupt", {})
     assert status == 200
     with pytest.raises(ch.PromptError):
-        comfy_server.wait_history(prompt_id, timeout=120)
+        comfy_server.wait_history(prompt_id, budget=120)
     checkpoint = next(comfy_server.workdir.rglob("unhype_checkpoints/server_run.safetensors"))
     load_state = sys.modules[host()[2].__name__ + ".checkpoint"].load_state
     done = load_state(str(checkpoint), "unhype-training-checkpoint")["step"]
@@ -392,7 +390,7 @@ def test_training_workflow_on_the_server_cancel_and_resume(comfy_server, sd15_ch
     api = _training_api(comfy_server, comfy_server.object_info(), ckpt, steps=done + 2,
                         checkpoint_every=1, save_name="server_run",
                         resume="server_run.safetensors")
-    outputs = comfy_server.run(api, timeout=300)
+    outputs = comfy_server.run(api, budget=300)
     assert "server_run.safetensors" in _files(comfy_server, "unhype")
     assert load_state(str(checkpoint), "unhype-training-checkpoint")["step"] == done + 2
     reports = [o["text"][0] for o in outputs.values() if "text" in o]

@@ -77,9 +77,9 @@ def test_committed_weights_are_small_safetensors_and_load_fast():
     assert sum(os.path.getsize(os.path.join(WEIGHTS_DIR, f)) for f in files) < 10_000_000
     pickles = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
     assert not [f for f in os.listdir(WEIGHTS_DIR) if f.endswith(pickles)]
-    start = time.time()
+    start = time.process_time()  # CPU time: the work done, the same on a busy machine
     world = load_world()
-    assert time.time() - start < 15  # ~1 s on an idle core
+    assert time.process_time() - start < 15  # ~1 s
     assert not any(p.requires_grad for p in world.unet.parameters())
 
 

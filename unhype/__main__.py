@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--samples", type=_count(1), default=argparse.SUPPRESS,
                       help="images per prompt set when measuring (others get 3x)")
     demo.add_argument("--seed", type=_count(0), default=0)
-    demo.add_argument("--threads", type=_count(1), default=1,
-                      help="torch CPU threads (default 1: fastest for the tiny world)")
+    demo.add_argument("--cores", type=_count(1), default=None,
+                      help="CPU cores to use, 1 or 2 (default: the cores the load of the last "
+                           "minute leaves free)")
 
     train = commands.add_parser("train", help="train a network on a ComfyUI model, headless")
     train.add_argument("config", help="TOML or JSON file (see README, Headless training)")
@@ -61,12 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         _writable_folder(demo, args.out)
-        import torch
-
-        torch.set_num_threads(args.threads)
         from .demo import run_demo
 
-        options = {k: v for k, v in vars(args).items() if k not in ("command", "threads")}
+        options = {k: v for k, v in vars(args).items() if k != "command"}
         run_demo(**options)
         return 0
     if not os.path.isfile(args.config):

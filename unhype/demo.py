@@ -5,17 +5,24 @@ writes to the output folder: `grid.png` (the same prompts and noise before and a
 prompts next to untouched ones, with a caption), `metrics.json` (efficacy, specificity,
 generality, h_o, kept_identical, seconds and the raw accuracies) and the trained network as an
 UnHype `.safetensors` file: a proving-ground network, which no real model can use.
+
+Cores: torch runs one thread per process (the tiny world's batches are too small for more
+threads to pay, benchmarks/bench_threads.py). With two cores, a second process measures the base
+model while this one trains, and the two split the trained model's measuring: the same numbers
+as one process (each set has its own noise), in less time.
 """
 
 import json
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .fileformat import save_unhype
+from .fileformat import load_unhype, save_unhype
 from .world import load_world
 from .world.erasure import (
     ErasureTask,
@@ -30,6 +37,8 @@ from .world.erasure import (
 from .world.vocabulary import COLOURS
 
 CELL = 96
+MAX_CORES = 2  # the work splits in two: training | the base model, then the trained model in halves
+SECOND_PROCESS_SETS = ("erased", "synonyms", "paraphrases")  # "others" alone is as large
 
 
 class ProgressBar:
@@ -48,6 +57,61 @@ class ProgressBar:
         if done >= self.total:
             sys.stderr.write("\n")
         sys.stderr.flush()
+
+
+def choose_cores(requested: int | None) -> tuple[int, str]:
+    """How many cores the demo uses, and why: `requested`, else those left free by the load of
+    the last minute (os.getloadavg) among the ones this process may run on."""
+    if requested is not None:
+        over = f", the most that helps is {MAX_CORES}" if requested > MAX_CORES else ""
+        return min(requested, MAX_CORES), f"--cores {requested}{over}"
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average (Windows): keep to one core
+        return 1, f"{usable} cores, load unknown"
+    free = max(1, min(MAX_CORES, int(usable - load + 0.5)))
+    return free, f"{usable} cores, load {load:.1f}"
+
+
+_WORKER_WORLD = None
+
+
+def _second_process() -> ProcessPoolExecutor:
+    """A started process with one torch thread and its own world. It imports this same
+    `unhype`; a test run imports it through a finder, not sys.path, so the package's folder is
+    on sys.path while the process starts (spawn hands sys.path over)."""
+    helper = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    try:
+        helper.submit(int)  # a first job starts the process, here
+    finally:
+        sys.path.remove(root)
+    return helper
+
+
+def _start_worker() -> None:
+    global _WORKER_WORLD
+    torch.set_num_threads(1)
+    _WORKER_WORLD = load_world()
+
+
+def _measure_base(drawn: dict, seed: int, grid: list[str]) -> tuple[dict, torch.Tensor, dict]:
+    """In the second process: the base model's accuracies, grid row and kept prompts' images."""
+    images = {}
+    accuracy = accuracies(_WORKER_WORLD, drawn, seed, images=images)
+    return accuracy, generate(_WORKER_WORLD, grid, seed + 7), {"others": images["others"]}
+
+
+def _measure_erased(drawn: dict, seed: int, network_path: str, names: tuple[str, ...]) -> dict:
+    """In the second process: the trained model's accuracies on `names`."""
+    patch = unhype_patch(_WORKER_WORLD, load_unhype(network_path))
+    return accuracies(_WORKER_WORLD, drawn, seed, patch, names=names)
 
 
 def article(word: str) -> str:
@@ -113,13 +177,54 @@ def render_grid(rows: list[tuple[str, str]], before: torch.Tensor, after: torch.
 
 
 def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0, samples: int = 60,
-             seed: int = 0, objective: str = "trajectory") -> dict:
-    """Train, measure, draw; `steps` 0 = the Trainer's default for the proving ground."""
+             seed: int = 0, objective: str = "trajectory", cores: int | None = None) -> dict:
+    """Train, measure, draw; `steps` 0 = the Trainer's default for the proving ground; `cores`
+    None = as many as are free (choose_cores)."""
     started = time.perf_counter()
+    cores, why = choose_cores(cores)
+    sys.stderr.write(f"using {cores} core{'s' * (cores > 1)} ({why}): " + (
+        "the base model is measured in a second process while this one trains\n" if cores > 1
+        else "one process (--cores 2 measures the base model alongside training)\n"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the second process: the same numbers in either
+    helper = _second_process() if cores > 1 else None
+    try:
+        metrics = _run(concept, out, steps, samples, seed, objective, helper)
+    finally:
+        torch.set_num_threads(threads)
+        if helper:
+            helper.shutdown(cancel_futures=True)
+    metrics["cores"] = cores
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics_path = os.path.join(out, "metrics.json")
+    with open(metrics_path, "w") as handle:
+        json.dump(metrics, handle, indent=2)
+    sys.stderr.write(
+        f"erased {concept!r}: efficacy {100 * metrics['efficacy']:.0f}%, specificity "
+        f"{100 * metrics['specificity']:.0f}%, generality {100 * metrics['generality']:.0f}%, "
+        f"H_o {100 * metrics['h_o']:.0f}% (tiny CLIP judge; pixel judge H_o "
+        f"{100 * metrics['pixel_judge']['h_o']:.0f}%); shape kept on erased prompts "
+        f"{100 * metrics['shape_kept']:.0f}%\n"
+        f"took {metrics['seconds']:.0f}s on {cores} core{'s' * (cores > 1)}: training "
+        f"{metrics['training_seconds']:.0f}s, measuring {metrics['measuring_seconds']:.0f}s"
+        f"{' after it' if cores > 1 else ''}\n"
+        f"grid     {os.path.join(out, 'grid.png')}\nmetrics  {metrics_path}\n"
+        f"network  {os.path.join(out, f'erase-{concept}.safetensors')} (a proving-ground "
+        "network: not for real models)\n")
+    return metrics
+
+
+def _run(concept: str, out: str, steps: int, samples: int, seed: int, objective: str,
+         helper: ProcessPoolExecutor | None) -> dict:
+    """The demo's work; with a `helper` process, the base model's half runs there meanwhile."""
     torch.manual_seed(seed)
     task = ErasureTask([concept])
     world = load_world()
     os.makedirs(out, exist_ok=True)
+    drawn = draw_prompts(task, samples, seed)
+    rows, per_row = grid_prompts(concept), 4
+    prompts = [prompt for _, prompt in rows for _ in range(per_row)]
+    base = helper.submit(_measure_base, drawn, seed, prompts) if helper else None
 
     bar = ProgressBar(1, f"training UnHype ({objective}) to erase {concept!r}")
 
@@ -133,14 +238,32 @@ def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0, sam
     save_unhype(network_path, network)
 
     measuring = time.perf_counter()
-    drawn = draw_prompts(task, samples, seed)
-    sets = len(drawn)
-    bar = ProgressBar(2 * sets, f"measuring: {samples} samples per set, before and after")
-    images_before, images_after = {}, {}
-    before = accuracies(world, drawn, seed, on_set=lambda i: bar.update(i + 1),
-                        images=images_before)
-    after = accuracies(world, drawn, seed, unhype_patch(world, network),
-                       on_set=lambda i: bar.update(sets + i + 1), images=images_after)
+    bar = ProgressBar(2 * len(drawn), f"measuring: {samples} samples per set, before and after")
+    done = 0
+
+    def measured(sets: int) -> None:
+        nonlocal done
+        done += sets
+        bar.update(done)
+
+    patch = unhype_patch(world, network)
+    images_before, images_after = {}, {}  # "others" is measured in this process
+    if helper:
+        there = helper.submit(_measure_erased, drawn, seed, network_path, SECOND_PROCESS_SETS)
+        here = [name for name in drawn if name not in SECOND_PROCESS_SETS]
+        after = accuracies(world, drawn, seed, patch, names=here, on_set=lambda _: measured(1),
+                           images=images_after)
+        before, grid_before, images_before = base.result()
+        measured(len(before))
+        after.update(there.result())
+        measured(len(SECOND_PROCESS_SETS))
+        after = {name: after[name] for name in drawn}
+    else:
+        before = accuracies(world, drawn, seed, on_set=lambda _: measured(1),
+                            images=images_before)
+        after = accuracies(world, drawn, seed, patch, on_set=lambda _: measured(1),
+                           images=images_after)
+        grid_before = generate(world, prompts, seed + 7)
 
     clip_scores, pixel_scores = scores(before, after, "clip"), scores(before, after, "pixel")
     metrics = {
@@ -159,26 +282,7 @@ def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0, sam
         "training_seconds": round(training["seconds"], 1),
         "measuring_seconds": round(time.perf_counter() - measuring, 1),
     }
-
-    rows, per_row = grid_prompts(concept), 4
-    prompts = [prompt for _, prompt in rows for _ in range(per_row)]
-    grid_before = generate(world, prompts, seed + 7)
-    grid_after = generate(world, prompts, seed + 7, unhype_patch(world, network))
-    grid_path = os.path.join(out, "grid.png")
-    render_grid(rows, grid_before, grid_after, per_row, caption(concept, metrics)).save(grid_path)
-
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
-    metrics_path = os.path.join(out, "metrics.json")
-    with open(metrics_path, "w") as handle:
-        json.dump(metrics, handle, indent=2)
-    sys.stderr.write(
-        f"erased {concept!r}: efficacy {100 * metrics['efficacy']:.0f}%, specificity "
-        f"{100 * metrics['specificity']:.0f}%, generality {100 * metrics['generality']:.0f}%, "
-        f"H_o {100 * metrics['h_o']:.0f}% (tiny CLIP judge; pixel judge H_o "
-        f"{100 * pixel_scores['h_o']:.0f}%); shape kept on erased prompts "
-        f"{100 * metrics['shape_kept']:.0f}%\n"
-        f"took {metrics['seconds']:.0f}s: training {metrics['training_seconds']:.0f}s, "
-        f"measuring {metrics['measuring_seconds']:.0f}s\n"
-        f"grid     {grid_path}\nmetrics  {metrics_path}\n"
-        f"network  {network_path} (a proving-ground network: not for real models)\n")
+    grid_after = generate(world, prompts, seed + 7, patch)
+    render_grid(rows, grid_before, grid_after, per_row, caption(concept, metrics)).save(
+        os.path.join(out, "grid.png"))
     return metrics

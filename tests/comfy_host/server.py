@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .pack import REPO_ROOT
+from .progress import STALL_SECONDS, Watch
 
 PACK_DIR_NAME = "comfyui-unhype"  # folder name under custom_nodes in server tests
 
@@ -86,7 +87,9 @@ class ComfyServer:
             *self.extra_args,
         ]
 
-    def start(self, timeout: float = 90.0) -> ComfyServer:
+    def start(self, budget: float = 90.0) -> ComfyServer:
+        """Start the server and wait until it answers; `budget`: the hang guard, in seconds of
+        the machine to itself (tests/comfy_host/progress.py)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         env = dict(os.environ)
@@ -100,21 +103,22 @@ class ComfyServer:
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         atexit.register(self.stop)
-        deadline = t0 + timeout
+        watch = Watch(self.proc.pid, budget, "ComfyUI start-up", outputs=[self.log_path])
         while True:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
                 msg = f"ComfyUI exited with code {code} during start-up\n"
                 raise RuntimeError(msg + self.log())
             try:
-                self.get_json("/object_info", timeout=5)
+                self.get_json("/object_info")
                 break
             except (urllib.error.URLError, ConnectionError, OSError, json.JSONDecodeError):
                 pass
-            if time.monotonic() > deadline:
+            try:
+                watch.check(self.log)
+            except TimeoutError:
                 self.stop()
-                msg = f"ComfyUI did not answer /object_info in {timeout}s\n"
-                raise TimeoutError(msg + self.log())
+                raise
             time.sleep(0.25)
         self.start_seconds = time.monotonic() - t0
         return self
@@ -122,11 +126,11 @@ class ComfyServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            try:
+            try:  # not a test failure: a server slow to stop is killed
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(timeout=10)
+                self.proc.wait()
         self.proc = None
         fh = getattr(self, "_log_fh", None)
         if fh is not None and not fh.closed:
@@ -169,20 +173,21 @@ class ComfyServer:
         return dst.name
 
     # -- HTTP --------------------------------------------------------------------------------
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 30):
+    def request(self, method: str, path: str, body: Any = None):
+        """One HTTP request; a server that sends nothing for STALL_SECONDS is hung."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             self.url + path, data=data, method=method,
             headers={"Content-Type": "application/json"} if data is not None else {},
         )
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=STALL_SECONDS) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
-    def get_json(self, path: str, timeout: float = 30):
-        status, raw = self.request("GET", path, timeout=timeout)
+    def get_json(self, path: str):
+        status, raw = self.request("GET", path)
         if status != 200:
             raise urllib.error.URLError(f"GET {path} -> {status}: {raw[:500]!r}")
         return json.loads(raw)
@@ -208,10 +213,15 @@ class ComfyServer:
             )
         return body["prompt_id"]
 
-    def wait_history(self, prompt_id: str, timeout: float = 120) -> dict:
+    def watch(self, budget: float, what: str) -> Watch:
+        """Hang guards on the server's work from now on (its CPU time and its log)."""
+        return Watch(self.proc.pid, budget, what, outputs=[self.log_path])
+
+    def wait_history(self, prompt_id: str, budget: float = 120) -> dict:
         """Wait for a prompt to finish; return its outputs ({node_id: ui dict}). Raises
-        PromptError with the node's exception and traceback when execution fails."""
-        deadline = time.monotonic() + timeout
+        PromptError with the node's exception and traceback when execution fails, and
+        TimeoutError only on a hang guard (`budget`: see tests/comfy_host/progress.py)."""
+        watch = self.watch(budget, f"prompt {prompt_id}")
         while True:
             hist = self.get_json(f"/history/{prompt_id}")
             entry = hist.get(prompt_id)
@@ -233,14 +243,12 @@ class ComfyServer:
                 return entry.get("outputs", {})
             if self.proc is not None and self.proc.poll() is not None:
                 raise PromptError(f"server died while running {prompt_id}\n" + self.log(), None)
-            if time.monotonic() > deadline:
-                msg = f"prompt {prompt_id} not finished after {timeout}s\n"
-                raise TimeoutError(msg + self.log(4000))
+            watch.check(lambda: self.log(4000))
             time.sleep(0.1)
 
-    def run(self, api_graph: dict, timeout: float = 120) -> dict:
+    def run(self, api_graph: dict, budget: float = 120) -> dict:
         """post_prompt + wait_history."""
-        return self.wait_history(self.post_prompt(api_graph), timeout)
+        return self.wait_history(self.post_prompt(api_graph), budget)
 
     def output_path(self, image: dict) -> Path:
         """Local path of an image entry from outputs (``{"filename", "subfolder", "type"}``)."""

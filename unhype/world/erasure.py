@@ -11,7 +11,7 @@ model does not paint every prompt's colour, so raw accuracies are reported along
 """
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -212,8 +212,8 @@ def judge_accuracy(world: World, images: torch.Tensor, colours: list[int],
     """Prompted colour by both judges, prompted shape by the CLIP judge ("shape"), and both
     colour and shape by the CLIP judge ("identity": the identities world's recognition)."""
     colour, shape = torch.tensor(colours), torch.tensor(shapes)
-    colour_ok = world.judge.clip_colour(images) == colour
-    shape_ok = world.judge.clip_shape(images) == shape
+    clip_colour, clip_shape = world.judge.clip_colour_and_shape(images)
+    colour_ok, shape_ok = clip_colour == colour, clip_shape == shape
     return {
         "clip": float(colour_ok.float().mean()),
         "pixel": float((world.judge.pixel_colour(images) == colour).float().mean()),
@@ -223,11 +223,15 @@ def judge_accuracy(world: World, images: torch.Tensor, colours: list[int],
 
 
 def accuracies(world: World, drawn: dict, seed: int, patch: SamplingPatch | None = None,
-               on_set: Callable[[int], None] | None = None, images: dict | None = None) -> dict:
-    """Share of images in each set that show the prompt's colour, per judge; each set's images
-    go to `images` (by set name) when it is given."""
+               on_set: Callable[[int], None] | None = None,
+               names: Sequence[str] | None = None, images: dict | None = None) -> dict:
+    """Share of images in each set that show the prompt's colour, per judge. `names`: only
+    these sets, each with the noise it gets among all (so sets can be measured apart); each
+    set's images go to `images` (by set name) when it is given."""
     result = {}
     for index, (name, items) in enumerate(drawn.items()):
+        if names is not None and name not in names:
+            continue
         generated = generate(world, [p for p, _, _ in items], seed + 100_000 * index, patch)
         if images is not None:
             images[name] = generated

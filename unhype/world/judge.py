@@ -50,6 +50,13 @@ class Judge:
     def clip_shape(self, images: torch.Tensor) -> torch.Tensor:
         return (self.clip.encode_image(images) @ self.shape_classes.T).argmax(-1).cpu()
 
+    @torch.no_grad()
+    def clip_colour_and_shape(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`clip_colour` and `clip_shape` from one pass of the image tower."""
+        encoded = self.clip.encode_image(images)
+        return ((encoded @ self.colour_classes.T).argmax(-1).cpu(),
+                (encoded @ self.shape_classes.T).argmax(-1).cpu())
+
     def pixel_colour(self, images: torch.Tensor) -> torch.Tensor:
         """Nearest palette colour to the mean of the most saturated pixels of each image."""
         pixels = images.detach().float().cpu().flatten(2).transpose(1, 2)  # [N, HW, 3]
