@@ -12,12 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from comfy_host import run_watched
 from unhype.fileformat import save_unhype
 from unhype.hypernet import HyperNetConfig
 from unhype.network import NetworkInfo, UnHypeNetwork
 from unhype.targets import Target
-
-from comfy_host import run_watched
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "python -m unhype train: "
