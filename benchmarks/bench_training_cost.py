@@ -11,8 +11,10 @@ once by the Trainer's first step, then reused by both), so only the step itself 
   esd-x   one rank-r LoRA (r = the Trainer's rank) on the same layers: ESD targets, the LoRA'd
           forward, backward, Adam (unhype/world/erasure.py train_static_esd).
 
-The steps run interleaved (A B A B ...); the first --warmup pairs are discarded; each step's
-seconds are the median over --steps pairs, the ratio is unhype / esd-x of those medians. The
+Every retain prompt is embedded before the timed steps (the Trainer caches embeddings; a long
+run pays each prompt's encoding once). The steps run interleaved (A B A B ...); the first
+--warmup pairs are discarded; each step's seconds are the median over --steps pairs, the ratio
+is unhype / esd-x of those medians. The
 UnHype step is broken down by phase (instance wrappers and hooks on this run's own Trainer; the
 backward passes are the time between the calls they sit between), top costs first.
 
@@ -175,6 +177,9 @@ def measure(name: str, trainer, core, fill, steps: int, warmup: int, describe: d
     started = time.perf_counter()
     trainer.train_step()  # samples and caches the one x_t both steps use
     first = time.perf_counter() - started
+    # every retain prompt encoded once, as a long run has them: a prompt's first encoding is a
+    # one-time cost that would otherwise land in the few steps timed here
+    trainer._embed(trainer.config.retain_prompts)
     if list(trainer.xt_cache) != ["0"] or len(trainer.xt_cache["0"]) != 1:
         raise RuntimeError("the Trainer must cache exactly one x_t (xt_cache_size=1, 1 concept)")
     timeline = StepTimeline(trainer)
