@@ -14,9 +14,9 @@ once by the Trainer's first step, then reused by both), so only the step itself 
 Every retain prompt is embedded before the timed steps (the Trainer caches embeddings; a long
 run pays each prompt's encoding once). The steps run interleaved (A B A B ...); the first
 --warmup pairs are discarded; each step's seconds are the median over --steps pairs, the ratio
-is unhype / esd-x of those medians. The
-UnHype step is broken down by phase (instance wrappers and hooks on this run's own Trainer; the
-backward passes are the time between the calls they sit between), top costs first.
+is unhype / esd-x of those medians. The UnHype step is broken down by phase (instance wrappers
+and hooks on this run's own Trainer; the backward passes are the time between the calls they
+sit between), top costs first.
 
 Models: the proving-ground world (the proving-ground defaults, unhype/world/erasure.py) and a
 real-size SD1.5 UNet with random weights (860M parameters, fp32, as ComfyUI runs it on a CPU) at
