@@ -124,13 +124,13 @@ class StaticLoRA:
 
 # -- training ---------------------------------------------------------------------------------
 
-def train_unhype(world: World, task: ErasureTask, *, anchor: str = "", on_progress=None,
-                 **settings) -> tuple[UnHypeNetwork, dict]:
-    """An UnHype network for the world, with the UnHype Trainer's defaults for the proving-ground
-    family (unhype/settings.py) unless `settings` (Trainer settings) say otherwise: the caption
-    templates with main shape words, the other colours as retain prompts (plus the built-in
-    retain list with `builtin_retain=True`), `anchor` for every colour in the erase prompt's
-    place of it ("": the prompt without the colour)."""
+def unhype_trainer(world: World, task: ErasureTask, *, anchor: str = "",
+                   **settings) -> Trainer:
+    """The UnHype Trainer for the world, with the UnHype Trainer's defaults for the
+    proving-ground family (unhype/settings.py) unless `settings` (Trainer settings) say
+    otherwise: the caption templates with main shape words, the other colours as retain prompts
+    (plus the built-in retain list with `builtin_retain=True`), `anchor` for every colour in the
+    erase prompt's place of it ("": the prompt without the colour)."""
     settings = TrainingSettings(
         concepts="\n".join(f"{colour} -> {anchor}" for colour in task.erase), preset="custom",
         templates="\n".join(task.training_templates()),
@@ -143,8 +143,13 @@ def train_unhype(world: World, task: ErasureTask, *, anchor: str = "", on_progre
     targets = targets_from_preset(world.unet, preset)
     info = NetworkInfo(FAMILY, preset, embedding_source="proving-ground tiny CLIP",
                        title=f"proving ground: erase {', '.join(task.erase)}")
-    trainer = Trainer(world.denoiser, net_config, targets, info, config)
-    result = trainer.run(on_progress=on_progress)
+    return Trainer(world.denoiser, net_config, targets, info, config)
+
+
+def train_unhype(world: World, task: ErasureTask, *, anchor: str = "", on_progress=None,
+                 **settings) -> tuple[UnHypeNetwork, dict]:
+    """An UnHype network for the world trained by `unhype_trainer`'s Trainer."""
+    result = unhype_trainer(world, task, anchor=anchor, **settings).run(on_progress=on_progress)
     return result.network, {"seconds": result.seconds, "xt_samplings": result.xt_samplings,
                             "xt_seconds": result.xt_seconds, "history": result.history}
 
