@@ -75,12 +75,15 @@ def build_tiny_sd1_model(comfy_ns, seed: int = 0, unet_config: dict | None = Non
 
 def make_cond(context_dim: int = 64, tokens: int = 77, seed: int = 0,
               pooled_dim: int | None = None):
-    """A CONDITIONING value (list of [tensor [1,T,D], dict]) with random content."""
+    """A CONDITIONING value (list of [tensor [1,T,D], dict]) with random content, but for row 0:
+    the start token's state, the same for every prompt of one width, as CLIP's (causal) output
+    has it at the start of every chunk (nodes/parts.py finds joined texts by it)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     t = torch.randn(1, tokens, context_dim, generator=gen)
     pooled = torch.randn(1, pooled_dim or context_dim, generator=gen)
+    t[0, 0] = torch.randn(context_dim, generator=torch.Generator().manual_seed(77))
     return [[t, {"pooled_output": pooled}]]
 
 
