@@ -38,7 +38,9 @@ from .world.vocabulary import COLOURS
 
 CELL = 96
 MAX_CORES = 2  # the work splits in two: training | the base model, then the trained model in halves
-SECOND_PROCESS_SETS = ("erased", "synonyms", "paraphrases")  # "others" alone is as large
+# "others" alone is as large as the other three; it is measured where its base images were, since
+# the same computation in two processes can differ in the last bit (kept_identical compares bits)
+SECOND_PROCESS_SETS = ("others",)
 
 
 class ProgressBar:
@@ -78,6 +80,7 @@ def choose_cores(requested: int | None) -> tuple[int, str]:
 
 
 _WORKER_WORLD = None
+_WORKER_BASE_IMAGES: dict = {}  # the second process's base images of its sets, by set name
 
 
 def _second_process() -> ProcessPoolExecutor:
@@ -101,17 +104,23 @@ def _start_worker() -> None:
     _WORKER_WORLD = load_world()
 
 
-def _measure_base(drawn: dict, seed: int, grid: list[str]) -> tuple[dict, torch.Tensor, dict]:
-    """In the second process: the base model's accuracies, grid row and kept prompts' images."""
-    images = {}
-    accuracy = accuracies(_WORKER_WORLD, drawn, seed, images=images)
-    return accuracy, generate(_WORKER_WORLD, grid, seed + 7), {"others": images["others"]}
+def _measure_base(drawn: dict, seed: int, grid: list[str]) -> tuple[dict, torch.Tensor]:
+    """In the second process: the base model's accuracies and grid row (its images of the
+    second process's sets stay there, for kept_identical)."""
+    global _WORKER_BASE_IMAGES
+    _WORKER_BASE_IMAGES = {}
+    accuracy = accuracies(_WORKER_WORLD, drawn, seed, images=_WORKER_BASE_IMAGES)
+    return accuracy, generate(_WORKER_WORLD, grid, seed + 7)
 
 
-def _measure_erased(drawn: dict, seed: int, network_path: str, names: tuple[str, ...]) -> dict:
-    """In the second process: the trained model's accuracies on `names`."""
+def _measure_erased(drawn: dict, seed: int, network_path: str,
+                    names: tuple[str, ...]) -> tuple[dict, float]:
+    """In the second process: the trained model's accuracies on `names`, and the share of
+    "others" images bit-identical to this process's base images."""
     patch = unhype_patch(_WORKER_WORLD, load_unhype(network_path))
-    return accuracies(_WORKER_WORLD, drawn, seed, patch, names=names)
+    images = {}
+    accuracy = accuracies(_WORKER_WORLD, drawn, seed, patch, names=names, images=images)
+    return accuracy, identical_share(_WORKER_BASE_IMAGES["others"], images["others"])
 
 
 def article(word: str) -> str:
@@ -247,22 +256,23 @@ def _run(concept: str, out: str, steps: int, samples: int, seed: int, objective:
         bar.update(done)
 
     patch = unhype_patch(world, network)
-    images_before, images_after = {}, {}  # "others" is measured in this process
     if helper:
         there = helper.submit(_measure_erased, drawn, seed, network_path, SECOND_PROCESS_SETS)
         here = [name for name in drawn if name not in SECOND_PROCESS_SETS]
-        after = accuracies(world, drawn, seed, patch, names=here, on_set=lambda _: measured(1),
-                           images=images_after)
-        before, grid_before, images_before = base.result()
+        after = accuracies(world, drawn, seed, patch, names=here, on_set=lambda _: measured(1))
+        before, grid_before = base.result()
         measured(len(before))
-        after.update(there.result())
+        there_after, kept_identical = there.result()
+        after.update(there_after)
         measured(len(SECOND_PROCESS_SETS))
         after = {name: after[name] for name in drawn}
     else:
+        images_before, images_after = {}, {}
         before = accuracies(world, drawn, seed, on_set=lambda _: measured(1),
                             images=images_before)
         after = accuracies(world, drawn, seed, patch, on_set=lambda _: measured(1),
                            images=images_after)
+        kept_identical = identical_share(images_before["others"], images_after["others"])
         grid_before = generate(world, prompts, seed + 7)
 
     clip_scores, pixel_scores = scores(before, after, "clip"), scores(before, after, "pixel")
@@ -271,8 +281,7 @@ def _run(concept: str, out: str, steps: int, samples: int, seed: int, objective:
         "objective": objective,
         **{k: round(v, 4) for k, v in clip_scores.items()},
         # kept prompts whose image is bit-identical to the base model's (the gate, unhype/gate.py)
-        "kept_identical": round(identical_share(images_before["others"], images_after["others"]),
-                                4),
+        "kept_identical": round(kept_identical, 4),
         "judge": "tiny CLIP zero-shot (pixel judge in 'pixel_judge')",
         "pixel_judge": {k: round(v, 4) for k, v in pixel_scores.items()},
         "accuracy_before": before,
