@@ -1,8 +1,9 @@
 """workflows/erasure_check.json and workflows/bake_lora.json in a real ComfyUI server (CPU), on
 the proving ground.
 
-A network that erases red is trained here, quickly (the direct objective, 150 steps: enough for
-the pixel judge in the world), and put in the server's models/unhype under the name the
+A network that erases red is trained here with the Trainer's proving-ground defaults (150 direct
+steps erased red in the world's own DDIM sampler but not in ComfyUI's euler once the anchor kept
+the rest of the prompt), and put in the server's models/unhype under the name the
 workflows load. The check's graph (original and UnHype branches, same prompts and seeds) runs
 with the pixel judge; then the check alone runs again (the images come from ComfyUI's cache)
 with CLIP zero-shot on the world's tiny CLIP, put in the server's models/clip_judge as an
@@ -26,7 +27,6 @@ pytestmark = [pytest.mark.host, pytest.mark.slow]
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 WORKFLOW = WORKFLOWS / "erasure_check.json"
-STEPS = 150
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,7 @@ def api(comfy_server, object_info):
     workflow = json.loads(WORKFLOW.read_text())
     assert validate(workflow, object_info) == []
     started = time.monotonic()
-    network, _ = train_unhype(load_world(), ErasureTask(["red"]), steps=STEPS,
-                              objective="direct")
+    network, _ = train_unhype(load_world(), ErasureTask(["red"]))  # the Trainer's defaults
     print(f"\ntrained in {time.monotonic() - started:.1f}s")
     graph = to_api(workflow, object_info)
     loader = next(n for n in graph.values() if n["class_type"] == "UnHypeLoader")
