@@ -161,7 +161,12 @@ def test_retention_held_away_from_untouched_stops_after_patience():
 def test_retain_norm_growing_past_the_erase_norm_stops():
     trainer = make_trainer(steps=12)
     trainer.run()  # probes at steps 10 and 12 leave the last retain norm behind
-    erase = trainer.history[-1]["erase_activation"]
+    from unhype.training import RETAIN_NORM_FLOOR
+
+    tiny = trainer.history[-1]["erase_activation"]
+    assert 2.0 * tiny < RETAIN_NORM_FLOOR
+    trainer._check_activation(tiny, 2.0 * tiny)  # above, but too small to change a picture
+    erase = 2.0 * RETAIN_NORM_FLOOR
     trainer._check_activation(erase, 0.9 * erase)  # growing, still below the erase prompts'
     with pytest.raises(TrainingDivergedError, match="retain prompts' LoRA norm grew to .* above "
                                                     "the erase prompts'"):
