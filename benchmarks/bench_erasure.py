@@ -97,10 +97,10 @@ def table(results: list[dict]) -> str:
         for judge in JUDGES:
             cells = []
             for score in SCORES:
-                if score == "shape_kept" and judge != JUDGES[0]:
-                    cells.append("")  # the CLIP judge's, whichever colour judge
+                values = [100 * r[judge][score] for r in group if score in r[judge]]
+                if not values:
+                    cells.append("")  # a row measured before the pixel shape judge
                     continue
-                values = [100 * r[judge][score] for r in group]
                 spread = f" ({min(values):.0f}..{max(values):.0f})" if len(values) > 1 else ""
                 cells.append(f"{statistics.mean(values):.1f}{spread}")
             seconds = statistics.mean(r["train_seconds"] for r in group)

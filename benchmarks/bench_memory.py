@@ -62,6 +62,7 @@ def child(args) -> dict:
     denoiser_mod = sys.modules[pack.__name__ + ".nodes.comfy_denoiser"]
     core = sys.modules[pack.__name__ + ".unhype"]
     settings_mod = importlib.import_module(pack.__name__ + ".unhype.settings")
+    trigger_mod = importlib.import_module(pack.__name__ + ".unhype.trigger")
     training = importlib.import_module(pack.__name__ + ".unhype.training")
     prompts = importlib.import_module(pack.__name__ + ".unhype.prompts")
     family = gpu_check.FAMILIES[args.family]
@@ -74,9 +75,9 @@ def child(args) -> dict:
             gradient_checkpointing=args.checkpointing == "on")
         settings = settings_mod.TrainingSettings(concepts="a zebra",
                                                  variant=args.variant).validate()
-        embed_dim = int(denoiser.embed([""]).shape[1])
+        trigger = trigger_mod.measure_trigger(denoiser, settings_mod.trigger_kind(settings))
         net_config, config = settings_mod.build_configs(
-            settings, family.key, prompts.builtin_retain_prompts(), embed_dim)
+            settings, family.key, prompts.builtin_retain_prompts(), trigger)
         config = dataclasses.replace(config, xt_cache_size=1)
         targets = core.targets_from_preset(denoiser.lora_root, family.preset)
         trainer = training.Trainer(denoiser, net_config, targets,

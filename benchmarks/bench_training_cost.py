@@ -260,6 +260,7 @@ def sd15_run(args) -> dict | None:
     pack = sys.modules["comfyui_unhype"]
     core = sys.modules[pack.__name__ + ".unhype"]
     settings_mod = importlib.import_module(pack.__name__ + ".unhype.settings")
+    trigger_mod = importlib.import_module(pack.__name__ + ".unhype.trigger")
     training = importlib.import_module(pack.__name__ + ".unhype.training")
     prompts = importlib.import_module(pack.__name__ + ".unhype.prompts")
     denoiser_mod = sys.modules[pack.__name__ + ".nodes.comfy_denoiser"]
@@ -271,9 +272,9 @@ def sd15_run(args) -> dict | None:
             model, gpu_check.RandomClip(unet, family.tokens), family=family.key,
             resolution=args.sd15_px, sampling_steps=SD15_SAMPLING_STEPS)
         settings = settings_mod.TrainingSettings(concepts="a zebra").validate()
-        embed_dim = int(denoiser.embed([""]).shape[1])
+        trigger = trigger_mod.measure_trigger(denoiser, settings_mod.trigger_kind(settings))
         net_config, config = settings_mod.build_configs(
-            settings, family.key, prompts.builtin_retain_prompts(), embed_dim)
+            settings, family.key, prompts.builtin_retain_prompts(), trigger)
         if args.smoke:
             net_config = dataclasses.replace(net_config, hidden=SMOKE_HIDDEN)
         config = dataclasses.replace(config, xt_cache_size=1)

@@ -298,6 +298,7 @@ def training_check(name, model, pack, args, clock, out):
     denoiser_mod = sys.modules[pack.__name__ + ".nodes.comfy_denoiser"]
     core = sys.modules[pack.__name__ + ".unhype"]
     settings_mod = importlib.import_module(pack.__name__ + ".unhype.settings")
+    trigger_mod = importlib.import_module(pack.__name__ + ".unhype.trigger")
     training = importlib.import_module(pack.__name__ + ".unhype.training")
     prompts = importlib.import_module(pack.__name__ + ".unhype.prompts")
     unet = TINY[name] if args.cpu_smoke else family.unet
@@ -307,9 +308,9 @@ def training_check(name, model, pack, args, clock, out):
             model, RandomClip(unet, family.tokens), resolution=px, family=family.key,
             sampling_steps=args.sampling_steps)
         settings = settings_mod.TrainingSettings(concepts="a zebra").validate()
-        embed_dim = int(denoiser.embed([""]).shape[1])
+        trigger = trigger_mod.measure_trigger(denoiser, settings_mod.trigger_kind(settings))
         net_config, config = settings_mod.build_configs(
-            settings, family.key, prompts.builtin_retain_prompts(), embed_dim)
+            settings, family.key, prompts.builtin_retain_prompts(), trigger)
         if args.cpu_smoke:
             net_config = dataclasses.replace(net_config, hidden=args.hidden)
         config = dataclasses.replace(config, xt_cache_size=1)  # time steps, not x_t sampling

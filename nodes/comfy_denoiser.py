@@ -258,6 +258,9 @@ class ComfyDenoiser:
             rows.append(pooled.reshape(1, -1)[:1].float().cpu())
         return torch.cat(rows)
 
+    def text_states(self, prompts) -> list[torch.Tensor]:
+        return [self.conditioning(prompt)[0][0][0].float().cpu() for prompt in prompts]
+
     def sample_xt(self, prompt: str, count: int, generator: torch.Generator):
         xs, sigmas = [], []
         for _ in range(count):

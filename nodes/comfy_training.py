@@ -20,8 +20,9 @@ import torch
 from ..unhype import NetworkInfo, save_unhype, targets_from_preset
 from ..unhype.files import EXTENSION, sanitise_name, unique_path
 from ..unhype.prompts import builtin_retain_prompts, parse_prompt_lines
-from ..unhype.settings import ConfigError, TrainingSettings, build_configs
+from ..unhype.settings import ConfigError, TrainingSettings, build_configs, trigger_kind
 from ..unhype.training import Progress, Trainer, TrainingDivergedError
+from ..unhype.trigger import TriggerSpec, measure_trigger
 from .comfy_denoiser import FAMILIES, ComfyDenoiser, model_family
 from .folders import CHECKPOINTS, NETWORKS, first_folder, resolve_resume
 
@@ -60,19 +61,25 @@ def build_trainer(denoiser: ComfyDenoiser, settings: TrainingSettings, plan: Pla
         targets = targets_from_preset(denoiser.lora_root, plan.target_preset)
     except ValueError as error:
         raise TrainingError(str(error)) from None
-    embed_dim = int(denoiser.embed([""]).shape[1])
+    try:
+        trigger = measure_trigger(denoiser, trigger_kind(settings))
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
     processes = torch.distributed.get_world_size(group) if group is not None else 1
-    net_config, config = build_configs(settings, plan.family, plan.retain_prompts, embed_dim,
+    net_config, config = build_configs(settings, plan.family, plan.retain_prompts, trigger,
                                        processes)
     info = NetworkInfo(plan.family, plan.target_preset, title=sanitise_name(settings.save_name),
-                       embedding_source=_embedding_source(embed_dim))
+                       embedding_source=_embedding_source(trigger))
     try:
         return Trainer(denoiser, net_config, targets, info, config, group)
     except ValueError as error:
         raise TrainingError(str(error)) from None
 
 
-def _embedding_source(width: int) -> str:
+def _embedding_source(trigger: TriggerSpec) -> str:
+    if trigger.kind == "cond-pooled":
+        return f"cond-pooled: the model's text conditioning ({trigger.width // 2}-d rows)"
+    width = trigger.width
     return {768: "CLIP-L pooled (final-layer-normed end-of-text state)",
             1024: "OpenCLIP-H pooled (projected)",
             1280: "CLIP-G pooled (projected)"}.get(width, f"pooled CLIP embedding ({width}-d)")

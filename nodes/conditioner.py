@@ -14,6 +14,7 @@ import comfy.conds
 import torch
 from comfy_api.latest import io
 
+from ..unhype.trigger import cond_pooled
 from .parts import MEMORY, Part, split
 from .schema import CATEGORY, ERASURE, UnHype
 from .wire import EMBEDDING_KEY, pack_embedding
@@ -57,9 +58,26 @@ def check_pooled(node: str, network, pooled, index: int) -> torch.Tensor:
     return pooled[:1]
 
 
+def cond_trigger(node: str, network, cond, index: int) -> torch.Tensor:
+    """A "cond-pooled" network's trigger vector [1, D] for an entry's cond tensor [1, T, C]."""
+    width = network.config.embed_dim // 2
+    if cond is None or cond.ndim != 3 or cond.shape[-1] != width:
+        got = "no cond tensor" if cond is None else f"a cond tensor of shape {list(cond.shape)}"
+        raise ValueError(
+            f"{node}: this network reads the {width}-wide text conditioning of the model it was "
+            f"made for ({network.info.base_arch}, {network.info.embedding_source}), but "
+            f"conditioning entry {index + 1} has {got}: use an UnHype network made for this "
+            "model family and its text encoder.")
+    return cond_pooled([cond[0]], network.config.trigger_skip)
+
+
 def entry_parts(node: str, network, cond, pooled, index: int) -> list[Part]:
     """The entry's parts with checked pooled vectors; its own pooled vector is remembered for
-    its first block, so a later Concat that appends this entry can find it again."""
+    its first block, so a later Concat that appends this entry can find it again. A
+    "cond-pooled" network reads every token at once: one part."""
+    if network.config.trigger == "cond-pooled":
+        trigger = cond_trigger(node, network, cond, index)
+        return [Part(0, cond.shape[1], trigger)]
     pooled = check_pooled(node, network, pooled, index)
     parts = split(cond, pooled, chunked=network.info.base_arch in CLIP_CONDS)
     if parts[0].pooled is pooled and parts[0].end > parts[0].start:
@@ -309,11 +327,12 @@ class UnHypeTextEncode(io.ComfyNode):
             )
         tokens = clip.tokenize(text)
         conditioning = clip.encode_from_tokens_scheduled(tokens)
-        key = pooled_source_key(tokens)
-        chunks = chunk_pooled(clip, tokens, key)
-        if chunks is not None:  # one chunk: the ordinary pooled vector already saw all of it
-            check_pooled(node, unhype, chunks[:1], 0)
-            for entry in conditioning:
-                remember_chunks(unhype, entry[0], chunks, length=len(tokens[key][0]))
+        if unhype.config.trigger == "clip-pooled":  # cond-pooled reads every chunk itself
+            key = pooled_source_key(tokens)
+            chunks = chunk_pooled(clip, tokens, key)
+            if chunks is not None:  # one chunk: the ordinary pooled vector saw all of it
+                check_pooled(node, unhype, chunks[:1], 0)
+                for entry in conditioning:
+                    remember_chunks(unhype, entry[0], chunks, length=len(tokens[key][0]))
         out, report = condition(node, unhype, conditioning, label="prompt")
         return io.NodeOutput(out, report, ui={"text": [report]})

@@ -29,12 +29,13 @@ def node(name):
 
 
 def make_network(diffusion_model, preset="sd-cross-kv", embed_dim=64, seed=0, std=0.05,
-                 base_arch="sd1", norm_cap=None, rank=2, hidden=16):
-    """A small random UnHype network for `diffusion_model` whose generated LoRAs are not zero."""
+                 base_arch="sd1", norm_cap=None, rank=2, hidden=16, **trigger):
+    """A small random UnHype network for `diffusion_model` whose generated LoRAs are not zero;
+    `trigger`: HyperNetConfig's trigger settings (trigger=, trigger_skip=)."""
     core = host()[2]
     targets = core.targets_from_preset(diffusion_model, preset)
     config = core.HyperNetConfig(embed_dim=embed_dim, rank=rank, hidden=hidden, norm_cap=norm_cap,
-                                 seed=seed)
+                                 seed=seed, **trigger)
     network = core.UnHypeNetwork(config, targets, core.NetworkInfo(base_arch, preset))
     gen = torch.Generator().manual_seed(seed + 1000)
     with torch.no_grad():

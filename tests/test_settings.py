@@ -15,6 +15,7 @@ from unhype.settings import (
     TrainingSettings,
     build_configs,
 )
+from unhype.trigger import TriggerSpec
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -37,7 +38,8 @@ def test_set_values_win_over_family_over_preset():
 
 def test_configs_follow_the_preset():
     settings = TrainingSettings(concepts="tench -> fish\nchurch", preset="people").validate()
-    net, config = build_configs(settings, "sd1", ["a dog", "church"], 768)
+    net, config = build_configs(settings, "sd1", ["a dog", "church"],
+                                TriggerSpec("clip-pooled", 768))
     people = PRESETS["people"]
     assert (net.rank, net.hidden, net.trajectory_length) == (people["rank"], 512, 300)
     assert config.steps == people["steps"] and config.learning_rate == people["learning_rate"]

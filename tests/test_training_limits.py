@@ -15,6 +15,7 @@ from toy_denoiser import WIDTH, ToyDenoiser
 from unhype.prompts import builtin_retain_prompts
 from unhype.settings import SETTINGS, ConfigError, TrainingSettings, build_configs
 from unhype.training import RETENTION_PATIENCE, Trainer, TrainingDivergedError
+from unhype.trigger import TriggerSpec
 
 NUMERIC = [s for s in SETTINGS if s.low is not None]
 #: what the denoiser does with them (ESD sampling), not the trainer
@@ -36,7 +37,8 @@ def run_settings(denoiser, family: str, embed_dim: int, **values):
                                     **{"steps": SHORT, **values}).validate()
     except ConfigError as error:
         return None, error
-    net_config, config = build_configs(settings, family, retain, embed_dim)
+    net_config, config = build_configs(settings, family, retain,
+                                       TriggerSpec("clip-pooled", embed_dim))
     targets = unhype.targets_from_preset(denoiser.lora_root, "sd-cross-kv")
     trainer = Trainer(denoiser, net_config, targets,
                       unhype.NetworkInfo(family, "sd-cross-kv", title="limits"), config)

@@ -70,6 +70,18 @@ def test_judges_are_accurate_on_real_renders(world, held_out):
     assert (judge.pixel_colour(images) == held_out.colour).float().mean() >= 0.98
     assert (judge.clip_colour(images) == held_out.colour).float().mean() >= 0.95
     assert (judge.clip_shape(images) == held_out.shape).float().mean() >= 0.85
+    assert (judge.pixel_shape(images) == held_out.shape).float().mean() >= 0.98
+
+
+def test_pixel_shape_judge_is_colour_blind_where_clip_is_not(world, held_out):
+    """A grey copy of a render keeps its shape: the pixel judge still sees it, the CLIP judge
+    (trained on saturated shapes only) mostly does not; why "shape kept" uses the pixel judge."""
+    grey = to_float(held_out.images).mean(1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
+    pale = 0.15 + 0.3 * grey  # dim contrast as well, as erased pictures come out
+    judge = world.judge
+    for images in (grey, pale):
+        assert (judge.pixel_shape(images) == held_out.shape).float().mean() >= 0.95
+    assert (judge.clip_shape(pale) == held_out.shape).float().mean() <= 0.5
 
 
 def test_committed_weights_are_small_safetensors_and_load_fast():

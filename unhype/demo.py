@@ -152,7 +152,8 @@ def caption(concept: str, metrics: dict) -> list[str]:
         f"{100 * metrics['specificity']:.0f}%, generality {100 * metrics['generality']:.0f}%, "
         f"H_o {100 * metrics['h_o']:.0f}%;",
         f"the erased prompts keep their shape in {100 * metrics['shape_kept']:.0f}% of the base "
-        "model's cases (an anchor 'red -> -' keeps more: README).",
+        f"model's cases (pixel shape judge; CLIP shape judge "
+        f"{100 * metrics['shape_kept_clip']:.0f}%).",
         "A proving-ground network: it works only with this tiny world, not with real models.",
     ]
 
@@ -213,7 +214,8 @@ def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0, sam
         f"{100 * metrics['specificity']:.0f}%, generality {100 * metrics['generality']:.0f}%, "
         f"H_o {100 * metrics['h_o']:.0f}% (tiny CLIP judge; pixel judge H_o "
         f"{100 * metrics['pixel_judge']['h_o']:.0f}%); shape kept on erased prompts "
-        f"{100 * metrics['shape_kept']:.0f}%\n"
+        f"{100 * metrics['shape_kept']:.0f}% (pixel shape judge; CLIP's "
+        f"{100 * metrics['shape_kept_clip']:.0f}%)\n"
         f"took {metrics['seconds']:.0f}s on {cores} core{'s' * (cores > 1)}: training "
         f"{metrics['training_seconds']:.0f}s, measuring {metrics['measuring_seconds']:.0f}s"
         f"{' after it' if cores > 1 else ''}\n"
@@ -280,6 +282,9 @@ def _run(concept: str, out: str, steps: int, samples: int, seed: int, objective:
         "concept": concept,
         "objective": objective,
         **{k: round(v, 4) for k, v in clip_scores.items()},
+        # the shape by the colour-blind pixel judge: the CLIP one cannot see pale shapes
+        "shape_kept": round(pixel_scores["shape_kept"], 4),
+        "shape_kept_clip": round(clip_scores["shape_kept"], 4),
         # kept prompts whose image is bit-identical to the base model's (the gate, unhype/gate.py)
         "kept_identical": round(kept_identical, 4),
         "judge": "tiny CLIP zero-shot (pixel judge in 'pixel_judge')",

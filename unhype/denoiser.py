@@ -19,7 +19,12 @@ class Denoiser(Protocol):
     device: torch.device
 
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        """The hypernetwork input for each prompt: pooled text embedding, [N, D] float32."""
+        """CLIP's pooled text embedding of each prompt, [N, D] float32 (the "clip-pooled"
+        trigger, unhype/trigger.py)."""
+
+    def text_states(self, prompts: Sequence[str]) -> list[torch.Tensor]:
+        """The text conditioning the model reads for each prompt, [rows, D] per prompt (the
+        cross-attention context or text-token stream), the "cond-pooled" trigger's input."""
 
     def sample_xt(
         self, prompt: str, count: int, generator: torch.Generator

@@ -1,4 +1,4 @@
-"""The hypernetwork: pooled prompt embedding (+ trajectory position s) -> LoRA factors per layer.
+"""The hypernetwork: prompt trigger vector (+ trajectory position s) -> LoRA factors per layer.
 
 Paper form (PAPER.md): for each target layer, A(c,s) = alpha(s)·(A0 + s/T·headA(c,s)) and
 B(c,s) = s/T·headB(c,s), alpha(s) = alpha0 + s/T·alpha_learned. A0 is fixed and random, so the
@@ -14,13 +14,17 @@ import torch
 from torch import nn
 
 from .targets import Target
+from .trigger import TRIGGERS
 
 VARIANTS = ("paper", "compact")
 
 
 @dataclass
 class HyperNetConfig:
-    embed_dim: int = 768
+    embed_dim: int = 768  # width of the trigger vector the network reads
+    trigger: str = "clip-pooled"  # unhype/trigger.py
+    trigger_skip: int = 0  # "cond-pooled": leading conditioning rows every prompt shares
+    input_projection: int = 0  # a learned down-projection of the trigger to this width; 0: none
     rank: int = 6
     hidden: int = 512
     trajectory_length: int = 300
@@ -39,6 +43,10 @@ class HyperNetConfig:
         for name in ("embed_dim", "rank", "hidden", "trajectory_length", "fourier_dim"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {TRIGGERS}, got {self.trigger!r}")
+        if self.trigger_skip < 0 or self.input_projection < 0:
+            raise ValueError("trigger_skip and input_projection must be >= 0")
         if self.fourier_dim % 2:
             raise ValueError(f"fourier_dim must be even, got {self.fourier_dim}")
 
@@ -52,6 +60,11 @@ class HyperNetConfig:
         if unknown:
             raise ValueError(f"unknown hypernetwork settings {unknown}")
         return cls(**data)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of what the heads read of the prompt: the trigger, projected or not."""
+        return self.input_projection or self.embed_dim
 
 
 @dataclass
@@ -85,7 +98,7 @@ class PaperGenerator(nn.Module):
 
     def __init__(self, config: HyperNetConfig, targets: list[Target]):
         super().__init__()
-        width, r = config.embed_dim + config.fourier_dim, config.rank
+        width, r = config.feature_dim + config.fourier_dim, config.rank
         # Zero-initialised last layers: training starts from "no change along the trajectory"
         # (delta 0 and A = A0 for every s), so no early steps go to undoing a random init.
         self.down_heads = nn.ModuleList(
@@ -109,7 +122,7 @@ class CompactGenerator(nn.Module):
         super().__init__()
         r = config.rank
         self.trunk = nn.Sequential(
-            nn.Linear(config.embed_dim + config.fourier_dim, config.compact_trunk),
+            nn.Linear(config.feature_dim + config.fourier_dim, config.compact_trunk),
             nn.ReLU(),
             nn.Linear(config.compact_trunk, config.compact_trunk),
             nn.ReLU(),
@@ -149,6 +162,9 @@ class HyperNetwork(nn.Module):
         generator = PaperGenerator if config.variant == "paper" else CompactGenerator
         self.generator = generator(config, self.targets)
         self.alpha = nn.Parameter(torch.zeros(len(self.targets)))
+        # wide LLM triggers (thousands of dims) would make every head's first layer huge
+        self.project = (nn.Linear(config.embed_dim, config.input_projection)
+                        if config.input_projection else nn.Identity())
         seeded = torch.Generator().manual_seed(config.seed)
         for index, target in enumerate(self.targets):
             start = torch.rand(config.rank, target.in_features, generator=seeded)
@@ -165,8 +181,8 @@ class HyperNetwork(nn.Module):
         s = torch.as_tensor(s, dtype=torch.float32, device=embeddings.device).expand(rows)
         fraction = s / self.config.trajectory_length
         features = torch.cat(
-            [embeddings.float(), fourier_features(fraction, self.config.fourier_dim)], dim=1
-        )
+            [self.project(embeddings.float()), fourier_features(fraction, self.config.fourier_dim)],
+            dim=1)
         r, factors = self.config.rank, {}
         for index, (target, (down_raw, up_raw)) in enumerate(
             zip(self.targets, self.generator(features), strict=True)

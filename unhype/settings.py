@@ -23,6 +23,7 @@ from .prompts import (
 )
 from .targets import TARGET_PRESETS
 from .training import TrainConfig
+from .trigger import TRIGGERS, TriggerSpec
 
 #: what every run uses unless a preset or family says otherwise
 COMMON = {"removal_step": 1e-4, "lr_gamma": 0.9, "lr_every": 3000, "alpha0": 1.0,
@@ -154,6 +155,10 @@ SETTINGS = (
     Setting("removal_draws", 0, "Removal samples (concept, x_t, s) per step, their gradients "
             "averaged; a distributed run (torchrun) splits them across processes. 0: one per "
             "process.", 0, 1024, optional=True, advanced=True),
+    Setting("trigger", "auto", "What the network reads of a prompt: clip-pooled (the "
+            "paper: CLIP's pooled vector) or cond-pooled (pooled from the conditioning the "
+            "model reads: works without a CLIP, sees every chunk); auto: clip-pooled where the "
+            "family has a CLIP.", choices=("auto", *TRIGGERS), optional=True, advanced=True),
 )
 #: settings where 0 means "the family's or the preset's value"
 DEFAULTED = ("steps", "learning_rate", "rank", "eta", "hidden", "retain_learning_rate",
@@ -212,15 +217,27 @@ TrainingSettings = make_dataclass(
                "__doc__": "Everything the Trainer node and the headless trainer take."})
 
 
+#: triggers wider than this get a learned down-projection to PROJECTION_WIDTH (LLM encoders)
+PROJECT_ABOVE, PROJECTION_WIDTH = 2048, 768
+
+
+def trigger_kind(settings: TrainingSettings) -> str:
+    """The trigger a run reads: the set one, or auto's (every family so far has a CLIP)."""
+    return "clip-pooled" if settings.trigger == "auto" else settings.trigger
+
+
 def build_configs(settings: TrainingSettings, family: str, retain_prompts: list[str],
-                  embed_dim: int, processes: int = 1) -> tuple[HyperNetConfig, TrainConfig]:
-    """The network's and the trainer's configs for validated settings on a model family, for a
-    run in `processes` data-parallel processes."""
+                  trigger: TriggerSpec, processes: int = 1) -> tuple[HyperNetConfig, TrainConfig]:
+    """The network's and the trainer's configs for validated settings on a model family, with
+    the model's `trigger` (unhype/trigger.py measure_trigger of `trigger_kind(settings)`), for
+    a run in `processes` data-parallel processes."""
     values = settings.resolve(family)
     concepts: list[Concept] = parse_concepts(settings.concepts, default_anchor=values["anchor"])
     erased = {c.name.lower() for c in concepts}
     net = HyperNetConfig(
-        embed_dim=embed_dim, rank=int(values["rank"]), hidden=int(values["hidden"]),
+        embed_dim=trigger.width, trigger=trigger.kind, trigger_skip=trigger.skip,
+        input_projection=PROJECTION_WIDTH if trigger.width > PROJECT_ABOVE else 0,
+        rank=int(values["rank"]), hidden=int(values["hidden"]),
         trajectory_length=int(values["trajectory_length"]), alpha0=values["alpha0"],
         variant=settings.variant, seed=settings.seed)
     train = TrainConfig(

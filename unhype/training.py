@@ -29,6 +29,7 @@ from .network import NetworkInfo, UnHypeNetwork
 from .prompts import Concept, fill
 from .separation import Separation, SeparationCheck, split_templates
 from .targets import Target
+from .trigger import read_trigger
 
 CHECKPOINT_KIND = "unhype-training-checkpoint"
 
@@ -187,7 +188,9 @@ class Trainer:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._embeddings]
         if missing:
             with torch.no_grad():
-                for prompt, row in zip(missing, self.denoiser.embed(missing)):
+                config = self.module.config
+                rows = read_trigger(self.denoiser, missing, config.trigger, config.trigger_skip)
+                for prompt, row in zip(missing, rows):
                     self._embeddings[prompt] = row.float().cpu()
         return torch.stack([self._embeddings[p] for p in prompts]).to(self.device)
 

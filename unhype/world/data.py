@@ -21,6 +21,7 @@ from .vocabulary import (
 )
 
 IMAGE_SIZE = 32
+SHAPE_SIZES = (6.0, 11.0)  # range of a shape's half-extent in pixels
 
 
 PARTIAL_CAPTION_RATE = 0.15
@@ -43,7 +44,7 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0
 
 
-def _shape_mask(shape: str, cy: float, cx: float, size: float) -> np.ndarray:
+def shape_mask(shape: str, cy: float, cx: float, size: float) -> np.ndarray:
     """Soft (anti-aliased) coverage in [0, 1] of one shape; `size` is its half-extent."""
     y, x = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) + 0.5
     dy, dx = y - cy, x - cx
@@ -74,10 +75,10 @@ def _shape_mask(shape: str, cy: float, cx: float, size: float) -> np.ndarray:
 
 def render(colour: int, shape: int, rng: np.random.Generator) -> np.ndarray:
     """One uint8 [3, 32, 32] image of SHAPES[shape] in COLOURS[colour], randomly placed."""
-    size = rng.uniform(6.0, 11.0)
+    size = rng.uniform(*SHAPE_SIZES)
     margin = size + 1.0
     cy, cx = rng.uniform(margin, IMAGE_SIZE - margin, size=2)
-    mask = _shape_mask(SHAPES[shape].word, cy, cx, size)[None]
+    mask = shape_mask(SHAPES[shape].word, cy, cx, size)[None]
     background = rng.uniform(5, 45) * (0.6 + 0.4 * rng.uniform(size=(3, 1, 1)))
     fill = np.asarray(COLOURS[colour].rgb, np.float32)[:, None, None]
     fill = fill * rng.uniform(0.85, 1.05) + rng.normal(0, 8, size=(3, 1, 1))

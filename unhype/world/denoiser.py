@@ -48,6 +48,9 @@ class WorldDenoiser:
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         return self._text(prompts)[1].float()
 
+    def text_states(self, prompts: Sequence[str]) -> list[torch.Tensor]:
+        return list(self._text(prompts)[0])
+
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         return self.unet(x_t, t.to(self.device), self._text(prompts)[0])
 

@@ -22,9 +22,10 @@ from ..hypernet import RowFactors
 from ..lora import row_lora
 from ..network import NetworkInfo, UnHypeNetwork
 from ..prompts import builtin_retain_prompts
-from ..settings import FAMILY_DEFAULTS, TrainingSettings, build_configs
+from ..settings import FAMILY_DEFAULTS, TrainingSettings, build_configs, trigger_kind
 from ..targets import targets_from_preset
 from ..training import Trainer
+from ..trigger import measure_trigger, read_trigger
 from . import World
 from .vocabulary import COLOURS, PARAPHRASES, SHAPES, TEMPLATES
 
@@ -93,7 +94,8 @@ def unhype_patch(world: World, network: UnHypeNetwork, strength: float = 1.0) ->
     @contextmanager
     def patch(row_prompts: list[str], cond_mask: torch.Tensor):
         rows = cond_mask.nonzero().flatten().cpu()
-        embeddings = world.denoiser.embed([row_prompts[i] for i in rows.tolist()])
+        embeddings = read_trigger(world.denoiser, [row_prompts[i] for i in rows.tolist()],
+                                  network.config.trigger, network.config.trigger_skip)
         kept, factors = cache.select(embeddings, world.denoiser.device, torch.float32)
         rows = rows[kept]  # the gate: rows whose prompt does not trigger get no LoRA (no hook)
         with row_lora(world.unet, network.targets, factors, rows=rows, scale=strength,
@@ -135,13 +137,14 @@ def unhype_trainer(world: World, task: ErasureTask, *, anchor: str = "",
         concepts="\n".join(f"{colour} -> {anchor}" for colour in task.erase), preset="custom",
         templates="\n".join(task.training_templates()),
         **{"builtin_retain": False, **settings}).validate()
-    embed_dim = world.clip.model.ln_final.normalized_shape[0]
     retain = task.retain_prompts() + (builtin_retain_prompts() if settings.builtin_retain else [])
-    net_config, config = build_configs(settings, FAMILY, retain, embed_dim)
+    trigger = measure_trigger(world.denoiser, trigger_kind(settings))
+    net_config, config = build_configs(settings, FAMILY, retain, trigger)
     config.log_every = 25
     preset = "sd-cross-kv" if settings.target_preset == "auto" else settings.target_preset
     targets = targets_from_preset(world.unet, preset)
-    info = NetworkInfo(FAMILY, preset, embedding_source="proving-ground tiny CLIP",
+    info = NetworkInfo(FAMILY, preset,
+                       embedding_source=f"proving-ground tiny CLIP, {trigger.kind}",
                        title=f"proving ground: erase {', '.join(task.erase)}")
     return Trainer(world.denoiser, net_config, targets, info, config)
 
@@ -214,8 +217,8 @@ def draw_prompts(task: ErasureTask, per_set: int,
 
 def judge_accuracy(world: World, images: torch.Tensor, colours: list[int],
                    shapes: list[int]) -> dict[str, float]:
-    """Prompted colour by both judges, prompted shape by the CLIP judge ("shape"), and both
-    colour and shape by the CLIP judge ("identity": the identities world's recognition)."""
+    """Prompted colour and prompted shape by both judges ("shape": CLIP's, "pixel_shape"), and
+    both colour and shape by the CLIP judge ("identity": the identities world's recognition)."""
     colour, shape = torch.tensor(colours), torch.tensor(shapes)
     clip_colour, clip_shape = world.judge.clip_colour_and_shape(images)
     colour_ok, shape_ok = clip_colour == colour, clip_shape == shape
@@ -223,6 +226,7 @@ def judge_accuracy(world: World, images: torch.Tensor, colours: list[int],
         "clip": float(colour_ok.float().mean()),
         "pixel": float((world.judge.pixel_colour(images) == colour).float().mean()),
         "shape": float(shape_ok.float().mean()),
+        "pixel_shape": float((world.judge.pixel_shape(images) == shape).float().mean()),
         "identity": float((colour_ok & shape_ok).float().mean()),
     }
 
@@ -258,7 +262,8 @@ def _harmonic(values: list[float]) -> float:
 
 def scores(before: dict, after: dict, judge: str) -> dict[str, float]:
     """Efficacy, specificity, generality, paraphrase efficacy and H_o relative to the base, and
-    how much of the erased prompts' shape survives ("shape_kept", CLIP shape judge)."""
+    how much of the erased prompts' shape survives ("shape_kept", by the same kind of judge:
+    the CLIP shape judge for "clip", the colour-blind pixel shape judge for "pixel")."""
 
     def removed(name):
         base = before[name][judge]
@@ -275,5 +280,5 @@ def scores(before: dict, after: dict, judge: str) -> dict[str, float]:
         "generality": generality,
         "paraphrase_efficacy": removed("paraphrases"),
         "h_o": _harmonic([efficacy, specificity, generality]),
-        "shape_kept": kept("erased", "shape"),
+        "shape_kept": kept("erased", "shape" if judge == "clip" else "pixel_shape"),
     }

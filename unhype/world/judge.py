@@ -1,12 +1,18 @@
 """Judges that say which colour / shape an image shows.
 
-Two independent colour judges, because the CLIP judge is harsher on generated blobs than on
-clean renders: a zero-shot tiny-CLIP classifier (colour and shape) and a pixel judge (mean of
-the most saturated pixels -> nearest palette colour) that does not depend on any trained model.
+Two independent judges of each, because the CLIP judge is harsher on generated blobs than on
+clean renders: a zero-shot tiny-CLIP classifier (colour and shape) and pixel judges that do
+not depend on any trained model: colour = mean of the most saturated pixels -> nearest palette
+colour; shape = best match of the foreground against every shape at every place and size the
+world draws. The pixel shape judge is colour-blind: the tiny CLIP only ever saw saturated shapes
+and names the shape of a grey copy of the base model's images in under a fifth of them, so it
+cannot say whether an erased (pale) picture kept its shape.
 """
 
+import numpy as np
 import torch
 
+from .data import IMAGE_SIZE, SHAPE_SIZES, shape_mask
 from .tiny_clip import TinyClip
 from .vocabulary import COLOURS, SHAPES, TEMPLATES
 
@@ -41,6 +47,7 @@ class Judge:
             ],
         )
         self.palette = torch.tensor([c.rgb for c in COLOURS], dtype=torch.float32) / 255.0
+        self.shape_templates, self.template_shape = _shape_templates()
 
     @torch.no_grad()
     def clip_colour(self, images: torch.Tensor) -> torch.Tensor:
@@ -64,3 +71,35 @@ class Judge:
         top = saturation.topk(SATURATED_PIXELS, dim=1).indices
         mean_rgb = torch.gather(pixels, 1, top[..., None].expand(-1, -1, 3)).mean(1)
         return torch.cdist(mean_rgb, self.palette).argmin(-1)
+
+    def pixel_shape(self, images: torch.Tensor) -> torch.Tensor:
+        """The shape whose best-placed template correlates most with the image's foreground
+        (each pixel's colour distance from the border's median colour)."""
+        pixels = images.detach().float().cpu()
+        border = torch.cat([pixels[..., 0, :], pixels[..., -1, :],
+                            pixels[..., :, 0], pixels[..., :, -1]], dim=-1)
+        background = border.median(-1).values[..., None, None]
+        foreground = _centred_unit((pixels - background).norm(dim=1).flatten(1))
+        match = foreground @ self.shape_templates.T
+        best = torch.stack([match[:, self.template_shape == s].amax(1)
+                            for s in range(len(SHAPES))], dim=1)
+        return best.argmax(-1)
+
+
+def _centred_unit(rows: torch.Tensor) -> torch.Tensor:
+    rows = rows - rows.mean(1, keepdim=True)
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def _shape_templates() -> tuple[torch.Tensor, torch.Tensor]:
+    """Every shape at every whole-pixel size (one either side of the world's range) and place
+    that fits the image, flattened, centred and unit-norm, with the shape index of each."""
+    masks, shapes = [], []
+    low, high = SHAPE_SIZES
+    for index, shape in enumerate(SHAPES):
+        for size in np.arange(np.floor(low) - 1, np.ceil(high) + 1.5):
+            for cy in np.arange(size, IMAGE_SIZE - size + 0.5):
+                for cx in np.arange(size, IMAGE_SIZE - size + 0.5):
+                    masks.append(shape_mask(shape.word, cy, cx, size).ravel())
+                    shapes.append(index)
+    return _centred_unit(torch.from_numpy(np.stack(masks)).float()), torch.tensor(shapes)

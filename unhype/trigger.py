@@ -1,0 +1,70 @@
+"""What the hypernetwork reads of a prompt: its trigger vector.
+
+"clip-pooled" (the paper): CLIP's pooled vector, on families whose text path has a CLIP.
+"cond-pooled": pooled from the conditioning the diffusion model itself reads, so it works on
+any family (LLM and T5 encoders have no pooled vector): the mean of its rows after the leading
+rows every prompt shares (start token, template prefix), and its last row, side by side. The
+mean sees every chunk and every Concat part, where CLIP's pooled vector holds the first chunk's.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+TRIGGERS = ("clip-pooled", "cond-pooled")
+
+
+def cond_pooled(conditioning: Sequence[torch.Tensor], skip: int) -> torch.Tensor:
+    """[rows_i, D] per prompt -> [prompts, 2D] float32: mean after `skip` rows, last row."""
+    vectors = []
+    for cond in conditioning:
+        if cond.ndim != 2 or cond.shape[0] <= skip:
+            raise ValueError(f"conditioning of shape {list(cond.shape)} has no rows after the "
+                             f"{skip} every prompt shares")
+        vectors.append(torch.cat([cond[skip:].float().mean(0), cond[-1].float()]))
+    return torch.stack(vectors)
+
+
+def shared_rows(conditioning: Sequence[torch.Tensor]) -> int:
+    """How many leading rows are the same in every one of these conditionings (at least two
+    unlike prompts): the rows that say nothing about a prompt."""
+    length = min(c.shape[0] for c in conditioning)
+    first = conditioning[0]
+    for row in range(length):
+        if not all(torch.equal(c[row], first[row]) for c in conditioning[1:]):
+            return row
+    return length - 1  # every row alike: keep the last one to pool
+
+
+def read_trigger(denoiser, prompts: Sequence[str], trigger: str, skip: int) -> torch.Tensor:
+    """The trigger vectors [prompts, D] of a Denoiser (unhype/denoiser.py) for a network's
+    `trigger` kind and `skip` (HyperNetConfig.trigger, .trigger_skip)."""
+    if trigger == "clip-pooled":
+        return denoiser.embed(prompts)
+    if trigger == "cond-pooled":
+        return cond_pooled(denoiser.text_states(prompts), skip)
+    raise ValueError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
+
+
+#: prompts unlike each other, to find the rows every prompt shares (`shared_rows`)
+PROBE_PROMPTS = ("a photo", "red", "an image of a dog on a beach, at night")
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """A trigger kind as one model's text path gives it: its width and the rows it skips."""
+
+    kind: str
+    width: int
+    skip: int = 0
+
+
+def measure_trigger(denoiser, kind: str) -> TriggerSpec:
+    """The TriggerSpec of `kind` for a Denoiser, from a few unlike prompts."""
+    if kind == "clip-pooled":
+        return TriggerSpec(kind, int(denoiser.embed([""]).shape[1]))
+    conditioning = denoiser.text_states(PROBE_PROMPTS)
+    skip = shared_rows(conditioning)
+    return TriggerSpec(kind, int(read_trigger(denoiser, PROBE_PROMPTS[:1], kind, skip).shape[1]),
+                       skip)
