@@ -35,6 +35,7 @@ def rows():
         ("static ESD-x LoRA (rank 4)", SINGLE, None),
         *[(label, SINGLE, settings) for label, settings in unhype],
         ("UnHype paper, direct", SINGLE, {"objective": "direct"}),
+        ("UnHype paper, cond-pooled trigger", SINGLE, {"trigger": "cond-pooled"}),
         ("static ESD-x LoRA (rank 4)", THREE, None),
         *[(label, THREE, settings) for label, settings in unhype],
     ]

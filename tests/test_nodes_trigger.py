@@ -61,9 +61,9 @@ def packed(conditioning):
 
 
 def reference_trigger(cond):
-    """Independent of unhype/trigger.py: mean of the rows after the start token, last row."""
-    rows = cond[0].double()
-    return torch.cat([rows[1:].mean(0), rows[-1]]).float()[None]
+    """Independent of unhype/trigger.py: mean and max of the rows after the start token."""
+    rows = cond[0, 1:].double()
+    return torch.cat([rows.sum(0) / rows.shape[0], rows.max(0).values]).float()[None]
 
 
 def test_the_start_token_is_the_only_row_every_prompt_shares(clip):

@@ -20,10 +20,10 @@ def world():
     return load_world()
 
 
-def test_cond_pooled_is_the_mean_after_the_skipped_rows_and_the_last_row():
-    rows = torch.arange(12.0).reshape(4, 3)
+def test_cond_pooled_is_the_mean_and_max_after_the_skipped_rows():
+    rows = torch.tensor([[9.0, 9.0], [1.0, 4.0], [3.0, 0.0], [2.0, 2.0]])
     vector = cond_pooled([rows], skip=1)
-    assert torch.equal(vector, torch.tensor([[6.0, 7.0, 8.0, 9.0, 10.0, 11.0]]))
+    assert torch.equal(vector, torch.tensor([[2.0, 2.0, 3.0, 4.0]]))
     with pytest.raises(ValueError, match="no rows after the 4"):
         cond_pooled([rows], skip=4)
 
@@ -41,7 +41,7 @@ def test_the_world_clip_shares_only_its_start_token(world):
     assert measure_trigger(world.denoiser, "clip-pooled") == TriggerSpec("clip-pooled", 128, 0)
     states = world.denoiser.text_states(["a red circle"])[0]
     torch.testing.assert_close(read_trigger(world.denoiser, ["a red circle"], "cond-pooled", 1),
-                               torch.cat([states[1:].mean(0), states[-1]])[None])
+                               torch.cat([states[1:].mean(0), states[1:].amax(0)])[None])
 
 
 def test_wide_triggers_get_a_learned_down_projection():

@@ -2,9 +2,11 @@
 
 "clip-pooled" (the paper): CLIP's pooled vector, on families whose text path has a CLIP.
 "cond-pooled": pooled from the conditioning the diffusion model itself reads, so it works on
-any family (LLM and T5 encoders have no pooled vector): the mean of its rows after the leading
-rows every prompt shares (start token, template prefix), and its last row, side by side. The
-mean sees every chunk and every Concat part, where CLIP's pooled vector holds the first chunk's.
+any family (LLM and T5 encoders have no pooled vector): the mean and the maximum of its rows
+after the leading rows every prompt shares (start token, template prefix), side by side. It sees
+every chunk and every Concat part, where CLIP's pooled vector holds the first chunk's. The
+maximum keeps a single concept token from being averaged away (proving ground, erase red, seeds
+0 and 2: H_o 99.4 and 95.1 with it, 94.7 and 95.4 with the last row in its place).
 """
 
 from collections.abc import Sequence
@@ -16,13 +18,14 @@ TRIGGERS = ("clip-pooled", "cond-pooled")
 
 
 def cond_pooled(conditioning: Sequence[torch.Tensor], skip: int) -> torch.Tensor:
-    """[rows_i, D] per prompt -> [prompts, 2D] float32: mean after `skip` rows, last row."""
+    """[rows_i, D] per prompt -> [prompts, 2D] float32: mean and max of the rows after `skip`."""
     vectors = []
     for cond in conditioning:
         if cond.ndim != 2 or cond.shape[0] <= skip:
             raise ValueError(f"conditioning of shape {list(cond.shape)} has no rows after the "
                              f"{skip} every prompt shares")
-        vectors.append(torch.cat([cond[skip:].float().mean(0), cond[-1].float()]))
+        rows = cond[skip:].float()
+        vectors.append(torch.cat([rows.mean(0), rows.amax(0)]))
     return torch.stack(vectors)
 
 
