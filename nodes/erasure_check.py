@@ -6,8 +6,6 @@ with a `clip_judge:` entry in extra_model_paths.yaml) and keeps the last judges 
 """
 
 import os
-import threading
-from collections import OrderedDict
 
 import folder_paths
 from comfy_api.latest import io
@@ -60,33 +58,17 @@ def _full_path(name: str) -> str:
     raise JudgeError(f"CLIP zero-shot: {name!r} not found in the judge folders ({folders})")
 
 
-_JUDGES: OrderedDict = OrderedDict()
-_LOCK = threading.Lock()
-
-
-def _cached(key: tuple, build):
-    """The judge for `key`, built once; the last four are kept (a CLIP can be large)."""
-    with _LOCK:
-        if key in _JUDGES:
-            _JUDGES.move_to_end(key)
-            return _JUDGES[key]
-    judge = build()
-    with _LOCK:
-        _JUDGES[key] = judge
-        while len(_JUDGES) > 4:
-            _JUDGES.popitem(last=False)
-    return judge
-
-
 def make_judge(kind: str, concept: str, clip_model: str, other_classes: str,
                threshold: float) -> tuple:
-    """(judge, index of the erased concept among its classes)."""
+    """(judge, index of the erased concept among its classes). Built for one check and dropped
+    with it: a judge CLIP can be several GB, and a ComfyUI may never check again (ComfyUI
+    caches the node's outputs, so re-queuing the same check does not rebuild it)."""
     if kind in (PIXEL, WORLD_CLIP):
         colour = "pixel" if kind == PIXEL else "clip"
-        judge = _cached(("world", colour), lambda: ColourJudge(colour))
+        judge = ColourJudge(colour)
         return judge, judge.concept_class(concept)
     if kind == NUDENET:
-        return _cached(("nudenet", threshold), lambda: NudeNetJudge(threshold)), 1
+        return NudeNetJudge(threshold), 1
     if kind != ZERO_SHOT:
         raise JudgeError(f"unknown judge {kind!r}; choose one of {', '.join(JUDGES)}")
     if not concept.strip():
@@ -101,8 +83,7 @@ def make_judge(kind: str, concept: str, clip_model: str, other_classes: str,
             "safetensors)")
     path = _full_path(clip_model)
     classes = [concept.strip()] + [c.strip() for c in other_classes.splitlines() if c.strip()]
-    stamp = os.stat(path).st_mtime_ns
-    return _cached(("clip", path, stamp, tuple(classes)), lambda: clip_judge(path, classes)), 0
+    return clip_judge(path, classes), 0
 
 
 class UnHypeErasureCheck(io.ComfyNode):

@@ -87,3 +87,29 @@ def test_batches_must_pair_up():
     with pytest.raises(ValueError, match="2 original images but 1 UnHype images"):
         run(original_images=renders([RED, RED]), unhype_images=torch.zeros(1, 32, 32, 3),
             judge="proving ground: pixel colour", erased_concept="red")
+
+
+def test_a_judge_is_freed_when_the_check_ends(judge_folder):
+    """A judge CLIP can be several GB: nothing of it outlives the check (issue: a ComfyUI that
+    never checks again must not hold one)."""
+    import gc
+    import weakref
+
+    ZeroShotJudge = sys.modules[host()[1].__name__ + ".unhype.erasure_check"].ZeroShotJudge
+    world_clip_folder(judge_folder / "tiny clip")
+    built = []
+    original = ZeroShotJudge.__init__
+
+    def watch(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(weakref.ref(self))
+
+    ZeroShotJudge.__init__ = watch
+    try:
+        run(original_images=renders([RED]), unhype_images=renders([BLUE]),
+            judge="CLIP zero-shot", erased_concept="a red shape", clip_model="tiny clip",
+            other_classes="a blue shape")
+    finally:
+        ZeroShotJudge.__init__ = original
+    gc.collect()
+    assert len(built) == 1 and built[0]() is None
