@@ -114,7 +114,13 @@ _IADD = torch.Tensor.__iadd__
 def _add_for_autograd(tensor, other):
     """`tensor += other` as a new tensor when autograd records it: ComfyUI's Flux blocks add
     their residuals in place (`img += ...`) after saving `img` for the backward, which fails
-    ("modified by an inplace operation") once a LoRA makes the stream require grad."""
+    ("modified by an inplace operation") once a LoRA makes the stream require grad.
+
+    Why the class method and not something narrower: the `+=` is inside ComfyUI's block code,
+    and a per-thread torch function mode sees it only as `add_`, the same call as an explicit
+    `x.add_(y)` whose in-place effect the caller relies on (made out of place, it would be lost).
+    The swap lasts one prediction in ComfyUI's single execution thread, changes nothing where
+    autograd does not record, and is restored in a finally (tests/test_training_memory.py)."""
     if torch.is_grad_enabled() and (tensor.requires_grad or getattr(other, "requires_grad", False)):
         return torch.add(tensor, other).to(tensor.dtype)
     return _IADD(tensor, other)
