@@ -168,9 +168,9 @@ def main() -> None:
                      "least 0")
     import torch
 
-    from unhype.settings import FAMILY_DEFAULTS
+    from unhype.families import resolve
 
-    args.steps = [s or FAMILY_DEFAULTS["proving-ground"]["steps"] for s in args.steps]
+    args.steps = [resolve("proving-ground", {"steps": s})["steps"] for s in args.steps]
     torch.set_num_threads(args.threads)
     result = run(sorted(set(args.counts)), args.steps, args.samples, args.seed, args.out,
                  args.timing_prompts)

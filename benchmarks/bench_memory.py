@@ -71,11 +71,12 @@ def child(args) -> dict:
     with torch.inference_mode(False), torch.enable_grad():
         denoiser = denoiser_mod.ComfyDenoiser(
             model, gpu_check.RandomClip(family.unet, family.tokens), family=family.key,
-            resolution=args.resolution or family.train_px, sampling_steps=2,
+            resolution=args.resolution, sampling_steps=2,
             gradient_checkpointing=args.checkpointing == "on")
         settings = settings_mod.TrainingSettings(concepts="a zebra",
                                                  variant=args.variant).validate()
-        trigger = trigger_mod.measure_trigger(denoiser, settings_mod.trigger_kind(settings))
+        kind = settings_mod.trigger_kind(settings, family.key)
+        trigger = trigger_mod.measure_trigger(denoiser, kind)
         net_config, config = settings_mod.build_configs(
             settings, family.key, prompts.builtin_retain_prompts(), trigger)
         config = dataclasses.replace(config, xt_cache_size=1)

@@ -272,7 +272,8 @@ def sd15_run(args) -> dict | None:
             model, gpu_check.RandomClip(unet, family.tokens), family=family.key,
             resolution=args.sd15_px, sampling_steps=SD15_SAMPLING_STEPS)
         settings = settings_mod.TrainingSettings(concepts="a zebra").validate()
-        trigger = trigger_mod.measure_trigger(denoiser, settings_mod.trigger_kind(settings))
+        kind = settings_mod.trigger_kind(settings, family.key)
+        trigger = trigger_mod.measure_trigger(denoiser, kind)
         net_config, config = settings_mod.build_configs(
             settings, family.key, prompts.builtin_retain_prompts(), trigger)
         if args.smoke:

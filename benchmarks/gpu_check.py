@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from unhype.families import family  # noqa: E402
 from unhype.headless import find_comfyui, import_pack  # noqa: E402
 
 # The released models' shapes, as ComfyUI's model detection reads them from the checkpoints.
@@ -80,20 +81,33 @@ TINY = {
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    key: str  # nodes/comfy_denoiser.py FAMILIES name
-    config: str  # comfy.supported_models class
+    """A benchmarked model: its real-size config here, its family facts from unhype/families.py."""
+
+    key: str  # a unhype/families.py FAMILIES name
     unet: dict
     dtype: str  # on a GPU
-    preset: str  # UnHype target preset
     tokens: int  # context length of one prompt
-    sample_px: int | None  # sampling check resolution (None: not sampled)
-    train_px: int
+    sampled: bool  # timed in the sampling check too (at the family's resolution)
+
+    @property
+    def config(self) -> str:
+        """The comfy.supported_models class that builds it."""
+        return family(self.key).comfy_configs[0]
+
+    @property
+    def preset(self) -> str:
+        return family(self.key).target_preset
+
+    @property
+    def resolution(self) -> int:
+        """Of the training check, and of the sampling check when it is sampled."""
+        return family(self.key).resolution
 
 
 FAMILIES = {
-    "sd15": Family("sd1", "SD15", SD15_UNET, "fp16", "sd-cross-kv", 77, 512, 512),
-    "sdxl": Family("sdxl", "SDXL", SDXL_UNET, "bf16", "sdxl-cross-kv", 77, 1024, 1024),
-    "flux": Family("flux", "Flux", FLUX_DIT, "bf16", "flux-value-out", 256, None, 512),
+    "sd15": Family("sd1", SD15_UNET, "fp16", 77, sampled=True),
+    "sdxl": Family("sdxl", SDXL_UNET, "bf16", 77, sampled=True),
+    "flux": Family("flux", FLUX_DIT, "bf16", 256, sampled=False),
 }
 
 
@@ -240,7 +254,7 @@ def sampling_check(name, model, pack, args, clock, out):
     hooks = comfy.hooks.create_hook_lora(lora, strength_model=1.0, strength_clip=1.0)
     variants["hook-lora"] = (model, comfy.hooks.set_hooks_for_conditioning(positive, hooks),
                              negative)
-    px = 64 if args.cpu_smoke else family.sample_px
+    px = 64 if args.cpu_smoke else family.resolution
     latent = torch.zeros(1, 4, px // 8, px // 8)
     counted = {}
 
@@ -302,13 +316,14 @@ def training_check(name, model, pack, args, clock, out):
     training = importlib.import_module(pack.__name__ + ".unhype.training")
     prompts = importlib.import_module(pack.__name__ + ".unhype.prompts")
     unet = TINY[name] if args.cpu_smoke else family.unet
-    px = 64 if args.cpu_smoke else family.train_px
+    px = 64 if args.cpu_smoke else family.resolution
     with torch.inference_mode(False), torch.enable_grad():
         denoiser = denoiser_mod.ComfyDenoiser(
             model, RandomClip(unet, family.tokens), resolution=px, family=family.key,
             sampling_steps=args.sampling_steps)
         settings = settings_mod.TrainingSettings(concepts="a zebra").validate()
-        trigger = trigger_mod.measure_trigger(denoiser, settings_mod.trigger_kind(settings))
+        kind = settings_mod.trigger_kind(settings, family.key)
+        trigger = trigger_mod.measure_trigger(denoiser, kind)
         net_config, config = settings_mod.build_configs(
             settings, family.key, prompts.builtin_retain_prompts(), trigger)
         if args.cpu_smoke:
@@ -433,7 +448,7 @@ def main(argv=None):
             params = sum(p.numel() for p in model.model.diffusion_model.parameters())
             out(f"\n== {name}: {params / 1e6:.0f}M parameters, built at "
                 f"{time.perf_counter() - started:.0f} s")
-            if FAMILIES[name].sample_px:
+            if FAMILIES[name].sampled:
                 sampling_check(name, model, pack, args, clock, out)
             if time.perf_counter() - started > args.budget:
                 out(f"training {name}: skipped (time budget)")

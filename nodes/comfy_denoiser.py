@@ -31,17 +31,8 @@ import comfy.samplers
 import comfy.supported_models
 import torch
 
+from ..unhype import families
 from .grad_checkpoint import gradient_checkpointing as checkpointed_blocks
-
-#: family -> (pooled width expected, default training resolution in pixels)
-FAMILIES = {
-    "sd1": {"resolution": 512, "target_preset": "sd-cross-kv", "distilled": False},
-    "sd2": {"resolution": 768, "target_preset": "sd-cross-kv", "distilled": False},
-    "sdxl": {"resolution": 1024, "target_preset": "sdxl-cross-kv", "distilled": False},
-    "flux": {"resolution": 512, "target_preset": "flux-value-out", "distilled": True},
-    # the CPU-sized world of unhype/world/ (nodes/proving_ground.py): SD names, 32x32 pixels
-    "proving-ground": {"resolution": 32, "target_preset": "sd-cross-kv", "distilled": False},
-}
 
 
 class UnsupportedModelError(ValueError):
@@ -49,32 +40,30 @@ class UnsupportedModelError(ValueError):
 
 
 def model_family(model) -> str:
-    """A FAMILIES key for a ComfyUI MODEL (ModelPatcher); raises for other models.
+    """The family (unhype/families.py) of a ComfyUI MODEL (ModelPatcher); raises for others.
 
     A model config may name its family in a class attribute `unhype_family` (the proving ground
     does); read from the class because model configs log a warning for unknown attributes.
+    Otherwise the most derived comfy.supported_models class of the config decides, so a refused
+    subclass of a family's class (Flux2 of Flux) is refused, whatever the table's order.
     """
     base = getattr(model, "model", None)
     config = getattr(base, "model_config", None)
-    if getattr(type(config), "unhype_family", None) in FAMILIES:
+    if getattr(type(config), "unhype_family", None) in families.FAMILIES:
         return type(config).unhype_family
-    sm = comfy.supported_models
-    checks = [
-        ("flux2", getattr(sm, "Flux2", None)),  # not CLIP-conditioned: refused below
-        ("flux", getattr(sm, "Flux", None)),
-        ("sdxl", getattr(sm, "SDXL", None)),
-        ("sd2", getattr(sm, "SD20", None)),
-        ("sd1", getattr(sm, "SD15", None)),
-    ]
-    for family, cls in checks:
-        if cls is not None and isinstance(config, cls):
-            if family == "flux2":
-                break
-            return family
+    by_class = {name: f.name for f in families.FAMILIES.values() for name in f.comfy_configs}
+    for cls in type(config).__mro__:
+        if getattr(comfy.supported_models, cls.__name__, None) is not cls:
+            continue
+        if cls.__name__ in families.REFUSED_COMFY_CONFIGS:
+            break
+        if cls.__name__ in by_class:
+            return by_class[cls.__name__]
     name = type(config).__name__ if config is not None else type(base).__name__
+    labels = families.checkpoint_labels()
     raise UnsupportedModelError(
-        f"UnHype can train on SD1.x, SD2.x, SDXL and Flux.1 models; this MODEL is {name}. "
-        "Load an SD1.5 / SD2 / SDXL / Flux.1 checkpoint."
+        f"UnHype can train on {', '.join(labels[:-1])} and {labels[-1]} models; this MODEL is "
+        f"{name}. Load an {' / '.join(labels)} checkpoint."
     )
 
 
@@ -169,7 +158,9 @@ class _PartialSampler(comfy.samplers.Sampler):
 
 
 class ComfyDenoiser:
-    """A frozen ComfyUI model seen through the UnHype trainer's `Denoiser` protocol."""
+    """A frozen ComfyUI model seen through the UnHype trainer's `Denoiser` protocol.
+
+    `guidance` and `resolution` left at 0 or None are the family's (unhype/families.py)."""
 
     def __init__(self, model, clip, *, guidance: float | None = None, sampling_steps: int = 50,
                  resolution: int | None = None, scheduler: str | None = None,
@@ -179,7 +170,7 @@ class ComfyDenoiser:
             raise ValueError("UnHype Trainer: no CLIP: the checkpoint has no text encoder; "
                              "connect the CLIP of the model's checkpoint")
         self.family = family or model_family(model)
-        spec = FAMILIES[self.family]
+        spec = families.family(self.family)
         if model.is_dynamic() and getattr(model, "cached_patcher_init", None) is not None:
             # Dynamic VRAM (ComfyUI's server on a GPU) streams weights per call; training
             # backpropagates through the whole UNet, so use ComfyUI's non-dynamic delegate of the
@@ -188,20 +179,19 @@ class ComfyDenoiser:
         self.patcher = model
         self.clip = clip
         self.base = model.model
-        self.distilled = spec["distilled"]
-        # ESD samples with CFG (the paper: ~9 for SD); Flux is guidance-distilled: no uncond
-        # pass, the guidance value travels in the conditioning instead.
-        self.guidance = float(guidance if guidance is not None else (3.5 if self.distilled
-                                                                       else 7.5))
+        self.distilled = spec.distilled
+        # ESD samples with CFG (the paper: ~9 for SD); a guidance-distilled model (Flux) has no
+        # uncond pass, the guidance value travels in the conditioning instead.
+        run = families.resolve(self.family, {"guidance": guidance, "resolution": resolution})
+        self.guidance = float(run["guidance"])
         if sampling_steps < 2:
             raise ValueError("sampling_steps must be at least 2")
         self.sampling_steps = int(sampling_steps)
-        resolution = int(resolution or spec["resolution"])
         fmt = self.base.latent_format
         ratio = int(getattr(fmt, "spacial_downscale_ratio", 8))
-        side = max(1, resolution // ratio)
-        if self.family == "flux":
-            side = max(2, side - side % 2)  # Flux patchifies 2x2
+        patch = spec.latent_patch
+        side = max(1, int(run["resolution"]) // ratio)
+        side = max(patch, side - side % patch)
         self.latent_shape = (fmt.latent_channels, side, side)
         sampling = self.base.model_sampling
         if scheduler is None:

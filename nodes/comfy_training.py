@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..unhype import NetworkInfo, save_unhype, targets_from_preset
+from ..unhype.families import family as family_entry
 from ..unhype.files import EXTENSION, sanitise_name, unique_path
 from ..unhype.prompts import builtin_retain_prompts, parse_prompt_lines
 from ..unhype.settings import ConfigError, TrainingSettings, build_configs, trigger_kind
 from ..unhype.training import Progress, Trainer, TrainingDivergedError
-from ..unhype.trigger import TriggerSpec, measure_trigger
-from .comfy_denoiser import FAMILIES, ComfyDenoiser, model_family
+from ..unhype.trigger import measure_trigger
+from .comfy_denoiser import ComfyDenoiser, model_family
 from .folders import CHECKPOINTS, NETWORKS, first_folder, resolve_resume
 
 
@@ -47,9 +48,7 @@ def make_plan(settings: TrainingSettings, family: str) -> Plan:
     notes = []
     if settings.preset != "custom" and settings.templates.strip():
         notes.append("templates are used with the 'custom' preset only: ignored")
-    target_preset = FAMILIES[family]["target_preset"]
-    if settings.target_preset != "auto":
-        target_preset = settings.target_preset
+    target_preset = settings.resolve(family)["target_preset"]
     builtin = builtin_retain_prompts() if settings.builtin_retain else []
     retain = list(dict.fromkeys(parse_prompt_lines(settings.retain_prompts) + builtin))
     return Plan(family, target_preset, retain, notes)
@@ -62,27 +61,19 @@ def build_trainer(denoiser: ComfyDenoiser, settings: TrainingSettings, plan: Pla
     except ValueError as error:
         raise TrainingError(str(error)) from None
     try:
-        trigger = measure_trigger(denoiser, trigger_kind(settings))
+        trigger = measure_trigger(denoiser, trigger_kind(settings, plan.family))
     except ValueError as error:
         raise TrainingError(str(error)) from None
     processes = torch.distributed.get_world_size(group) if group is not None else 1
     net_config, config = build_configs(settings, plan.family, plan.retain_prompts, trigger,
                                        processes)
+    source = family_entry(plan.family).trigger_source(trigger.kind, trigger.width)
     info = NetworkInfo(plan.family, plan.target_preset, title=sanitise_name(settings.save_name),
-                       embedding_source=_embedding_source(trigger))
+                       embedding_source=source)
     try:
         return Trainer(denoiser, net_config, targets, info, config, group)
     except ValueError as error:
         raise TrainingError(str(error)) from None
-
-
-def _embedding_source(trigger: TriggerSpec) -> str:
-    if trigger.kind == "cond-pooled":
-        return f"cond-pooled: the model's text conditioning ({trigger.width // 2}-d rows)"
-    width = trigger.width
-    return {768: "CLIP-L pooled (final-layer-normed end-of-text state)",
-            1024: "OpenCLIP-H pooled (projected)",
-            1280: "CLIP-G pooled (projected)"}.get(width, f"pooled CLIP embedding ({width}-d)")
 
 
 def not_separated(separation) -> str:
@@ -122,8 +113,8 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
     started = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
         denoiser = ComfyDenoiser(
-            model, clip, guidance=settings.guidance or None, sampling_steps=settings.sampling_steps,
-            resolution=settings.resolution or None, family=family)
+            model, clip, guidance=settings.guidance, sampling_steps=settings.sampling_steps,
+            resolution=settings.resolution, family=family)
         trainer = build_trainer(denoiser, settings, plan, group)
         if resume:
             try:

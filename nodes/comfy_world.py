@@ -26,9 +26,8 @@ import comfy.utils
 import torch
 from torch import nn
 
+from ..unhype.choices import PROVING_GROUND
 from ..unhype.world import WEIGHTS_DIR, tiny_clip, tiny_unet
-
-FAMILY = "proving-ground"  # a key of comfy_denoiser.FAMILIES
 
 
 # -- MODEL --
@@ -49,7 +48,7 @@ class WorldLatentFormat(comfy.latent_formats.LatentFormat):
 class WorldModelConfig(comfy.supported_models_base.BASE):
     """Model config of the world UNet; `unhype_family` tells UnHype's trainer what it is."""
 
-    unhype_family = FAMILY
+    unhype_family = PROVING_GROUND  # its entry in unhype/families.py
     unet_config = {}
     unet_extra_config = {}
     # ModelSamplingDiscrete: "sqrt_linear" is torch.linspace(start, end), the DDPM linear betas

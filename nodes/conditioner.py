@@ -14,18 +14,12 @@ import comfy.conds
 import torch
 from comfy_api.latest import io
 
+from ..unhype.families import family, pooled_name
 from ..unhype.trigger import cond_pooled
 from .parts import MEMORY, Part, split
 from .schema import CATEGORY, ERASURE, UnHype
 from .wire import EMBEDDING_KEY, pack_embedding
 
-POOLED_NAMES = {
-    768: "CLIP-L pooled embeddings (SD1.x / Flux)",
-    1024: "OpenCLIP-H pooled embeddings (SD2.x)",
-    1280: "CLIP-G pooled embeddings (SDXL)",
-    2048: "CLIP-L+G pooled embeddings (SD3)",
-}
-CLIP_CONDS = {"sd1", "sd2", "sdxl"}  # families whose cond tensor is CLIP output in chunks
 RESOLVED_FOR = "unhype_resolved_for"  # cond dict key: the tensor the packed embedding was read from
 UNSEEN = (
     "the tokens marked NOT SEEN reach the model but not the UnHype network, so a "
@@ -35,8 +29,9 @@ UNSEEN = (
 )
 
 
-def _pooled_name(width: int) -> str:
-    return POOLED_NAMES.get(width, "pooled embeddings")
+def in_clip_chunks(network) -> bool:
+    """Is the cond tensor of the network's family CLIP output in chunks?"""
+    return family(network.info.base_arch).chunked_clip_cond
 
 
 def check_pooled(node: str, network, pooled, index: int) -> torch.Tensor:
@@ -50,9 +45,9 @@ def check_pooled(node: str, network, pooled, index: int) -> torch.Tensor:
     width, expected = pooled.shape[-1], network.config.embed_dim
     if width != expected:
         raise ValueError(
-            f"{node}: this network was made for {expected}-d {_pooled_name(expected)} "
+            f"{node}: this network was made for {expected}-d {pooled_name(expected)} "
             f"({network.info.base_arch}, {network.info.embedding_source}) but the conditioning "
-            f"carries {width}-d {_pooled_name(width)}: use an UnHype network made for this "
+            f"carries {width}-d {pooled_name(width)}: use an UnHype network made for this "
             "model family, or the text encoder of the model the network was made for."
         )
     return pooled[:1]
@@ -79,7 +74,7 @@ def entry_parts(node: str, network, cond, pooled, index: int) -> list[Part]:
         trigger = cond_trigger(node, network, cond, index)
         return [Part(0, cond.shape[1], trigger)]
     pooled = check_pooled(node, network, pooled, index)
-    parts = split(cond, pooled, chunked=network.info.base_arch in CLIP_CONDS)
+    parts = split(cond, pooled, chunked=in_clip_chunks(network))
     if parts[0].pooled is pooled and parts[0].end > parts[0].start:
         MEMORY.remember(cond[0, parts[0].start:parts[0].end], pooled)
     for part in parts:
@@ -146,7 +141,7 @@ def header(network) -> str:
 def entry_lines(label: str, network, parts: list[Part], best: int, scores) -> list[str]:
     if len(parts) == 1:
         return [f"{label}: {describe(scores[0], network)}"]
-    unit = "chunk" if network.info.base_arch in CLIP_CONDS else "part"
+    unit = "chunk" if in_clip_chunks(network) else "part"
     lines = [f"{label}: {len(parts)} {unit}s, {parts[-1].end} tokens; the most strongly "
              "triggering one decides the LoRA"]
     for k, (part, value) in enumerate(zip(parts, scores)):
@@ -279,7 +274,7 @@ def remember_chunks(network, cond: torch.Tensor, chunks: torch.Tensor, length: i
     """Each `length`-token chunk of a CLIP cond (the tokenizer's chunk length) with its own pooled
     vector, so the chunks count as parts; tokens not laid out in those chunks (Flux's T5) count
     as one part, described by the most strongly triggering chunk."""
-    if network.info.base_arch in CLIP_CONDS and cond.shape[1] == length * len(chunks):
+    if in_clip_chunks(network) and cond.shape[1] == length * len(chunks):
         for k in range(len(chunks)):
             MEMORY.remember(cond[0, k * length:(k + 1) * length], chunks[k:k + 1])
     else:

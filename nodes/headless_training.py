@@ -83,6 +83,17 @@ def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
     return outcome
 
 
+def _raised_in_torch_load(error: BaseException) -> bool:
+    """Did torch.load (its weights-only unpickler included) raise `error`?"""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_globals.get("__name__", "") in ("torch.serialization",
+                                                             "torch._weights_only_unpickler"):
+            return True
+        frame = frame.tb_next
+    return False
+
+
 def load_checkpoint(path: str):
     """(MODEL, CLIP) from ComfyUI's checkpoint loader; a file it cannot load as a checkpoint is
     a TrainingError (unhype/headless.py has refused the files it can tell apart already)."""
@@ -95,7 +106,8 @@ def load_checkpoint(path: str):
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         if "Could not detect model type" in first:
             reason = "ComfyUI recognises no diffusion model in it (a VAE, a text encoder?)"
-        elif isinstance(error, pickle.UnpicklingError):  # nothing that runs code is loaded
+        elif isinstance(error, pickle.UnpicklingError) or _raised_in_torch_load(error):
+            # nothing that runs code is loaded; random bytes fail in the unpickler in many ways
             reason = ("not a .safetensors file, and torch.load(weights_only=True) refuses it "
                       "(damaged, or a pickle that would run code)")
         else:

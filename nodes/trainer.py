@@ -13,6 +13,7 @@ import comfy.model_management
 import comfy.utils
 from comfy_api.latest import io
 
+from ..unhype.families import checkpoint_labels
 from ..unhype.loss_plot import loss_plot
 from ..unhype.settings import SETTINGS, ConfigError, Setting, TrainingSettings
 from .comfy_training import run_training
@@ -65,11 +66,11 @@ class UnHypeTrainer(io.ComfyNode):
             display_name="UnHype Trainer",
             category=CATEGORY,
             description=(
-                "Trains an UnHype concept-erasure hypernetwork on this model (SD1.x, SD2.x, "
-                "SDXL, Flux.1) and saves it to models/unhype. Cancel keeps a resumable "
-                "checkpoint in models/unhype_checkpoints: pick it in 'resume' and queue again "
-                "with the same settings. The UNHYPE output can go straight to Apply Dynamic "
-                "LoRA / UnHype Conditioner."),
+                "Trains an UnHype concept-erasure hypernetwork on this model "
+                f"({', '.join(checkpoint_labels())}) and saves it to models/unhype. Cancel "
+                "keeps a resumable checkpoint in models/unhype_checkpoints: pick it in 'resume' "
+                "and queue again with the same settings. The UNHYPE output can go straight to "
+                "Apply Dynamic LoRA / UnHype Conditioner."),
             search_aliases=[*ERASURE, "train", "training", "train LoRA", "hypernetwork"],
             is_experimental=True,  # as core's own trainer: training in the UI is new ground
             is_output_node=True,

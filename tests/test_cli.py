@@ -175,10 +175,15 @@ FAST = {"steps": 2, "xt_cache_size": 1, "sampling_steps": 2, "retain_batch": 2,
 def test_files_comfyui_cannot_load_as_a_checkpoint_are_one_line(tmp_path, comfyui_path):
     unknown = tmp_path / "vae.safetensors"  # valid safetensors, no model ComfyUI knows
     save_file({"decoder.conv_in.weight": torch.zeros(8, 4, 3, 3)}, str(unknown))
-    junk = tmp_path / "model.ckpt"  # not safetensors: ComfyUI tries torch.load(weights_only)
+    # not safetensors: ComfyUI tries torch.load(weights_only); random bytes, and random bytes
+    # after a pickle header, fail in different places of the unpickler
+    junk = tmp_path / "model.ckpt"
     junk.write_bytes(os.urandom(3000))
+    pickled = tmp_path / "pickled.pt"
+    pickled.write_bytes(b"\x80\x02" + os.urandom(3000))
+    refused = "not a .safetensors file, and torch.load(weights_only=True)"
     for model, message in ((unknown, "ComfyUI recognises no diffusion model in it"),
-                           (junk, "not a .safetensors file, and torch.load(weights_only=True)")):
+                           (junk, refused), (pickled, refused)):
         result = train(tmp_path, model=str(model), comfyui_path=str(comfyui_path))
         assert_one_line_error(result, f"model {model}: {message}", "give a model checkpoint")
 

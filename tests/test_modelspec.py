@@ -11,8 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from test_fileformat import make_network
-from unhype.fileformat import BASE_LICENSES, USAGE_HINT, load_unhype, save_unhype, tensor_sha256
-from unhype.network import BASE_ARCHITECTURES, NetworkInfo, UnHypeNetwork
+from unhype.families import FAMILIES
+from unhype.fileformat import USAGE_HINT, load_unhype, save_unhype, tensor_sha256
+from unhype.network import NetworkInfo, UnHypeNetwork
 
 NEW_KEYS = ("modelspec.hash_sha256", "modelspec.license", "modelspec.usage_hint",
             "modelspec.base_model")
@@ -43,7 +44,7 @@ def test_hash_follows_the_weights():
     assert tensor_sha256(state) != tensor_sha256(b.module.state_dict())
 
 
-@pytest.mark.parametrize("base_arch", sorted(BASE_ARCHITECTURES))
+@pytest.mark.parametrize("base_arch", sorted(FAMILIES))
 def test_license_usage_hint_and_base_model(tmp_path, base_arch):
     network = make_network("compact")
     network = UnHypeNetwork(network.config, network.targets,
@@ -52,9 +53,9 @@ def test_license_usage_hint_and_base_model(tmp_path, base_arch):
     save_unhype(str(path), network)
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
-    assert meta["modelspec.license"] == BASE_LICENSES[base_arch]
+    assert meta["modelspec.license"] == FAMILIES[base_arch].licence
     assert meta["modelspec.usage_hint"] == USAGE_HINT and "UnHype Loader" in USAGE_HINT
-    assert meta["modelspec.base_model"] == BASE_ARCHITECTURES[base_arch]
+    assert meta["modelspec.base_model"] == FAMILIES[base_arch].modelspec_architecture
     if base_arch == "flux":
         assert "Non-Commercial" in meta["modelspec.license"]
 

@@ -1,6 +1,9 @@
 """The per-row path on other model families (tiny SDXL and Flux built with ComfyUI's classes) and
 in lowvram mode: outputs of a real sampling call's batch equal the per-row merged reference."""
 
+import sys
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -30,6 +33,37 @@ TINY_FLUX = {
     "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12],
     "theta": 10000, "patch_size": 2, "qkv_bias": True, "txt_ids_dims": [],
 }
+
+
+#: ComfyUI's model configs the Trainer trains on, and their families (the others are refused)
+TRAINED = {"SD15": "sd1", "SD15_instructpix2pix": "sd1", "SD20": "sd2", "SD21UnclipL": "sd2",
+           "SD21UnclipH": "sd2", "SD_X4Upscaler": "sd2", "LotusD": "sd2", "SDXL": "sdxl",
+           "SDXL_instructpix2pix": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl",
+           "KOALA_700M": "sdxl", "KOALA_1B": "sdxl", "Flux": "flux", "FluxSchnell": "flux",
+           "FluxInpaint": "flux"}
+
+
+def test_model_family_of_every_comfyui_model_config():
+    """The most derived ComfyUI class decides: Flux2, a subclass of Flux with no CLIP pooled
+    vector, is refused like every model outside the table, with a message naming it."""
+    ns = host()[0]
+    denoiser = sys.modules[f"{host()[1].__name__}.nodes.comfy_denoiser"]
+    seen = set()
+    for cls in ns.supported_models.models:
+        config = cls({**cls.unet_config, "hidden_size": 64})  # Flux2 reads its width
+        model = SimpleNamespace(model=SimpleNamespace(model_config=config))  # a MODEL's chain
+        if cls.__name__ in TRAINED:
+            assert denoiser.model_family(model) == TRAINED[cls.__name__], cls.__name__
+            seen.add(cls.__name__)
+            continue
+        with pytest.raises(denoiser.UnsupportedModelError) as refused:
+            denoiser.model_family(model)
+        assert str(refused.value) == (
+            f"UnHype can train on SD1.x, SD2.x, SDXL and Flux.1 models; this MODEL is "
+            f"{cls.__name__}. Load an SD1.x / SD2.x / SDXL / Flux.1 checkpoint.")
+    assert {"SD15", "SD20", "SDXL", "Flux"} <= seen
+    if hasattr(ns.supported_models, "Flux2"):
+        assert issubclass(ns.supported_models.Flux2, ns.supported_models.Flux)
 
 
 def build(config_class, unet_config, seed=0):

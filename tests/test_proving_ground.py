@@ -126,7 +126,7 @@ def test_trainer_sees_the_proving_ground_family(loaded, world):
     with torch.inference_mode(False), torch.enable_grad():
         denoiser = denoiser_module.ComfyDenoiser(model, clip, sampling_steps=10)
         assert denoiser.latent_shape == (3, 32, 32)  # resolution 32 px, no VAE downscaling
-        preset = denoiser_module.FAMILIES[denoiser.family]["target_preset"]
+        preset = host()[2].families.family(denoiser.family).target_preset
         targets = host()[2].targets_from_preset(denoiser.lora_root, preset)
         assert [t.name for t in targets] == cross_attention_names(world.unet)
         torch.testing.assert_close(denoiser.embed(["a red circle"]),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from unhype.families import FAMILIES
 from unhype.settings import (
     DEFAULTED,
-    FAMILY_DEFAULTS,
     PRESETS,
     SETTINGS,
     ConfigError,
@@ -31,7 +31,7 @@ def test_every_setting_is_a_field_with_its_default():
 def test_set_values_win_over_family_over_preset():
     settings = TrainingSettings(concepts="zebra", preset="explicit content").validate()
     assert settings.resolve("sd1")["rank"] == 1
-    assert settings.resolve("flux")["rank"] == FAMILY_DEFAULTS["flux"]["rank"]
+    assert settings.resolve("flux")["rank"] == FAMILIES["flux"].training_defaults["rank"]
     settings.rank = 3
     assert settings.resolve("flux")["rank"] == 3
 
@@ -84,14 +84,14 @@ def _number(text: str) -> float:
 def test_readme_preset_table_matches_the_code(label, preset, family):
     eta, rank, hidden, steps, rates, w_rm, w_rt = _readme_presets()[label][1:]
     values = TrainingSettings(concepts="x", preset=preset).validate().resolve(family)
-    own = {**PRESETS[preset], **FAMILY_DEFAULTS.get(family, {})}
+    own = {**PRESETS[preset], **FAMILIES[family].training_defaults}
     expected = {"eta": eta, "rank": rank, "hidden": hidden, "steps": steps, "w_rm": w_rm,
                 "w_rt": w_rt}
     keys = {"eta": "eta", "rank": "rank", "hidden": "hidden", "steps": "steps",
             "w_rm": "removal_weight", "w_rt": "retain_weight"}
     for cell, key in keys.items():
         if expected[cell] == "preset's":
-            assert key not in FAMILY_DEFAULTS.get(family, {}), cell
+            assert key not in FAMILIES[family].training_defaults, cell
         else:
             assert _number(expected[cell]) == values[key], (label, cell)
     removal, retention = (_number(x) for x in re.split(r"\s*/\s*", rates))

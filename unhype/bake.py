@@ -24,12 +24,13 @@ from datetime import UTC, datetime
 
 import torch
 
+from .families import family
 from .fileformat import IMPLEMENTATION_URL
 from .files import save_atomically
 from .gate import triggers
 from .hypernet import RowFactors, lora_norm
 from .lora import row_lora_delta
-from .network import BASE_ARCHITECTURES, UnHypeNetwork
+from .network import UnHypeNetwork
 
 #: "comfyui": `diffusion_model.<module>.lora_up.weight` (what ComfyUI's own LoRA saver writes);
 #: "kohya": `lora_unet_<module with _>.lora_up.weight`. ComfyUI loads both.
@@ -167,7 +168,7 @@ def lora_metadata(network: UnHypeNetwork, baked: BakedLoRA, prompt: str, strengt
         "negative included.")
     return {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{BASE_ARCHITECTURES[info.base_arch]}/lora",
+        "modelspec.architecture": f"{family(info.base_arch).modelspec_architecture}/lora",
         "modelspec.implementation": IMPLEMENTATION_URL,
         "modelspec.title": title,
         "modelspec.description": description,

@@ -14,22 +14,15 @@ from datetime import UTC, datetime
 import torch
 from safetensors import safe_open
 
+from .families import family
 from .files import save_atomically
 from .hypernet import HyperNetConfig, HyperNetwork
-from .network import BASE_ARCHITECTURES, NetworkInfo, UnHypeNetwork
+from .network import NetworkInfo, UnHypeNetwork
 from .targets import Target
 
 FORMAT_NAME = "unhype"
 FORMAT_VERSION = 1
 IMPLEMENTATION_URL = "https://github.com/unhype/comfyui-unhype"
-# A network is trained from its base model's predictions, so it carries the base model's terms.
-BASE_LICENSES = {
-    "sd1": "CreativeML Open RAIL-M",
-    "sd2": "CreativeML Open RAIL++-M",
-    "sdxl": "CreativeML Open RAIL++-M",
-    "flux": "FLUX.1 [dev] Non-Commercial License",
-    "proving-ground": "MIT",  # the world ships with this pack
-}
 USAGE_HINT = (
     "Not a LoRA: load it with UnHype Loader (ComfyUI pack comfyui-unhype), put UnHype "
     "Conditioner on both prompts and Apply Dynamic LoRA on the model."
@@ -63,6 +56,7 @@ def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 def _metadata(network: UnHypeNetwork, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     info = network.info
+    base = family(info.base_arch)
     date = info.training.get("date") or datetime.now(UTC).isoformat(timespec="seconds")
     return {
         "format": FORMAT_NAME,
@@ -78,7 +72,7 @@ def _metadata(network: UnHypeNetwork, tensors: dict[str, torch.Tensor]) -> dict[
         "unhype.activation_reference": json.dumps(info.activation_reference),
         GATE_KEY: json.dumps(info.gate_threshold),
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{BASE_ARCHITECTURES[info.base_arch]}/unhype",
+        "modelspec.architecture": f"{base.modelspec_architecture}/unhype",
         "modelspec.implementation": IMPLEMENTATION_URL,
         "modelspec.title": info.title,
         "modelspec.description": info.description
@@ -87,10 +81,10 @@ def _metadata(network: UnHypeNetwork, tensors: dict[str, torch.Tensor]) -> dict[
         "modelspec.date": date,
         "modelspec.tags": "unhype,concept-erasure,unlearning,hypernetwork,dynamic-lora",
         "modelspec.hash_sha256": tensor_sha256(tensors),
-        "modelspec.license": BASE_LICENSES[info.base_arch],
+        "modelspec.license": base.licence,
         "modelspec.usage_hint": USAGE_HINT,
         # not ModelSpec 1.0, but what ComfyUI's asset scanner shows as the base model
-        "modelspec.base_model": BASE_ARCHITECTURES[info.base_arch],
+        "modelspec.base_model": base.modelspec_architecture,
     }
 
 

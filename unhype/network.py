@@ -4,27 +4,20 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .families import FAMILIES, family
 from .gate import triggers
 from .hypernet import Factors, HyperNetConfig, HyperNetwork, lora_norm
 from .targets import Target
-
-#: Model families a network can be made for, with their ModelSpec architecture names.
-BASE_ARCHITECTURES = {
-    "sd1": "stable-diffusion-v1",
-    "sd2": "stable-diffusion-v2",
-    "sdxl": "stable-diffusion-xl-v1-base",
-    "flux": "flux-1-dev",
-    "proving-ground": "unhype-proving-ground",
-}
 
 
 @dataclass
 class NetworkInfo:
     """Everything about a network that is not a tensor; saved as file metadata."""
 
-    base_arch: str
+    base_arch: str  # a key of unhype/families.py FAMILIES
     target_preset: str
-    embedding_source: str = "CLIP-L pooled (final-layer-normed end-of-text state)"
+    #: what the network reads; None: its family's pooled embedding
+    embedding_source: str | None = None
     title: str = "UnHype network"
     description: str = ""
     training: dict = field(default_factory=dict)
@@ -34,10 +27,12 @@ class NetworkInfo:
     gate_threshold: float | None = None
 
     def __post_init__(self):
-        if self.base_arch not in BASE_ARCHITECTURES:
+        if self.base_arch not in FAMILIES:
             raise ValueError(
-                f"base architecture {self.base_arch!r} is not one of {sorted(BASE_ARCHITECTURES)}"
+                f"base architecture {self.base_arch!r} is not one of {sorted(FAMILIES)}"
             )
+        if self.embedding_source is None:
+            self.embedding_source = family(self.base_arch).embedding_source
 
 
 class UnHypeNetwork:

@@ -1,6 +1,6 @@
 """Trainer settings, each declared once: the Trainer node's inputs, the headless config's keys and
-their bounds, and the values the core trainer gets all come from `SETTINGS`, `PRESETS` and
-`FAMILY_DEFAULTS`.
+their bounds, and the values the core trainer gets all come from `SETTINGS`, `PRESETS` and the
+families' training defaults (unhype/families.py).
 
 A numeric setting left at 0 means "the default": a model family's value (Flux, the proving
 ground) wins over the preset's, which wins over `COMMON`. The presets follow the authors'
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 
 from .choices import OBJECTIVES
+from .families import RUN_VALUES, per_family, resolve, unset
 from .hypernet import VARIANTS, HyperNetConfig
 from .prompts import (
     GENERIC_TEMPLATES,
@@ -52,18 +53,6 @@ PRESETS = {
 #: proving ground's 1e-3 its erase LoRA grew and collapsed from checkpoint to checkpoint (seeds 3
 #: and, with SiLU in place of ReLU, 0 ended erasing nothing); at 3e-4 both erased (README)
 COMPACT_LEARNING_RATE_SCALE = 0.3
-
-FAMILY_DEFAULTS = {
-    "flux": {"rank": 4, "hidden": 100, "alpha0": 0.5, "lr_gamma": 0.5, "learning_rate": 1e-5,
-             "retain_learning_rate": 2e-5, "removal_step": 1e-3, "removal_weight": 2.0,
-             "retain_weight": 1.0},
-    # the CPU world of unhype/world/: a 2M-parameter UNet learns in hundreds of steps, not
-    # thousands; colours need a stronger ESD push (eta 3; README, proving ground)
-    "proving-ground": {"rank": 4, "hidden": 128, "trajectory_length": 50, "steps": 1000,
-                       "learning_rate": 1e-3, "retain_learning_rate": 1e-3, "eta": 3.0,
-                       "lr_every": 750},
-}
-
 
 @dataclass(frozen=True)
 class Setting:
@@ -132,12 +121,13 @@ SETTINGS = (
             "family.", choices=("auto", *sorted(TARGET_PRESETS)), optional=True, advanced=True),
     Setting("hidden", 0, "Hypernetwork width. " + _DEFAULT, 0, 4096, optional=True,
             advanced=True),
-    Setting("guidance", 0.0, "CFG of the ESD sampling (Flux: guidance). 0: 7.5 (Flux 3.5).",
-            0.0, 30.0, optional=True, advanced=True, step=0.1),
+    Setting("guidance", 0.0, "CFG of the ESD sampling (guidance-distilled models such as Flux: "
+            f"their guidance). 0: {per_family('guidance')}.", 0.0, 30.0, optional=True,
+            advanced=True, step=0.1),
     Setting("sampling_steps", 50, "Schedule length of the ESD partial sampling.", 2, 1000,
             optional=True, advanced=True),
-    Setting("resolution", 0, "Training resolution in pixels; 0: 512 SD1 / 768 SD2 / 1024 SDXL "
-            "/ 512 Flux / 32 proving ground.", 0, 4096, optional=True, advanced=True, step=8),
+    Setting("resolution", 0, f"Training resolution in pixels; 0: {per_family('resolution')}.", 0,
+            4096, optional=True, advanced=True, step=8),
     Setting("xt_cache_size", 32, "x_t samples kept per concept and reused; 0 samples every "
             "step.", 0, 4096, optional=True, advanced=True),
     Setting("hide_concepts", False, "Record only a SHA-256 of the concept list in the file and "
@@ -199,12 +189,14 @@ def _validate(self) -> TrainingSettings:
 
 
 def _resolve(self, family: str) -> dict:
-    """Every value the run uses: set ones, then the family's, the preset's, then COMMON's."""
-    values = {**COMMON, **PRESETS[self.preset], **FAMILY_DEFAULTS.get(family, {})}
+    """Every value the run uses (unhype/families.py `resolve`): set ones, then the family's, the
+    preset's, then COMMON's; the compact variant scales the learning rates that were not set."""
+    given = {name: getattr(self, name) for name in (*DEFAULTED, *RUN_VALUES)}
+    values = resolve(family, given, {**COMMON, **PRESETS[self.preset]})
     if self.variant == "compact":
         for name in ("learning_rate", "retain_learning_rate"):
-            values[name] *= COMPACT_LEARNING_RATE_SCALE
-    values.update({name: getattr(self, name) for name in DEFAULTED if getattr(self, name)})
+            if unset(given[name]):
+                values[name] *= COMPACT_LEARNING_RATE_SCALE
     if self.preset == "custom" and self.templates.strip():
         values["templates"] = parse_prompt_lines(self.templates)
     values["templates"] = list(values["templates"])
@@ -221,15 +213,15 @@ TrainingSettings = make_dataclass(
 PROJECT_ABOVE, PROJECTION_WIDTH = 2048, 768
 
 
-def trigger_kind(settings: TrainingSettings) -> str:
-    """The trigger a run reads: the set one, or auto's (every family so far has a CLIP)."""
-    return "clip-pooled" if settings.trigger == "auto" else settings.trigger
+def trigger_kind(settings: TrainingSettings, family: str) -> str:
+    """The trigger a run on `family` reads: the set one, or the family's."""
+    return settings.resolve(family)["trigger"]
 
 
 def build_configs(settings: TrainingSettings, family: str, retain_prompts: list[str],
                   trigger: TriggerSpec, processes: int = 1) -> tuple[HyperNetConfig, TrainConfig]:
     """The network's and the trainer's configs for validated settings on a model family, with
-    the model's `trigger` (unhype/trigger.py measure_trigger of `trigger_kind(settings)`), for
+    the model's `trigger` (unhype/trigger.py measure_trigger of `trigger_kind`), for
     a run in `processes` data-parallel processes."""
     values = settings.resolve(family)
     concepts: list[Concept] = parse_concepts(settings.concepts, default_anchor=values["anchor"])

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..choices import PROVING_GROUND
 from ..factors import FactorCache
+from ..families import family
 from ..hypernet import RowFactors
 from ..lora import row_lora
 from ..network import NetworkInfo, UnHypeNetwork
 from ..prompts import builtin_retain_prompts
-from ..settings import FAMILY_DEFAULTS, TrainingSettings, build_configs, trigger_kind
+from ..settings import TrainingSettings, build_configs, trigger_kind
 from ..targets import targets_from_preset
 from ..training import Trainer
 from ..trigger import measure_trigger, read_trigger
@@ -30,8 +32,8 @@ from . import World
 from .vocabulary import COLOURS, PARAPHRASES, SHAPES, TEMPLATES
 
 COLOUR_INDEX = {c.word: i for i, c in enumerate(COLOURS)}
-FAMILY = "proving-ground"
-COLOUR_ETA = FAMILY_DEFAULTS[FAMILY]["eta"]
+FAMILY = PROVING_GROUND
+COLOUR_ETA = family(FAMILY).training_defaults["eta"]
 
 
 @dataclass
@@ -138,14 +140,14 @@ def unhype_trainer(world: World, task: ErasureTask, *, anchor: str = "",
         templates="\n".join(task.training_templates()),
         **{"builtin_retain": False, **settings}).validate()
     retain = task.retain_prompts() + (builtin_retain_prompts() if settings.builtin_retain else [])
-    trigger = measure_trigger(world.denoiser, trigger_kind(settings))
+    trigger = measure_trigger(world.denoiser, trigger_kind(settings, FAMILY))
     net_config, config = build_configs(settings, FAMILY, retain, trigger)
     config.log_every = 25
-    preset = "sd-cross-kv" if settings.target_preset == "auto" else settings.target_preset
+    preset = settings.resolve(FAMILY)["target_preset"]
     targets = targets_from_preset(world.unet, preset)
-    info = NetworkInfo(FAMILY, preset,
-                       embedding_source=f"proving-ground tiny CLIP, {trigger.kind}",
-                       title=f"proving ground: erase {', '.join(task.erase)}")
+    info = NetworkInfo(FAMILY, preset, title=f"proving ground: erase {', '.join(task.erase)}",
+                       embedding_source=family(FAMILY).trigger_source(trigger.kind,
+                                                                      trigger.width))
     return Trainer(world.denoiser, net_config, targets, info, config)
 
 

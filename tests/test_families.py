@@ -1,0 +1,127 @@
+"""The family table (unhype/families.py): every entry complete and consistent with the rest of the
+pack, the one resolver of "0 means the family's value", and no second family table anywhere."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from unhype.families import (
+    FAMILIES,
+    REFUSED_COMFY_CONFIGS,
+    RUN_VALUES,
+    UnknownFamilyError,
+    family,
+    pooled_name,
+    resolve,
+)
+from unhype.settings import COMMON, DEFAULTED, PRESETS, SETTINGS, TrainingSettings
+from unhype.targets import TARGET_PRESETS
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTING = {s.name: s for s in SETTINGS}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_entry_is_complete_and_consistent(name):
+    entry = FAMILIES[name]
+    assert entry.name == name
+    assert entry.target_preset in TARGET_PRESETS
+    for text in (entry.label, entry.pooled_encoder, entry.modelspec_architecture, entry.licence):
+        assert isinstance(text, str) and text.strip(), name
+    assert entry.guidance > 0 and entry.pooled_width > 0 and entry.latent_patch >= 1
+    assert all(isinstance(c, str) and c for c in entry.comfy_configs)
+    for key, value in entry.training_defaults.items():
+        # a key the resolver knows: a common value or a setting where 0 means the default
+        assert key in COMMON or key in DEFAULTED, (name, key)
+        setting = SETTING.get(key)
+        if setting is not None:
+            assert setting.low < value <= setting.high, (name, key, value)
+    # every run value is a Trainer setting whose own default leaves it to the family
+    for key in RUN_VALUES:
+        assert SETTING[key].default in (0, "auto"), key
+    assert SETTING["resolution"].low <= entry.resolution <= SETTING["resolution"].high
+    assert SETTING["guidance"].low <= entry.guidance <= SETTING["guidance"].high
+
+
+def test_names_labels_and_comfy_classes_are_unique():
+    entries = list(FAMILIES.values())
+    assert len({f.label for f in entries}) == len(entries)
+    assert len({f.modelspec_architecture for f in entries}) == len(entries)
+    classes = [c for f in entries for c in f.comfy_configs]
+    assert len(set(classes)) == len(classes)
+    assert not set(classes) & set(REFUSED_COMFY_CONFIGS)
+
+
+def test_the_proving_ground_entry_is_the_world():
+    from unhype.choices import PROVING_GROUND
+    from unhype.world import tiny_clip
+
+    world = family(PROVING_GROUND)
+    assert world.pooled_width == tiny_clip.TEXT_WIDTH
+    assert world.comfy_configs == ()  # its model config names it: nodes/comfy_world.py
+
+
+def test_embedding_sources_are_what_network_files_record():
+    assert family("sd1").embedding_source == "CLIP-L pooled (final-layer-normed end-of-text state)"
+    assert family("flux").embedding_source == family("sd1").embedding_source
+    assert family("sd2").embedding_source == "OpenCLIP-H pooled (projected)"
+    assert family("sdxl").embedding_source == "CLIP-G pooled (projected)"
+    assert pooled_name(768) == "CLIP-L pooled embeddings (SD1.x / Flux.1)"
+    assert pooled_name(1280) == "CLIP-G pooled embeddings (SDXL)"
+    assert pooled_name(64) == "pooled embeddings"
+
+
+def test_an_unknown_family_names_the_known_ones():
+    with pytest.raises(UnknownFamilyError) as caught:
+        family("sd9")
+    message = str(caught.value)
+    assert "'sd9'" in message and all(name in message for name in FAMILIES)
+
+
+def test_resolve_takes_set_values_then_the_family_then_below():
+    below = {"rank": 6, "eta": 0.3, "steps": 6000}
+    values = resolve("flux", {"rank": 0, "eta": 2.0, "target_preset": "auto", "resolution": None},
+                     below)
+    assert values["rank"] == family("flux").training_defaults["rank"]  # 0: the family's
+    assert values["eta"] == 2.0  # set
+    assert values["steps"] == 6000  # the family has none: below's
+    assert values["target_preset"] == "flux-value-out" and values["resolution"] == 512
+    assert values["guidance"] == 3.5
+
+
+def test_settings_resolve_the_run_values_through_the_family():
+    """The Trainer's target preset "auto", resolution 0 and guidance 0 are the family's."""
+    auto = TrainingSettings(concepts="x").validate()
+    for name, entry in FAMILIES.items():
+        values = auto.resolve(name)
+        assert (values["target_preset"], values["resolution"], values["guidance"]) == (
+            entry.target_preset, entry.resolution, entry.guidance)
+    chosen = TrainingSettings(concepts="x", target_preset="sd-cross-v", resolution=256,
+                              guidance=5.0).validate()
+    values = chosen.resolve("sdxl")
+    assert (values["target_preset"], values["resolution"], values["guidance"]) == (
+        "sd-cross-v", 256, 5.0)
+    assert set(PRESETS["objects"]) <= set(values)
+
+
+def _family_strings(tree: ast.AST) -> list[tuple[int, str]]:
+    spelled = set(FAMILIES) | set(REFUSED_COMFY_CONFIGS)
+    spelled |= {c for f in FAMILIES.values() for c in f.comfy_configs}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in spelled]
+
+
+def test_no_other_module_spells_a_family():
+    """A family's name or ComfyUI class written anywhere else in the pack's code (a dict keyed
+    "sdxl", a set of CLIP families, `== "flux"`) would be a second family table. choices.py holds
+    the proving ground's name, also the headless config's `model` value; the table takes it."""
+    allowed = {ROOT / "unhype" / "families.py", ROOT / "unhype" / "choices.py"}
+    found = []
+    for folder in ("unhype", "nodes"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path not in allowed:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+                found += [f"{path.relative_to(ROOT)}:{line} {value!r}"
+                          for line, value in _family_strings(tree)]
+    assert not found, "family facts outside unhype/families.py:\n" + "\n".join(found)

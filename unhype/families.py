@@ -1,0 +1,163 @@
+"""The model families UnHype works on: every fact about a family in its one `Family` entry.
+
+A family is what a network file names in `unhype.base_arch`. Its entry says how ComfyUI calls
+its model config, how UnHype trains on it (resolution, CFG or guidance, target preset, training
+defaults), what its prompt embedding is, and what a network made for it declares (ModelSpec
+architecture, licence). Adding a family is one entry here plus its target preset in
+unhype/targets.py.
+
+`resolve` is the one place where a setting left at 0 (or "auto") becomes the family's value.
+Imports nothing, so the command line and the settings can read it without torch or ComfyUI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .choices import PROVING_GROUND
+
+#: settings whose unset value (0, "auto") is the family's and nobody else's
+RUN_VALUES = ("target_preset", "resolution", "guidance", "trigger")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # the key, and the network file's unhype.base_arch
+    label: str  # how messages name it
+    #: comfy.supported_models classes of its checkpoints (their subclasses included); empty for
+    #: a model that names its family itself (`unhype_family` on its config, the proving ground)
+    comfy_configs: tuple[str, ...]
+    target_preset: str  # the layers a network gets by default (unhype/targets.py)
+    resolution: int  # training resolution in pixels
+    #: guidance-distilled: ESD samples without an uncond pass, the guidance rides in the cond
+    distilled: bool
+    guidance: float  # CFG of the ESD sampling (distilled: the guidance value)
+    #: is the cond tensor CLIP output laid out in chunks (so each chunk is a part of a prompt)?
+    chunked_clip_cond: bool
+    pooled_encoder: str  # the text encoder whose pooled vector UnHype reads
+    pooled_width: int
+    pooled_projected: bool  # text_projection applied (else the final-layer-normed EOT state)
+    modelspec_architecture: str
+    licence: str  # a network is trained on the base model's predictions: it carries its terms
+    #: training values that differ from the presets' (unhype/settings.py), e.g. Flux's rates
+    training_defaults: Mapping[str, object] = field(default_factory=dict)
+    latent_patch: int = 1  # the model patchifies the latent in squares of this side
+    #: what a network reads of a prompt by default (unhype/trigger.py): the CLIP pooled vector
+    #: where the family has one, else "cond-pooled"
+    trigger: str = "clip-pooled"
+
+    def __post_init__(self):
+        object.__setattr__(self, "training_defaults",
+                           MappingProxyType(dict(self.training_defaults)))
+
+    @property
+    def embedding_source(self) -> str:
+        """What a network trained on this family reads, as its file records it."""
+        form = "projected" if self.pooled_projected else "final-layer-normed end-of-text state"
+        return f"{self.pooled_encoder} pooled ({form})"
+
+    def trigger_source(self, trigger: str, width: int) -> str:
+        """`embedding_source` of a network with this trigger of this width (a tiny test CLIP
+        has a width of its own)."""
+        if trigger == "cond-pooled":
+            return f"cond-pooled: mean and max of the text conditioning's {width // 2}-d rows"
+        if width == self.pooled_width:
+            return self.embedding_source
+        return f"pooled CLIP embedding ({width}-d)"
+
+    def defaults(self) -> dict:
+        """What a run on this family uses for each setting it leaves unset."""
+        return {**{name: getattr(self, name) for name in RUN_VALUES}, **self.training_defaults}
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family(name="sd1", label="SD1.x", comfy_configs=("SD15",), target_preset="sd-cross-kv",
+           resolution=512, distilled=False, guidance=7.5, chunked_clip_cond=True,
+           pooled_encoder="CLIP-L", pooled_width=768, pooled_projected=False,
+           modelspec_architecture="stable-diffusion-v1", licence="CreativeML Open RAIL-M"),
+    Family(name="sd2", label="SD2.x", comfy_configs=("SD20",), target_preset="sd-cross-kv",
+           resolution=768, distilled=False, guidance=7.5, chunked_clip_cond=True,
+           pooled_encoder="OpenCLIP-H", pooled_width=1024, pooled_projected=True,
+           modelspec_architecture="stable-diffusion-v2", licence="CreativeML Open RAIL++-M"),
+    Family(name="sdxl", label="SDXL", comfy_configs=("SDXL",), target_preset="sdxl-cross-kv",
+           resolution=1024, distilled=False, guidance=7.5, chunked_clip_cond=True,
+           pooled_encoder="CLIP-G", pooled_width=1280, pooled_projected=True,
+           modelspec_architecture="stable-diffusion-xl-v1-base",
+           licence="CreativeML Open RAIL++-M"),
+    Family(name="flux", label="Flux.1", comfy_configs=("Flux",), target_preset="flux-value-out",
+           resolution=512, distilled=True, guidance=3.5, chunked_clip_cond=False,
+           pooled_encoder="CLIP-L", pooled_width=768, pooled_projected=False,
+           modelspec_architecture="flux-1-dev", licence="FLUX.1 [dev] Non-Commercial License",
+           # the authors' Flux nudity run (PAPER.md)
+           training_defaults={"rank": 4, "hidden": 100, "alpha0": 0.5, "lr_gamma": 0.5,
+                              "learning_rate": 1e-5, "retain_learning_rate": 2e-5,
+                              "removal_step": 1e-3, "removal_weight": 2.0, "retain_weight": 1.0},
+           latent_patch=2),
+    # the CPU world of unhype/world/ (nodes/proving_ground.py): SD layer names, 32x32 pixels, its
+    # own tiny CLIP; MIT: the world ships with this pack
+    Family(name=PROVING_GROUND, label="proving ground", comfy_configs=(),
+           target_preset="sd-cross-kv", resolution=32, distilled=False, guidance=7.5,
+           chunked_clip_cond=False, pooled_encoder="proving-ground tiny CLIP", pooled_width=128,
+           pooled_projected=False, modelspec_architecture="unhype-proving-ground", licence="MIT",
+           # a 2M-parameter UNet learns in hundreds of steps, not thousands; colours need a
+           # stronger ESD push (eta 3; README, proving ground)
+           training_defaults={"rank": 4, "hidden": 128, "trajectory_length": 50, "steps": 1000,
+                              "learning_rate": 1e-3, "retain_learning_rate": 1e-3, "eta": 3.0,
+                              "lr_every": 750}),
+)}
+
+#: comfy.supported_models classes that subclass a family's class but cannot be trained on:
+#: Flux.2 (a Flux subclass) has no CLIP pooled vector
+REFUSED_COMFY_CONFIGS = ("Flux2",)
+
+
+class UnknownFamilyError(ValueError):
+    """A family name that is not a key of FAMILIES."""
+
+
+def family(name: str) -> Family:
+    """The entry of a family, or an error naming the known ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UnknownFamilyError(f"unknown model family {name!r}; UnHype knows "
+                                 f"{', '.join(FAMILIES)}") from None
+
+
+def checkpoint_labels() -> list[str]:
+    """Labels of the families loaded from ComfyUI checkpoints, in table order."""
+    return [f.label for f in FAMILIES.values() if f.comfy_configs]
+
+
+def pooled_name(width: int) -> str:
+    """What a pooled vector of this width is, e.g. 'CLIP-L pooled embeddings (SD1.x / Flux.1)'."""
+    same = [f for f in FAMILIES.values() if f.pooled_width == width]
+    if not same:
+        return "pooled embeddings"
+    return (f"{same[0].pooled_encoder} pooled embeddings "
+            f"({' / '.join(f.label for f in same)})")
+
+
+def per_family(attribute: str) -> str:
+    """Each value of a numeric Family attribute with the families that have it, for tooltips:
+    per_family("resolution") == "512 SD1.x, Flux.1 / 768 SD2.x / ..."."""
+    groups: dict[float, list[str]] = {}
+    for entry in FAMILIES.values():
+        groups.setdefault(getattr(entry, attribute), []).append(entry.label)
+    return " / ".join(f"{value:g} {', '.join(labels)}" for value, labels in groups.items())
+
+
+def unset(value) -> bool:
+    """0, None and "auto" leave a setting to its default."""
+    return value is None or value == "auto" or (isinstance(value, int | float) and value == 0)
+
+
+def resolve(name: str, given: Mapping[str, object],
+            below: Mapping[str, object] = MappingProxyType({})) -> dict:
+    """The values a run on family `name` uses: each of `given` that is set, else the family's
+    (`Family.defaults`), else `below`'s (a training preset's, then the common values)."""
+    values = {**below, **family(name).defaults()}
+    values.update({key: value for key, value in given.items() if not unset(value)})
+    return values
