@@ -41,9 +41,10 @@ def rows():
     ]
 
 
-def run_seed(seed: int, samples: int, out: str, methods: str = "") -> list[dict]:
-    """Every row for one seed (those whose label contains `methods`); the rows so far are
-    written to `out` after each one."""
+def run_seed(seed: int, samples: int, out: str, methods: str = "",
+             earlier: list[dict] = ()) -> list[dict]:
+    """Every row for one seed (those whose label contains `methods`); `earlier` seeds' rows and
+    this seed's so far are written to `out` after each one, so a stopped run keeps them."""
     from unhype.world import load_world
     from unhype.world.erasure import (
         ErasureTask,
@@ -79,7 +80,7 @@ def run_seed(seed: int, samples: int, out: str, methods: str = "") -> list[dict]
                **{judge: scores(before, after, judge) for judge in JUDGES},
                "accuracy_before": before, "accuracy_after": after}
         results.append(row)
-        write(out, results, {"seed": seed, "samples": samples}, quiet=True)
+        write(out, [*earlier, *results], {"seed": seed, "samples": samples}, quiet=True)
         print(f"seed {seed} {label} ({', '.join(erase)}): clip H_o {row['clip']['h_o']:.3f}, "
               f"pixel H_o {row['pixel']['h_o']:.3f}, {seconds:.0f}s", flush=True)
     return results
@@ -150,8 +151,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    results = [row for seed in args.seeds
-               for row in run_seed(seed, args.samples, args.out, args.methods)]
+    results = []
+    for seed in args.seeds:
+        results += run_seed(seed, args.samples, args.out, args.methods, results)
     write(args.out, results, vars(args))
 
 

@@ -12,9 +12,10 @@ import torch
 import unhype
 from test_training import make_trainer
 from toy_denoiser import WIDTH, ToyDenoiser
+from unhype.divergence import RETENTION_PATIENCE
 from unhype.prompts import builtin_retain_prompts
 from unhype.settings import SETTINGS, ConfigError, TrainingSettings, build_configs
-from unhype.training import RETENTION_PATIENCE, Trainer, TrainingDivergedError
+from unhype.training import Trainer, TrainingDivergedError
 from unhype.trigger import TriggerSpec
 
 NUMERIC = [s for s in SETTINGS if s.low is not None]
@@ -149,28 +150,29 @@ def test_retention_held_away_from_untouched_stops_after_patience():
     assert max(h["retention"] for h in trainer.history) < 1.0
     huge = 1e3 * trainer.config.retain_weight
     for _ in range(RETENTION_PATIENCE - 1):
-        trainer._check("retention", huge)
-    trainer._check("retention", 0.0)  # one good step resets the count
+        trainer.guard.loss("retention", huge, trainer.step)
+    trainer.guard.loss("retention", 0.0, trainer.step)  # one good step resets the count
     for _ in range(RETENTION_PATIENCE - 1):
-        trainer._check("retention", huge)
+        trainer.guard.loss("retention", huge, trainer.step)
     with pytest.raises(TrainingDivergedError, match=rf"retention loss .* moved the retain "
                                                     rf"prompts' LoRA factors by .* "
                                                     rf"{RETENTION_PATIENCE} steps in a row "
                                                     r".*retain learning rate now"):
-        trainer._check("retention", huge)
+        trainer.guard.loss("retention", huge, trainer.step)
 
 
 def test_retain_norm_growing_past_the_erase_norm_stops():
     trainer = make_trainer(steps=12)
     trainer.run()  # probes at steps 10 and 12 leave the last retain norm behind
-    from unhype.training import RETAIN_NORM_FLOOR
+    from unhype.divergence import RETAIN_NORM_FLOOR
 
     tiny = trainer.history[-1]["erase_activation"]
     assert 2.0 * tiny < RETAIN_NORM_FLOOR
-    trainer._check_activation(tiny, 2.0 * tiny)  # above, but too small to change a picture
+    step = trainer.step
+    trainer.guard.activation(tiny, 2.0 * tiny, step)  # above, but too small to change a picture
     erase = 2.0 * RETAIN_NORM_FLOOR
-    trainer._check_activation(erase, 0.9 * erase)  # growing, still below the erase prompts'
+    trainer.guard.activation(erase, 0.9 * erase, step)  # growing, still below the erase prompts'
     with pytest.raises(TrainingDivergedError, match="retain prompts' LoRA norm grew to .* above "
                                                     "the erase prompts'"):
-        trainer._check_activation(erase, 2.0 * erase)
-    trainer._check_activation(erase, 1.5 * erase)  # above, but shrinking: not on its own
+        trainer.guard.activation(erase, 2.0 * erase, step)
+    trainer.guard.activation(erase, 1.5 * erase, step)  # above, but shrinking: not on its own

@@ -1,63 +1,31 @@
-"""Training an UnHype network against any `Denoiser` (PAPER.md, "Training").
-
-Removal, trajectory form, as the authors' code optimises it (PAPER.md, "What the authors'
-training code actually optimises"): at a random s, the ESD loss at H(c,s) is back-propagated into
-the network's parameters, and its gradient g with respect to the factors (alpha(s), A after alpha,
-B) also feeds the trajectory term w_rm·mean((H(c,s+1) - H(c,s) + lambda·g)^2); one Adam step on
-the sum. The ESD gradient is what erases; the trajectory term keeps H smooth along s. Direct form
-(the ablation): minimise the ESD loss at s = T. Retention, its own Adam step: retain prompts keep
-the factors of s = 0 (no LoRA) at a random s per prompt.
+"""The loop that trains an UnHype network against any `Denoiser`: draws, model calls,
+optimiser steps, checkpoints and resume. The losses it minimises are the paper's, in
+unhype/objectives.py; the checks that stop a diverged run are in unhype/divergence.py.
 """
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .checkpoint import load_state, save_state
 from .choices import OBJECTIVES
 from .denoiser import Denoiser
+from .divergence import DivergenceGuard, TrainingDivergedError
 from .fileformat import concepts_digest
 from .gate import choose_threshold
 from .hypernet import Factors, HyperNetConfig, HyperNetwork, RowFactors, lora_norm
 from .lora import row_lora
 from .network import NetworkInfo, UnHypeNetwork
+from .objectives import esd_loss, esd_target, retention_term, trajectory_term
 from .prompts import Concept, fill
 from .separation import Separation, SeparationCheck, split_templates
 from .targets import Target
 from .trigger import read_trigger
 
 CHECKPOINT_KIND = "unhype-training-checkpoint"
-
-
-# Divergence: a loss above LOSS_LIMIT, or after GROWTH_WARMUP steps GROWTH_LIMIT times its
-# largest value so far (once that is above LEVEL_FLOOR), or a generated LoRA norm above
-# ACTIVATION_LIMIT (working ones: ~1-150).
-LOSS_LIMIT = 1e8
-GROWTH_LIMIT = 1e4
-GROWTH_WARMUP = 10
-LEVEL_FLOOR = 1e-6
-ACTIVATION_LIMIT = 1e5
-# Retention lost: for RETENTION_PATIENCE steps in a row, the retain prompts' factors moved (mean
-# square, the retention loss over w_rt) by more than RETENTION_LIMIT times the mean square of an
-# untouched network's factors (proving-ground default run: ~1e-3 at the start, ~2e-6 later;
-# learning rate 1.0: ~80 after one step). Or, at a probe after GROWTH_WARMUP steps, the retain
-# prompts' mean LoRA norm above RETAIN_RATIO times the erase prompts' and still growing (default
-# run: 0.17 at step 25, under 0.03 from step 50).
-RETENTION_LIMIT = 1.0
-RETENTION_PATIENCE = 3
-RETAIN_RATIO = 1.0
-#: ...and only once the retain prompts' LoRA has a norm that changes pictures: early in a run
-#: both are tiny and either may lead (a toy run had 0.157 against 0.136 at step 12)
-RETAIN_NORM_FLOOR = 1.0
-
-
-class TrainingDivergedError(RuntimeError):
-    """Training diverged; no network is written and the last good checkpoint is kept."""
 
 
 @dataclass
@@ -126,20 +94,6 @@ class TrainResult:
     separation: Separation | None = None
 
 
-def _mean_square(pairs) -> torch.Tensor:
-    """One mean over every element of every (left - right) pair: the authors' flattened MSE."""
-    total, count = 0.0, 0
-    for left, right in pairs:
-        total = total + (left - right).pow(2).sum()
-        count += left.numel()
-    return total / count
-
-
-def _retention_mse(factors: Factors, untouched: Factors) -> torch.Tensor:
-    return _mean_square(pair for n, f in factors.items()
-                        for pair in ((f.down, untouched[n].down), (f.up, untouched[n].up)))
-
-
 class Trainer:
     """Owns the network, optimisers, RNG and x_t cache; `run` resumes wherever `step` is."""
 
@@ -178,7 +132,7 @@ class Trainer:
         self.xt_samplings, self.xt_seconds = 0, 0.0
         self.checkpoint_step: int | None = None
         self._embeddings: dict[str, torch.Tensor] = {}
-        self._peaks: dict[str, float] = {}
+        self.guard = DivergenceGuard(config, self._untouched_scale)
 
     # -- randomness, all from one generator so a resumed run repeats an uninterrupted one --
     def _randint(self, high: int) -> int:
@@ -219,7 +173,7 @@ class Trainer:
         with torch.no_grad():
             anchored = self.denoiser.predict(x_t, t, [anchor] * rows)
             concept = self.denoiser.predict(x_t, t, [prompt] * rows)
-        return anchored - self.config.eta * (concept - anchored)
+        return esd_target(anchored, concept, self.config.eta)
 
     def _esd_loss(self, factors: Factors, x_t, t, prompt: str, target) -> torch.Tensor:
         rows = x_t.shape[0]
@@ -228,7 +182,7 @@ class Trainer:
         with row_lora(self.denoiser.lora_root, self.module.targets, expanded,
                       norm_cap=self.module.config.norm_cap):
             predicted = self.denoiser.predict(x_t, t, [prompt] * rows)
-        return F.mse_loss(predicted.float(), target.float())
+        return esd_loss(predicted, target)
 
     def _draw_removal(self) -> tuple[int, torch.Tensor, torch.Tensor, str, str]:
         """The random part of one removal sample: (concept index, x_t, t, prompt, anchor).
@@ -264,71 +218,26 @@ class Trainer:
             return torch.zeros((), device=self.device)
         prompts, s, count = drawn
         factors = self.module(self._embed(prompts), s)
-        share = self.config.retain_weight * _retention_mse(
+        share = self.config.retain_weight * retention_term(
             factors, self.module.untouched(len(prompts)))
         return share * (len(prompts) / count)
 
     def _trajectory_loss(self, embedding: torch.Tensor, s: int, now: Factors) -> torch.Tensor:
-        """mean((H(c,s+1) - H(c,s) + lambda·g)^2) over alpha(s), A and B of every layer.
-
-        `now` holds H(c,s) after the ESD backward, so its factors' .grad is g; the gradient for
-        alpha(s) follows from A = alpha(s)·A_raw as sum(g_A · A) / alpha(s).
-        """
+        """w_rm times the trajectory term (unhype/objectives.py) at s; `now` is H(c,s) with the
+        ESD gradient in its factors' .grad."""
         following = self.module(embedding, s + 1)
-        rate = self.config.removal_step
         alpha_now = self.module.alpha_at(s)
         alpha_step = self.module.alpha_at(s + 1) - alpha_now
-        pairs = []
-        for index, (name, f) in enumerate(now.items()):
-            g_down, g_up = f.down.grad, f.up.grad
-            alpha = alpha_now[index].detach()
-            alpha = torch.where(alpha.abs() < 1e-6, torch.full_like(alpha, 1e-6), alpha)
-            g_alpha = (g_down * f.down.detach()).sum(dim=(1, 2)) / alpha
-            pairs += [
-                (alpha_step[index].expand_as(g_alpha), -rate * g_alpha),
-                (following[name].down - f.down, -rate * g_down),
-                (following[name].up - f.up, -rate * g_up),
-            ]
-        return self.config.removal_weight * _mean_square(pairs)
+        return self.config.removal_weight * trajectory_term(
+            now, following, alpha_now, alpha_step, self.config.removal_step)
 
-    def _check(self, name: str, value: float) -> float:
-        """The loss value; raises `TrainingDivergedError` when it is non-finite or huge, or far
-        above the largest value it had so far (not its average: an ESD loss in denoised space
-        legitimately spans orders of magnitude with the noise level of x_t)."""
-        peak = self._peaks.get(name, 0.0)
-        reason = None
-        if not math.isfinite(value):
-            reason = "became non-finite"
-        elif value > LOSS_LIMIT:
-            reason = f"reached {value:.3g}"
-        elif self.step >= GROWTH_WARMUP and peak > LEVEL_FLOOR and value > GROWTH_LIMIT * peak:
-            reason = f"jumped to {value:.3g}, {value / peak:.0f}x its largest value so far"
-        if reason:
-            raise TrainingDivergedError(f"the {name} loss {reason} at step {self.step + 1}")
-        self._peaks[name] = max(peak, value)
-        if name == "retention":
-            self._check_retention(value)
-        return value
+    def _guard(self, name: str, value: float) -> float:
+        return self.guard.loss(name, value, self.step)
 
-    def _check_retention(self, value: float) -> None:
-        """Raises when the retention loss has held the retain prompts' factors far from their
-        untouched values for RETENTION_PATIENCE steps in a row (see RETENTION_LIMIT)."""
-        if not self.config.retain_weight or not self.config.retain_prompts:
-            return
+    def _untouched_scale(self) -> float:
         untouched = list(self.module.untouched(1).values())  # alpha0·A0 and a zero B
-        scale = sum(float(f.down.pow(2).sum()) for f in untouched) / sum(
+        return sum(float(f.down.pow(2).sum()) for f in untouched) / sum(
             f.down.numel() + f.up.numel() for f in untouched)
-        moved = value / self.config.retain_weight / scale
-        above = self._peaks.get("retention steps above limit", 0.0) + 1 if (
-            moved > RETENTION_LIMIT) else 0.0
-        self._peaks["retention steps above limit"] = above
-        if above >= RETENTION_PATIENCE:
-            retain_rate = self.config.retain_learning_rate or self.config.learning_rate
-            raise TrainingDivergedError(
-                f"the retention loss ({value:.3g}) moved the retain prompts' LoRA factors by "
-                f"{moved:.3g}x the mean square of an untouched network's for {int(above)} steps "
-                f"in a row at step {self.step + 1}, so prompts to keep are changed too (retain "
-                f"learning rate now {retain_rate:g})")
 
     def _total(self, values: list[float]) -> list[float]:
         """Sums of per-process values over all processes (the values themselves alone)."""
@@ -382,8 +291,8 @@ class Trainer:
             retention = self._retention_loss(retain)
             esd_total, retention_total = self._total([float(esd.detach()),
                                                       float(retention.detach())])
-            esd_value = self._check("ESD", esd_total / count)
-            retention_value = self._check("retention", retention_total)
+            esd_value = self._guard("ESD", esd_total / count)
+            retention_value = self._guard("retention", retention_total)
             loss = esd + count * retention
             if loss.requires_grad:
                 loss.backward()
@@ -397,21 +306,21 @@ class Trainer:
                 f.up.retain_grad()
             nows.append(now)
             esds.append(self._esd_loss(now, x_t, t, prompt, target))
-        esd_value = self._check(
+        esd_value = self._guard(
             "ESD", self._total([float(sum(esds, zero).detach())])[0] / count)
         terms = []
         for esd, now, (embedding, *_, s) in zip(esds, nows, inputs):
             esd.backward(retain_graph=True)
             terms.append(self._trajectory_loss(embedding, s, now))
         term = sum(terms, zero)
-        trajectory_value = self._check(
+        trajectory_value = self._guard(
             "trajectory", self._total([float(term.detach())])[0] / count)
         if terms:
             term.backward()
         self._update("removal", count)
         self.optimizers["retention"].zero_grad(set_to_none=True)
         retention = self._retention_loss(retain)
-        retention_value = self._check("retention", self._total([float(retention.detach())])[0])
+        retention_value = self._guard("retention", self._total([float(retention.detach())])[0])
         if retention.requires_grad:
             retention.backward()
         self._update("retention")
@@ -445,7 +354,7 @@ class Trainer:
             "xt_cache": {k: [list(e) for e in v] for k, v in self.xt_cache.items()},
             "history": self.history,
             "xt": [self.xt_samplings, self.xt_seconds],
-            "peaks": self._peaks,
+            "peaks": self.guard.peaks,
             "config": _config_record(self.config),
         }
 
@@ -465,23 +374,6 @@ class Trainer:
         self.generator.set_state(generator)
         self.xt_cache = {k: v[:lengths[k]] for k, v in self.xt_cache.items() if k in lengths}
 
-    def _check_activation(self, erase: float, retain: float) -> None:
-        """The probes' mean LoRA norms: raises when either is non-finite or huge, or when the
-        retain prompts' passes RETAIN_RATIO times the erase prompts' and is still growing."""
-        value = max(erase, retain)
-        if not math.isfinite(value) or value > ACTIVATION_LIMIT:
-            raise TrainingDivergedError(
-                f"the generated LoRA's norm reached {value:.3g} at step {self.step} (working "
-                "ones stay under ~150)")
-        before = self._peaks.get("retain norm", math.inf)
-        self._peaks["retain norm"] = retain
-        if (self.step > GROWTH_WARMUP and self.config.retain_weight and retain > before
-                and retain > max(RETAIN_RATIO * erase, RETAIN_NORM_FLOOR)):
-            raise TrainingDivergedError(
-                f"the retain prompts' LoRA norm grew to {retain:.3g} at step {self.step}, above "
-                f"the erase prompts' ({erase:.3g}): the network changes the prompts to keep more "
-                "than those to erase")
-
     def load_checkpoint(self, path: str) -> None:
         state = load_state(path, CHECKPOINT_KIND)
         if state["config"] != _config_record(self.config):
@@ -497,7 +389,7 @@ class Trainer:
         self.xt_cache = {k: [tuple(e) for e in v] for k, v in state["xt_cache"].items()}
         self.step, self.history = int(state["step"]), list(state["history"])
         self.xt_samplings, self.xt_seconds = int(state["xt"][0]), float(state["xt"][1])
-        self._peaks = dict(state["peaks"])
+        self.guard.peaks = dict(state["peaks"])
         self.checkpoint_step = self.step
 
     # -- the loop --
@@ -527,8 +419,8 @@ class Trainer:
                     record["retain_activation"] = (
                         float(self.activation(retain_probe).mean()) if retain_probe else 0.0
                     )
-                    self._check_activation(record["erase_activation"],
-                                           record["retain_activation"])
+                    self.guard.activation(record["erase_activation"],
+                                          record["retain_activation"], self.step)
                 separation = None
                 if self.step % self.config.checkpoint_every == 0 \
                         or self.step == self.config.steps:

@@ -66,7 +66,9 @@ class TriggerSpec:
 def measure_trigger(denoiser, kind: str) -> TriggerSpec:
     """The TriggerSpec of `kind` for a Denoiser, from a few unlike prompts."""
     if kind == "clip-pooled":
-        return TriggerSpec(kind, int(denoiser.embed([""]).shape[1]))
+        # not the empty prompt: a denoiser that caches encodings (the proving ground's) would
+        # then encode the CFG prompt alone, and its float noise differs from a batch's
+        return TriggerSpec(kind, int(denoiser.embed(PROBE_PROMPTS[:1]).shape[1]))
     conditioning = denoiser.text_states(PROBE_PROMPTS)
     skip = shared_rows(conditioning)
     return TriggerSpec(kind, int(read_trigger(denoiser, PROBE_PROMPTS[:1], kind, skip).shape[1]),
