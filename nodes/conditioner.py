@@ -254,7 +254,9 @@ def pooled_source_key(tokens: dict) -> str:
         return "l"
     raise ValueError(
         "UnHype Text Encode: this text encoder has no CLIP-L or CLIP-G tokenizer "
-        f"(its keys are {sorted(tokens)}): UnHype reads CLIP pooled embeddings"
+        f"(its keys are {sorted(tokens)}), and this network reads CLIP pooled embeddings "
+        "(trigger clip-pooled): a model whose text encoder has no CLIP needs a network with the "
+        "cond-pooled trigger"
     )
 
 

@@ -1,5 +1,6 @@
 """Flux.2 Klein, inference and bake: a tiny Flux.2 built from ComfyUI's own classes with random
-weights and a cond-pooled network on the flux2-text preset. Each row of one batched sampling
+weights (and ComfyUI's Klein tokenizer and Qwen3 text encoder at a tiny width) and a
+cond-pooled network on the flux2-text preset. Each row of one batched sampling
 call equals an independent float64 merged-weight model for that row's prompt; a row under the
 gate is the base model's bit for bit; a clip-pooled network and the Trainer are refused; a
 baked file loads through ComfyUI's LoRA loader with every key and samples as Apply Dynamic LoRA
@@ -47,10 +48,34 @@ def tiny():
     return build(host()[0].supported_models.Flux2, TINY_FLUX2, seed=1)
 
 
-def network_for(model, seed=4, **options):
+def network_for(model, seed=4, skip=SHARED, **options):
     return make_network(model.model.diffusion_model, "flux2-text", embed_dim=2 * WIDTH,
-                        base_arch="flux2", seed=seed, trigger="cond-pooled",
-                        trigger_skip=SHARED, **options)
+                        base_arch="flux2", seed=seed, trigger="cond-pooled", trigger_skip=skip,
+                        **options)
+
+
+@pytest.fixture(scope="module")
+def klein_clip(unhype_pack):
+    """Klein 4B's text path at a tiny size: ComfyUI's KleinTokenizer (the real Qwen tokenizer
+    and chat template) and klein_te (Qwen3, layers 9/18/27 stacked), 32 wide, random weights."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux as flux_te
+
+    if not hasattr(flux_te, "klein_te"):
+        pytest.skip("this ComfyUI has no Klein text encoder (comfy.text_encoders.flux.klein_te)")
+    target = comfy.supported_models_base.ClipTarget(flux_te.KleinTokenizer,
+                                                    flux_te.klein_te(model_type="qwen3_4b"))
+    tiny = {"hidden_size": WIDTH // 3, "intermediate_size": 64, "num_hidden_layers": 28,
+            "num_attention_heads": 2, "num_key_value_heads": 1}
+    clip = comfy.sd.CLIP(target=target, model_options={"qwen3_4b_model_config": tiny,
+                                                       "dtype": torch.float32})
+    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.2)
+    return clip
+
+
+def klein_encode(clip, text):
+    return ch.run_node(host()[0].nodes.CLIPTextEncode, clip=clip, text=text)[0]
 
 
 def prompt(seed, tokens=24):
@@ -60,9 +85,9 @@ def prompt(seed, tokens=24):
     return [[cond, {}]]
 
 
-def reference_trigger(cond):
+def reference_trigger(cond, skip=SHARED):
     """Independent of unhype/trigger.py: mean and max of the rows after the shared prefix."""
-    rows = cond[0, SHARED:].double()
+    rows = cond[0, skip:].double()
     return torch.cat([rows.sum(0) / rows.shape[0], rows.max(0).values]).float()[None]
 
 
@@ -157,6 +182,35 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(tiny):
             assert torch.equal(out[row], base[row])
 
 
+def test_kleins_own_text_encoder_reaches_the_network_and_the_sampled_row(tiny, klein_clip):
+    """The real tokenizer and template: the rows every prompt shares are the template's
+    "<|im_start|>user\n"; Klein pads to 512 rows, which the trigger reads as the model does;
+    UnHype Text Encode and Conditioner give the same trigger, and the sampled row (CFG 1) equals
+    the merged-weight model for it."""
+    core = host()[2]
+    probes = [klein_encode(klein_clip, text)[0][0][0] for text in core.trigger.PROBE_PROMPTS]
+    skip = core.trigger.shared_rows(probes)
+    assert skip == 3 and all(p.shape == (512, WIDTH) for p in probes)
+    network = network_for(tiny, skip=skip)
+    plain = klein_encode(klein_clip, "a tench fish in a pond")
+    assert plain[0][1].get("pooled_output") is None
+    positive, report = ch.run_node(node("UnHypeTextEncode"), clip=klein_clip,
+                                   text="a tench fish in a pond", unhype=network)
+    assert "NOT SEEN" not in report
+    trigger = reference_trigger(plain[0][0], skip)
+    for conditioned in (positive, condition(plain, network)):
+        torch.testing.assert_close(
+            conditioned[0][1]["model_conds"]["unhype_embedding"].cond[:, 1:], trigger,
+            rtol=1e-5, atol=1e-6)
+    call = first_call(tiny, positive, positive, CHANNELS, 1.0)
+    assert call["x"].shape[0] == 1  # CFG 1: no negative pass
+    patched = node("UnHypeApplyDynamicLoRA").execute(tiny, network, 1.0, "all rows")[0]
+    out = run_rows(tiny.model, call, slice(None), wrappers=patched.wrappers)
+    expected = run_rows(merged_reference(tiny.model, network, trigger, 1.0), call, slice(0, 1))
+    torch.testing.assert_close(out, expected, **TOLERANCE)
+    assert (out - run_rows(tiny.model, call, slice(None), wrappers={})).abs().max() > 1e-4
+
+
 def test_a_clip_pooled_network_is_refused_on_flux2(tiny):
     clip_pooled = make_network(tiny.model.diffusion_model, "flux2-text", embed_dim=768,
                                base_arch="flux", seed=4)
@@ -165,6 +219,17 @@ def test_a_clip_pooled_network_is_refused_on_flux2(tiny):
         node("UnHypeApplyDynamicLoRA").execute(tiny, clip_pooled, 1.0, "all rows")
     with pytest.raises(ValueError, match=r"has no pooled_output.*cond-pooled trigger"):
         condition(prompt(1), clip_pooled)
+
+
+def test_a_clip_pooled_network_is_refused_on_kleins_conditioning(tiny, klein_clip):
+    clip_pooled = make_network(tiny.model.diffusion_model, "flux2-text", embed_dim=768,
+                               base_arch="flux", seed=4)
+    for encode in (lambda: condition(klein_encode(klein_clip, "red"), clip_pooled),
+                   lambda: ch.run_node(node("UnHypeTextEncode"), clip=klein_clip, text="red",
+                                       unhype=clip_pooled)):
+        with pytest.raises(ValueError, match=r"(no pooled_output|no CLIP-L or CLIP-G).*"
+                                             r"cond-pooled trigger"):
+            encode()
 
 
 def test_the_trainer_refuses_flux2_and_names_what_it_trains(tiny):
