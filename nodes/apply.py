@@ -8,6 +8,8 @@ import comfy.patcher_extension
 from comfy_api.latest import io
 
 from ..unhype import TargetMismatchError, resolve_targets
+from ..unhype.families import family
+from .comfy_denoiser import UnsupportedModelError, model_family
 from .conditioner import PartsAtSampling
 from .dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA, mark_positive
 from .schema import CATEGORY, ERASURE, UnHype
@@ -79,6 +81,22 @@ def describe_model(model) -> str:
     return f"{type(base).__name__} ({family} {shown})"
 
 
+def check_trigger(model, network) -> None:
+    """A network that reads CLIP pooled vectors cannot run on a family whose conditioning has
+    none (`Family.clip_pooled`); a model outside the table is left to its targets."""
+    try:
+        entry = family(model_family(model))
+    except UnsupportedModelError:
+        return
+    if network.config.trigger == "clip-pooled" and not entry.clip_pooled:
+        raise ValueError(
+            f"Apply Dynamic LoRA: the UnHype network '{network.info.title}' reads CLIP pooled "
+            f"embeddings (trigger clip-pooled, made for {network.info.base_arch}), and a "
+            f"{entry.label} model's conditioning has none (its text encoder is "
+            f"{entry.pooled_encoder}): use a network with the cond-pooled trigger made for "
+            f"{entry.label}.")
+
+
 class UnHypeApplyDynamicLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -108,6 +126,7 @@ class UnHypeApplyDynamicLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, unhype, strength, mode) -> io.NodeOutput:
+        check_trigger(model, unhype)
         m = model.clone()
         try:
             resolve_targets(m.model.diffusion_model, unhype.targets)

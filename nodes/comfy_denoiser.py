@@ -44,8 +44,9 @@ def model_family(model) -> str:
 
     A model config may name its family in a class attribute `unhype_family` (the proving ground
     does); read from the class because model configs log a warning for unknown attributes.
-    Otherwise the most derived comfy.supported_models class of the config decides, so a refused
-    subclass of a family's class (Flux2 of Flux) is refused, whatever the table's order.
+    Otherwise the most derived comfy.supported_models class of the config decides, so a
+    subclass with an entry of its own (Flux2 of Flux) is its own family, whatever the table's
+    order. Whether the Trainer can train the family is the caller's question (`Family.trains`).
     """
     base = getattr(model, "model", None)
     config = getattr(base, "model_config", None)
@@ -55,8 +56,6 @@ def model_family(model) -> str:
     for cls in type(config).__mro__:
         if getattr(comfy.supported_models, cls.__name__, None) is not cls:
             continue
-        if cls.__name__ in families.REFUSED_COMFY_CONFIGS:
-            break
         if cls.__name__ in by_class:
             return by_class[cls.__name__]
     name = type(config).__name__ if config is not None else type(base).__name__

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..unhype import NetworkInfo, save_unhype, targets_from_preset
+from ..unhype.families import checkpoint_labels
 from ..unhype.families import family as family_entry
 from ..unhype.files import EXTENSION, sanitise_name, unique_path
 from ..unhype.prompts import builtin_retain_prompts, parse_prompt_lines
@@ -93,6 +94,18 @@ class Outcome:
     report: str
 
 
+def refuse_untrained(family: str) -> None:
+    """A family UnHype serves at inference but cannot train (`Family.trains`) stops here."""
+    entry = family_entry(family)
+    if not entry.trains:
+        labels = checkpoint_labels()
+        raise TrainingError(
+            f"training on {entry.label} is not built yet: its UnHype networks "
+            "run (Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains "
+            f"{', '.join(labels[:-1])} and {labels[-1]} models only. Load one of those "
+            "checkpoints to train.")
+
+
 def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | None = None,
                  checkpoint_dir: str | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
@@ -105,6 +118,7 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
         family = model_family(model)
     except ValueError as error:
         raise TrainingError(str(error)) from None
+    refuse_untrained(family)
     plan = make_plan(settings, family)
     resume = resolve_resume(settings.resume)
     stem = sanitise_name(settings.save_name)

@@ -37,9 +37,11 @@ def in_clip_chunks(network) -> bool:
 def check_pooled(node: str, network, pooled, index: int) -> torch.Tensor:
     if pooled is None:
         raise ValueError(
-            f"{node}: conditioning entry {index + 1} has no pooled_output, which UnHype reads. "
-            "Connect the output of a CLIP text encoder (CLIP Text Encode, or UnHype Text Encode), "
-            "not a conditioning that lost its pooled vector."
+            f"{node}: conditioning entry {index + 1} has no pooled_output, which this network "
+            "reads (trigger clip-pooled). Connect the output of a CLIP text encoder (CLIP Text "
+            "Encode, or UnHype Text Encode), not a conditioning that lost its pooled vector; a "
+            "model whose text encoder has no CLIP (an LLM, as Flux.2 Klein's) needs a network "
+            "with the cond-pooled trigger."
         )
     pooled = pooled.reshape(pooled.shape[0], -1) if pooled.ndim > 1 else pooled.reshape(1, -1)
     width, expected = pooled.shape[-1], network.config.embed_dim
@@ -252,7 +254,9 @@ def pooled_source_key(tokens: dict) -> str:
         return "l"
     raise ValueError(
         "UnHype Text Encode: this text encoder has no CLIP-L or CLIP-G tokenizer "
-        f"(its keys are {sorted(tokens)}): UnHype reads CLIP pooled embeddings"
+        f"(its keys are {sorted(tokens)}), and this network reads CLIP pooled embeddings "
+        "(trigger clip-pooled): a model whose text encoder has no CLIP needs a network with the "
+        "cond-pooled trigger"
     )
 
 

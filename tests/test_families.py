@@ -8,10 +8,11 @@ import pytest
 
 from unhype.families import (
     FAMILIES,
-    REFUSED_COMFY_CONFIGS,
     RUN_VALUES,
     UnknownFamilyError,
+    checkpoint_labels,
     family,
+    per_family,
     pooled_name,
     resolve,
 )
@@ -50,7 +51,6 @@ def test_names_labels_and_comfy_classes_are_unique():
     assert len({f.modelspec_architecture for f in entries}) == len(entries)
     classes = [c for f in entries for c in f.comfy_configs]
     assert len(set(classes)) == len(classes)
-    assert not set(classes) & set(REFUSED_COMFY_CONFIGS)
 
 
 def test_the_proving_ground_entry_is_the_world():
@@ -70,6 +70,21 @@ def test_embedding_sources_are_what_network_files_record():
     assert pooled_name(768) == "CLIP-L pooled embeddings (SD1.x / Flux.1)"
     assert pooled_name(1280) == "CLIP-G pooled embeddings (SDXL)"
     assert pooled_name(64) == "pooled embeddings"
+
+
+def test_a_family_without_a_clip_pooled_vector_reads_its_conditioning():
+    """Flux.2 Klein (Qwen3, no CLIP): its networks default to the cond-pooled trigger, its files
+    name that source, no pooled-vector message names it, and the Trainer's tooltips and
+    family list leave it out (it is not trained)."""
+    klein = family("flux2")
+    assert (klein.clip_pooled, klein.trains, klein.trigger) == (False, False, "cond-pooled")
+    assert klein.embedding_source == klein.trigger_source("cond-pooled", 2 * 7680)
+    assert "7680-d rows" in klein.embedding_source
+    assert pooled_name(7680) == "pooled embeddings"
+    assert "Flux.2" not in per_family("resolution") + per_family("guidance")
+    assert "Flux.2 Klein" not in checkpoint_labels()
+    for entry in FAMILIES.values():
+        assert entry.clip_pooled or entry.trigger == "cond-pooled", entry.name
 
 
 def test_an_unknown_family_names_the_known_ones():
@@ -106,7 +121,7 @@ def test_settings_resolve_the_run_values_through_the_family():
 
 
 def _family_strings(tree: ast.AST) -> list[tuple[int, str]]:
-    spelled = set(FAMILIES) | set(REFUSED_COMFY_CONFIGS)
+    spelled = set(FAMILIES)
     spelled |= {c for f in FAMILIES.values() for c in f.comfy_configs}
     return [(node.lineno, node.value) for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and node.value in spelled]

@@ -35,25 +35,26 @@ TINY_FLUX = {
 }
 
 
-#: ComfyUI's model configs the Trainer trains on, and their families (the others are refused)
-TRAINED = {"SD15": "sd1", "SD15_instructpix2pix": "sd1", "SD20": "sd2", "SD21UnclipL": "sd2",
-           "SD21UnclipH": "sd2", "SD_X4Upscaler": "sd2", "LotusD": "sd2", "SDXL": "sdxl",
-           "SDXL_instructpix2pix": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl",
-           "KOALA_700M": "sdxl", "KOALA_1B": "sdxl", "Flux": "flux", "FluxSchnell": "flux",
-           "FluxInpaint": "flux"}
+#: ComfyUI's model configs UnHype knows, and their families (the others are refused); the
+#: Trainer refuses Flux.2 itself (tests/test_family_flux2.py)
+KNOWN = {"SD15": "sd1", "SD15_instructpix2pix": "sd1", "SD20": "sd2", "SD21UnclipL": "sd2",
+         "SD21UnclipH": "sd2", "SD_X4Upscaler": "sd2", "LotusD": "sd2", "SDXL": "sdxl",
+         "SDXL_instructpix2pix": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl",
+         "KOALA_700M": "sdxl", "KOALA_1B": "sdxl", "Flux": "flux", "FluxSchnell": "flux",
+         "FluxInpaint": "flux", "Flux2": "flux2"}
 
 
 def test_model_family_of_every_comfyui_model_config():
-    """The most derived ComfyUI class decides: Flux2, a subclass of Flux with no CLIP pooled
-    vector, is refused like every model outside the table, with a message naming it."""
+    """The most derived ComfyUI class decides: Flux2, a subclass of Flux, is its own family;
+    every model outside the table is refused with a message naming it."""
     ns = host()[0]
     denoiser = sys.modules[f"{host()[1].__name__}.nodes.comfy_denoiser"]
     seen = set()
     for cls in ns.supported_models.models:
         config = cls({**cls.unet_config, "hidden_size": 64})  # Flux2 reads its width
         model = SimpleNamespace(model=SimpleNamespace(model_config=config))  # a MODEL's chain
-        if cls.__name__ in TRAINED:
-            assert denoiser.model_family(model) == TRAINED[cls.__name__], cls.__name__
+        if cls.__name__ in KNOWN:
+            assert denoiser.model_family(model) == KNOWN[cls.__name__], cls.__name__
             seen.add(cls.__name__)
             continue
         with pytest.raises(denoiser.UnsupportedModelError) as refused:

@@ -4,9 +4,10 @@ Apply Dynamic LoRA adds, to each target's output for a row, strength · gain · 
 `gain` is the per-row norm cap (unhype/lora.py `row_lora_delta`): min(1, cap / ‖LoRA output‖)
 over the row's tokens. A static LoRA has no such factor, so it is folded into `up` where it is
 fixed for the prompt: layers that read the prompt's own tokens (SD-style cross-attention k/v,
-whose input is the conditioning tensor) get exactly the dynamic path's gain. Layers whose input
-is the image (self-attention, Flux) change with the latent and the step: their cap is not baked,
-and the baked LoRA equals the dynamic one wherever the cap does not bind there.
+Flux's `txt_in`: their input is the conditioning tensor) get exactly the dynamic path's gain.
+Layers whose input is the image or the step (self-attention, the Flux blocks' streams) change
+with the latent and the step: their cap is not baked, and the baked LoRA equals the dynamic one
+wherever the cap does not bind there.
 
 A prompt that does not pass the network's gate (unhype/gate.py) gets no LoRA from Apply Dynamic
 LoRA, so it bakes to a LoRA whose up matrices are all zero: loading it changes nothing.
@@ -36,8 +37,8 @@ from .network import UnHypeNetwork
 #: "kohya": `lora_unet_<module with _>.lora_up.weight`. ComfyUI loads both.
 KEY_FORMATS = ("comfyui", "kohya")
 #: Targets whose input is the prompt's token states (the conditioning tensor) in every family
-#: whose targets carry these names (SD1.x, SD2.x, SDXL, the proving ground).
-READS_PROMPT = re.compile(r"(^|\.)attn2\.to_[kv]$")
+#: whose targets carry these names (SD1.x, SD2.x, SDXL, the proving ground; Flux's `txt_in`).
+READS_PROMPT = re.compile(r"(^|\.)attn2\.to_[kv]$|^txt_in$")
 
 
 @dataclass

@@ -47,6 +47,10 @@ class Family:
     #: what a network reads of a prompt by default (unhype/trigger.py): the CLIP pooled vector
     #: where the family has one, else "cond-pooled"
     trigger: str = "clip-pooled"
+    #: ComfyUI's conditioning carries a CLIP pooled vector (`pooled_output`); without one only
+    #: "cond-pooled" networks can run on the family
+    clip_pooled: bool = True
+    trains: bool = True  # the Trainer is built for it (else inference and bake only)
 
     def __post_init__(self):
         object.__setattr__(self, "training_defaults",
@@ -55,6 +59,8 @@ class Family:
     @property
     def embedding_source(self) -> str:
         """What a network trained on this family reads, as its file records it."""
+        if not self.clip_pooled:
+            return self.trigger_source("cond-pooled", 2 * self.pooled_width)
         form = "projected" if self.pooled_projected else "final-layer-normed end-of-text state"
         return f"{self.pooled_encoder} pooled ({form})"
 
@@ -95,6 +101,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                               "learning_rate": 1e-5, "retain_learning_rate": 2e-5,
                               "removal_step": 1e-3, "removal_weight": 2.0, "retain_weight": 1.0},
            latent_patch=2),
+    # one ComfyUI class for Klein 4B, Klein 9B and Flux.2 dev (README, Flux.2 Klein); the values
+    # are distilled Klein's: 4 steps at CFG 1, no guidance embedding (guidance is unused)
+    Family(name="flux2", label="Flux.2 Klein", comfy_configs=("Flux2",),
+           target_preset="flux2-text", resolution=1024, distilled=True, guidance=1.0,
+           chunked_clip_cond=False, pooled_encoder="Qwen3 (layers 9, 18, 27 stacked)",
+           # its cond width on Klein 4B (3 x 2560); 9B's is 12288: a network records its own
+           pooled_width=7680, pooled_projected=False, modelspec_architecture="flux-2-klein",
+           # the stricter of the two: Klein 4B is Apache-2.0
+           licence="FLUX Non-Commercial License (Klein 9B; Klein 4B: Apache-2.0)",
+           trigger="cond-pooled", clip_pooled=False, trains=False),
     # the CPU world of unhype/world/ (nodes/proving_ground.py): SD layer names, 32x32 pixels, its
     # own tiny CLIP; MIT: the world ships with this pack
     Family(name=PROVING_GROUND, label="proving ground", comfy_configs=(),
@@ -107,11 +123,6 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                               "learning_rate": 1e-3, "retain_learning_rate": 1e-3, "eta": 3.0,
                               "lr_every": 750}),
 )}
-
-#: comfy.supported_models classes that subclass a family's class but cannot be trained on:
-#: Flux.2 (a Flux subclass) has no CLIP pooled vector
-REFUSED_COMFY_CONFIGS = ("Flux2",)
-
 
 class UnknownFamilyError(ValueError):
     """A family name that is not a key of FAMILIES."""
@@ -127,13 +138,13 @@ def family(name: str) -> Family:
 
 
 def checkpoint_labels() -> list[str]:
-    """Labels of the families loaded from ComfyUI checkpoints, in table order."""
-    return [f.label for f in FAMILIES.values() if f.comfy_configs]
+    """Labels of the families the Trainer trains from ComfyUI checkpoints, in table order."""
+    return [f.label for f in FAMILIES.values() if f.comfy_configs and f.trains]
 
 
 def pooled_name(width: int) -> str:
     """What a pooled vector of this width is, e.g. 'CLIP-L pooled embeddings (SD1.x / Flux.1)'."""
-    same = [f for f in FAMILIES.values() if f.pooled_width == width]
+    same = [f for f in FAMILIES.values() if f.clip_pooled and f.pooled_width == width]
     if not same:
         return "pooled embeddings"
     return (f"{same[0].pooled_encoder} pooled embeddings "
@@ -141,10 +152,10 @@ def pooled_name(width: int) -> str:
 
 
 def per_family(attribute: str) -> str:
-    """Each value of a numeric Family attribute with the families that have it, for tooltips:
-    per_family("resolution") == "512 SD1.x, Flux.1 / 768 SD2.x / ..."."""
+    """Each value of a numeric Family attribute with the families the Trainer trains that have
+    it, for tooltips: per_family("resolution") == "512 SD1.x, Flux.1 / 768 SD2.x / ..."."""
     groups: dict[float, list[str]] = {}
-    for entry in FAMILIES.values():
+    for entry in (f for f in FAMILIES.values() if f.trains):
         groups.setdefault(getattr(entry, attribute), []).append(entry.label)
     return " / ".join(f"{value:g} {', '.join(labels)}" for value, labels in groups.items())
 

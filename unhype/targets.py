@@ -63,6 +63,12 @@ def _value_third(linear: nn.Module) -> tuple[int, int]:
     return (2 * width, 3 * width)
 
 
+def _key_value_thirds(linear: nn.Module) -> tuple[int, int]:
+    """The k and v parts of a fused q,k,v projection: the last two of three equal thirds."""
+    width = linear.out_features // 3
+    return (width, 3 * width)
+
+
 def _value_of_fused_single(linear: nn.Module) -> tuple[int, int]:
     """Flux single blocks fuse q,k,v and the MLP input in `linear1`: v is the third hidden slice."""
     width = linear.in_features
@@ -95,6 +101,16 @@ TARGET_PRESETS: dict[str, TargetPreset] = {
             (r"^double_blocks\.\d+\.(img|txt)_attn\.qkv$", _value_third),
             (r"^double_blocks\.\d+\.img_attn\.proj$", _whole),
             (r"^single_blocks\.\d+\.linear1$", _value_of_fused_single),
+        ),
+    ),
+    "flux2-text": TargetPreset(
+        "Flux.2 text path: the text input projection txt_in (reads the prompt alone) and the "
+        "k and v slices of the text stream's fused txt_attn.qkv in the double blocks (the "
+        "text tokens, modulated by the timestep; after the first block they have attended to "
+        "the image); no image-stream or single-block layer",
+        (
+            (r"^txt_in$", _whole),
+            (r"^double_blocks\.\d+\.txt_attn\.qkv$", _key_value_thirds),
         ),
     ),
 }
