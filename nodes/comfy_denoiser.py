@@ -45,25 +45,33 @@ def model_family(model) -> str:
     A model config may name its family in a class attribute `unhype_family` (the proving ground
     does); read from the class because model configs log a warning for unknown attributes.
     Otherwise the most derived comfy.supported_models class of the config decides, so a refused
-    subclass of a family's class (Flux2 of Flux) is refused, whatever the table's order.
+    subclass of a family's class (Flux2 of Flux, and every subclass of a family whose entry
+    takes none: Wan's image-to-video and other variants) is refused, whatever the table's order.
     """
     base = getattr(model, "model", None)
     config = getattr(base, "model_config", None)
     if getattr(type(config), "unhype_family", None) in families.FAMILIES:
         return type(config).unhype_family
-    by_class = {name: f.name for f in families.FAMILIES.values() for name in f.comfy_configs}
-    for cls in type(config).__mro__:
-        if getattr(comfy.supported_models, cls.__name__, None) is not cls:
-            continue
+    by_class = {name: f for f in families.FAMILIES.values() for name in f.comfy_configs}
+    variant_of = ""
+    classes = [cls for cls in type(config).__mro__
+               if getattr(comfy.supported_models, cls.__name__, None) is cls]
+    for depth, cls in enumerate(classes):
         if cls.__name__ in families.REFUSED_COMFY_CONFIGS:
             break
-        if cls.__name__ in by_class:
-            return by_class[cls.__name__]
+        entry = by_class.get(cls.__name__)
+        if entry is not None and (depth == 0 or entry.comfy_subclasses):
+            return entry.name
+        if entry is not None:
+            variant_of = (f", a variant of {cls.__name__} that UnHype does not take: of its "
+                          f"classes only {' and '.join(entry.comfy_configs)} are {entry.label}")
+            break
     name = type(config).__name__ if config is not None else type(base).__name__
-    labels = families.checkpoint_labels()
+    labels, trained = families.checkpoint_labels(), families.checkpoint_labels(trainable=True)
     raise UnsupportedModelError(
-        f"UnHype can train on {', '.join(labels[:-1])} and {labels[-1]} models; this MODEL is "
-        f"{name}. Load an {' / '.join(labels)} checkpoint."
+        f"UnHype works on {', '.join(labels[:-1])} and {labels[-1]} models (and trains on "
+        f"{', '.join(trained[:-1])} and {trained[-1]}); this MODEL is {name}{variant_of}. "
+        f"Load an {' / '.join(labels)} checkpoint."
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..unhype import NetworkInfo, save_unhype, targets_from_preset
+from ..unhype.families import checkpoint_labels
 from ..unhype.families import family as family_entry
 from ..unhype.files import EXTENSION, sanitise_name, unique_path
 from ..unhype.prompts import builtin_retain_prompts, parse_prompt_lines
@@ -93,6 +94,17 @@ class Outcome:
     report: str
 
 
+def refuse_untrainable(family: str) -> None:
+    """A family UnHype runs but cannot train on (its entry's `trainable`) is refused up front."""
+    entry = family_entry(family)
+    if not entry.trainable:
+        trained = checkpoint_labels(trainable=True)
+        raise TrainingError(
+            f"training on {entry.label} is not built: UnHype trains on "
+            f"{', '.join(trained[:-1])} and {trained[-1]} models. A {entry.label} network made "
+            "elsewhere works at inference: Apply Dynamic LoRA and UnHype Bake LoRA take it.")
+
+
 def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | None = None,
                  checkpoint_dir: str | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
@@ -105,6 +117,7 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
         family = model_family(model)
     except ValueError as error:
         raise TrainingError(str(error)) from None
+    refuse_untrainable(family)
     plan = make_plan(settings, family)
     resume = resolve_resume(settings.resume)
     stem = sanitise_name(settings.save_name)

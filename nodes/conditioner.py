@@ -37,9 +37,11 @@ def in_clip_chunks(network) -> bool:
 def check_pooled(node: str, network, pooled, index: int) -> torch.Tensor:
     if pooled is None:
         raise ValueError(
-            f"{node}: conditioning entry {index + 1} has no pooled_output, which UnHype reads. "
-            "Connect the output of a CLIP text encoder (CLIP Text Encode, or UnHype Text Encode), "
-            "not a conditioning that lost its pooled vector."
+            f"{node}: conditioning entry {index + 1} has no pooled_output, which this network "
+            f"({network.info.base_arch}, trigger clip-pooled) reads. Connect the output of a CLIP "
+            "text encoder (CLIP Text Encode, or UnHype Text Encode), not a conditioning that "
+            "lost its pooled vector. A text encoder without one (umT5 of Wan, LLMs) needs a "
+            "network with the cond-pooled trigger, which reads the conditioning itself."
         )
     pooled = pooled.reshape(pooled.shape[0], -1) if pooled.ndim > 1 else pooled.reshape(1, -1)
     width, expected = pooled.shape[-1], network.config.embed_dim

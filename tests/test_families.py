@@ -11,7 +11,9 @@ from unhype.families import (
     REFUSED_COMFY_CONFIGS,
     RUN_VALUES,
     UnknownFamilyError,
+    checkpoint_labels,
     family,
+    per_family,
     pooled_name,
     resolve,
 )
@@ -70,6 +72,19 @@ def test_embedding_sources_are_what_network_files_record():
     assert pooled_name(768) == "CLIP-L pooled embeddings (SD1.x / Flux.1)"
     assert pooled_name(1280) == "CLIP-G pooled embeddings (SDXL)"
     assert pooled_name(64) == "pooled embeddings"
+
+
+def test_a_family_without_a_pooled_vector_is_named_for_what_it_reads():
+    """Wan (umT5, no pooled vector): its networks read the conditioning, no width is called
+    its "pooled embeddings", and the Trainer's lists and tooltips leave it out."""
+    wan = family("wan")
+    assert wan.trigger == "cond-pooled" and not wan.trainable
+    assert wan.embedding_source == "cond-pooled: mean and max of the text conditioning's " \
+                                   "4096-d rows"
+    assert pooled_name(4096) == "pooled embeddings"
+    assert checkpoint_labels() == ["SD1.x", "SD2.x", "SDXL", "Flux.1", "Wan 2.1/2.2 T2V"]
+    assert checkpoint_labels(trainable=True) == ["SD1.x", "SD2.x", "SDXL", "Flux.1"]
+    assert "Wan" not in per_family("resolution") + per_family("guidance")
 
 
 def test_an_unknown_family_names_the_known_ones():
