@@ -1,7 +1,10 @@
 """Wan 2.1 / 2.2 text-to-video ("wan"): inference and bake on a tiny Wan built with ComfyUI's own
-classes (WAN21_T2V, its WanModel), with umT5-shaped conditionings (prompt rows, then zero rows up
-to 512, as ComfyUI's umT5 gives them) and a cond-pooled network. Training on Wan is refused."""
+classes (WAN21_T2V, its WanModel), prompts encoded by CLIP Text Encode through ComfyUI's own umT5
+classes (WanT5Tokenizer with a tiny SentencePiece model trained here, a tiny random UMT5: 512
+rows, the prompt's then zeros, no pooled vector) and a cond-pooled network. Training on Wan is
+refused."""
 
+import io
 import logging
 import sys
 from types import SimpleNamespace
@@ -24,6 +27,7 @@ TINY_WAN = {
     "patch_size": (1, 2, 2), "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True,
     "eps": 1e-6,
 }
+WAN22_5B = dict(TINY_WAN, in_dim=48, out_dim=48)  # Wan 2.2 TI2V-5B: its own 48-channel VAE
 T2V = ("WAN21_T2V", "WAN22_T2V")
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
 
@@ -43,22 +47,52 @@ def wan():
 @pytest.fixture(scope="module")
 def network(wan):
     return make_network(wan.model.diffusion_model, "wan-cross-kv", embed_dim=2 * TEXT_WIDTH,
-                        base_arch="wan", seed=5, trigger="cond-pooled", trigger_skip=0)
+                        base_arch="wan", seed=5, std=0.2, trigger="cond-pooled",
+                        trigger_skip=0)
 
 
-def umt5_cond(prompt_rows, seed):
-    """A CONDITIONING as CLIP Text Encode gives it for Wan: `prompt_rows` rows of prompt, zero
-    rows up to 512, no pooled vector."""
-    gen = torch.Generator().manual_seed(seed)
-    tensor = torch.zeros(1, TEXT_ROWS, TEXT_WIDTH)
-    tensor[0, :prompt_rows] = torch.randn(prompt_rows, TEXT_WIDTH, generator=gen)
-    return [[tensor, {"pooled_output": None}]]
+PROMPTS = ("a photo of a dog on a beach at night", "a red brick house under a clear sky",
+           "tench fish swimming in a pond", "an image of a cat", "red", "a photo")
+POSITIVE, NEGATIVE = "tench fish swimming in a pond", "red"  # of different lengths
 
 
-def reference_trigger(cond, prompt_rows):
+@pytest.fixture(scope="module")
+def umt5():
+    """A tiny umT5 text encoder (TEXT_WIDTH wide) with ComfyUI's Wan tokenizer and model
+    classes; the SentencePiece model is trained on PROMPTS (40 pieces, pad 0, end 1: umT5's)."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.wan as wan_te
+    sentencepiece = pytest.importorskip("sentencepiece")
+
+    spiece = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(PROMPTS * 20), model_writer=spiece, vocab_size=40, pad_id=0,
+        eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    target = comfy.supported_models_base.ClipTarget(wan_te.WanT5Tokenizer, wan_te.te())
+    config = {"d_model": TEXT_WIDTH, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2,
+              "vocab_size": 40}
+    clip = comfy.sd.CLIP(target=target, tokenizer_data={"spiece_model": spiece.getvalue()},
+                         model_options={"umt5xxl_model_config": config, "dtype": torch.float32})
+    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.5)
+    return clip
+
+
+def encode(umt5, text):
+    return ch.run_node(host()[0].nodes.CLIPTextEncode, clip=umt5, text=text)[0]
+
+
+def prompt_rows(umt5, text):
+    """How many of the 512 rows are the prompt's: its tokens up to the end token, by the
+    tokenizer (the rows after them are umT5's zero padding)."""
+    ids = [token for token, _ in umt5.tokenize(text)["umt5xxl"][0]]
+    return ids.index(1) + 1
+
+
+def reference_trigger(umt5, cond, text):
     """Independent of unhype/trigger.py: mean and max of the prompt's own rows."""
-    rows = cond[0][0][0, :prompt_rows].double()
-    return torch.cat([rows.sum(0) / prompt_rows, rows.max(0).values]).float()[None]
+    rows = cond[0][0][0, :prompt_rows(umt5, text)].double()
+    return torch.cat([rows.sum(0) / rows.shape[0], rows.max(0).values]).float()[None]
 
 
 def condition(network, cond):
@@ -69,13 +103,13 @@ def video_latent(channels=16):
     return torch.zeros(1, channels, 1, 8, 8)  # [batch, channels, frames, height, width]
 
 
-def first_call(patcher, positive, negative, cfg):
+def first_call(patcher, positive, negative, cfg, channels=16):
     """Sample one step on `patcher` (no UnHype wrapper) and return the model call's inputs."""
     ns = host()[0]
     capture = Capture()
     spy = patcher.clone()
     spy.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "capture", capture)
-    latent = video_latent()
+    latent = video_latent(channels)
     ns.sample.sample(spy, ns.sample.prepare_noise(latent, 0), 1, cfg, "euler", "normal",
                      positive, negative, latent, disable_pbar=True, seed=0)
     return capture.calls[0]
@@ -115,20 +149,21 @@ def test_t2v_configs_are_wan_and_their_other_subclasses_are_refused():
 
 @pytest.mark.parametrize("config_name", T2V)
 def test_a_built_t2v_model_is_wan(config_name):
-    unet = dict(TINY_WAN, in_dim=48, out_dim=48) if config_name == "WAN22_T2V" else TINY_WAN
+    unet = WAN22_5B if config_name == "WAN22_T2V" else TINY_WAN
     model = build(supported(config_name), unet)
     assert denoiser_module().model_family(model) == "wan"
 
 
-def batched_call(wan, network, mode, cfg=5.0, positive_rows=7, negative_rows=12):
-    """One sampling step with CFG: the cond and uncond rows of two different prompts (different
-    lengths, both padded to 512 rows as umT5 pads them) in one model call."""
-    positive, negative = umt5_cond(positive_rows, seed=1), umt5_cond(negative_rows, seed=2)
+def batched_call(wan, umt5, network, mode, cfg=5.0, channels=16):
+    """One sampling step with CFG: the cond and uncond rows of two prompts of different lengths
+    (both padded to 512 rows by umT5) in one model call."""
+    positive, negative = encode(umt5, POSITIVE), encode(umt5, NEGATIVE)
+    assert prompt_rows(umt5, POSITIVE) > prompt_rows(umt5, NEGATIVE)
     pos, neg = condition(network, positive), condition(network, negative)
-    call = first_call(wan, pos, neg, cfg=cfg)  # no UnHype wrapper: inputs only
+    call = first_call(wan, pos, neg, cfg=cfg, channels=channels)  # no UnHype wrapper
     assert call["x"].shape[0] == 2 and sorted(call["cond_or_uncond"]) == [0, 1]
-    triggers = {0: reference_trigger(positive, positive_rows),
-                1: reference_trigger(negative, negative_rows)}
+    triggers = {0: reference_trigger(umt5, positive, POSITIVE),
+                1: reference_trigger(umt5, negative, NEGATIVE)}
     for row, chunk in enumerate(call["cond_or_uncond"]):
         torch.testing.assert_close(call["kwargs"]["unhype_embedding"][row:row + 1, 1:],
                                    triggers[chunk], rtol=1e-5, atol=1e-6)
@@ -139,18 +174,44 @@ def batched_call(wan, network, mode, cfg=5.0, positive_rows=7, negative_rows=12)
     return call, triggers, out, base
 
 
-def test_every_row_of_a_cfg_batch_equals_its_prompts_merged_weights(wan, network):
-    call, triggers, out, base = batched_call(wan, network, "all rows")
+def test_umt5_pads_with_zero_rows_and_shares_no_leading_row(umt5):
+    """What the cond-pooled trigger relies on, from ComfyUI's own umT5: zero rows after the end
+    token, and no start token (so a Wan network skips no row)."""
+    conds = [encode(umt5, text)[0] for text in PROMPTS[:3]]
+    for (tensor, options), text in zip(conds, PROMPTS):
+        rows = prompt_rows(umt5, text)
+        assert tensor.shape == (1, TEXT_ROWS, TEXT_WIDTH) and options["pooled_output"] is None
+        assert bool(tensor[0, :rows].ne(0).any(1).all()) and not tensor[0, rows:].any()
+    assert host()[2].trigger.shared_rows([c[0][0] for c in conds]) == 0
+
+
+@pytest.fixture(scope="module")
+def wan22():
+    model = build(supported("WAN22_T2V"), WAN22_5B, seed=1)
+    return model, make_network(model.model.diffusion_model, "wan-cross-kv",
+                               embed_dim=2 * TEXT_WIDTH, base_arch="wan", seed=7, std=0.2,
+                               trigger="cond-pooled", trigger_skip=0)
+
+
+@pytest.mark.parametrize("config_name", T2V)
+def test_every_row_of_a_cfg_batch_equals_its_prompts_merged_weights(request, umt5, config_name):
+    if config_name == "WAN22_T2V":
+        (wan, network), channels = request.getfixturevalue("wan22"), 48
+    else:
+        wan, network, channels = (request.getfixturevalue("wan"),
+                                  request.getfixturevalue("network"), 16)
+    call, triggers, out, base = batched_call(wan, umt5, network, "all rows", channels=channels)
     assert (triggers[0] - triggers[1]).abs().max() > 1e-2
     for row, chunk in enumerate(call["cond_or_uncond"]):
         reference = merged_reference(wan.model, network, triggers[chunk], 0.8)
         expected = run_rows(reference, call, slice(row, row + 1))
         torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
-        assert (out[row] - base[row]).abs().max() > 1e-4
+        error, effect = (out[row] - expected[0]).abs().max(), (out[row] - base[row]).abs().max()
+        assert effect > 1e-3 and effect > 100 * error
 
 
-def test_conditional_only_leaves_the_uncond_row_the_base_models(wan, network):
-    call, triggers, out, base = batched_call(wan, network, "conditional only")
+def test_conditional_only_leaves_the_uncond_row_the_base_models(wan, umt5, network):
+    call, triggers, out, base = batched_call(wan, umt5, network, "conditional only")
     row = call["cond_or_uncond"].index(1)
     assert torch.equal(out[row], base[row])
     row = call["cond_or_uncond"].index(0)
@@ -159,14 +220,14 @@ def test_conditional_only_leaves_the_uncond_row_the_base_models(wan, network):
     torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
 
 
-def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(wan, network):
+def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(wan, umt5, network):
     core = host()[2]
-    norms = core.lora_norm(network.factors(torch.cat([reference_trigger(umt5_cond(r, s), r)
-                                                      for r, s in ((7, 1), (12, 2))])))
+    triggers = [reference_trigger(umt5, encode(umt5, text), text) for text in (POSITIVE, NEGATIVE)]
+    norms = core.lora_norm(network.factors(torch.cat(triggers)))
     gated_chunk = int(norms.argmin())
     network.info.gate_threshold = float(norms.sum() / 2)
     try:
-        call, triggers, out, base = batched_call(wan, network, "all rows")
+        call, triggers, out, base = batched_call(wan, umt5, network, "all rows")
     finally:
         network.info.gate_threshold = None
     for row, chunk in enumerate(call["cond_or_uncond"]):
@@ -176,20 +237,23 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(wan, network):
             expected = run_rows(merged_reference(wan.model, network, triggers[chunk], 0.8), call,
                                 slice(row, row + 1))
             torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+            assert (out[row] - base[row]).abs().max() > 1e-4
 
 
-def test_a_clip_pooled_network_on_wan_conditioning_is_refused(wan):
+def test_a_clip_pooled_network_on_wan_conditioning_is_refused(wan, umt5):
     clip_pooled = make_network(wan.model.diffusion_model, "wan-cross-kv", embed_dim=768,
                                base_arch="wan", seed=5)
     with pytest.raises(ValueError, match=r"has no pooled_output, which this network \(wan, "
                                          r"trigger clip-pooled\) reads.*needs a network with "
                                          "the cond-pooled trigger"):
-        condition(clip_pooled, umt5_cond(7, seed=1))
+        condition(clip_pooled, encode(umt5, POSITIVE))
 
 
-def test_an_all_zero_conditioning_is_refused(network):
-    with pytest.raises(ValueError, match=r"is all zero after the 0 rows"):
-        condition(network, umt5_cond(0, seed=1))
+def test_a_zeroed_out_conditioning_is_refused(umt5, network):
+    zeroed = ch.run_node(host()[0].nodes.ConditioningZeroOut,
+                         conditioning=encode(umt5, POSITIVE))[0]
+    with pytest.raises(ValueError, match=r"is all zero after the 0 rows.*ConditioningZeroOut"):
+        condition(network, zeroed)
 
 
 @pytest.fixture
@@ -209,11 +273,11 @@ def sample(model, positive, negative, cfg=1.0):
 
 
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])
-def test_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(wan, network, loras,
+def test_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(wan, umt5, network, loras,
                                                                         caplog, key_format):
     ns = host()[0]
-    positive = condition(network, umt5_cond(7, seed=1))
-    negative = condition(network, umt5_cond(12, seed=2))
+    positive = condition(network, encode(umt5, POSITIVE))
+    negative = condition(network, encode(umt5, NEGATIVE))
     name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
                                strength=0.8, save_name="wan", key_format=key_format)
     assert "norm cap: none" in report
@@ -233,11 +297,11 @@ def test_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(wan, net
     assert (got - sample(wan, positive, negative)).abs().max() > 100 * (got - expected).abs().max()
 
 
-def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan, loras):
+def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan, umt5, loras):
     network = make_network(wan.model.diffusion_model, "wan-cross-kv", embed_dim=2 * TEXT_WIDTH,
                            base_arch="wan", seed=6, trigger="cond-pooled", trigger_skip=0,
                            norm_cap=1e9)  # a cap that never binds
-    positive = condition(network, umt5_cond(7, seed=1))
+    positive = condition(network, encode(umt5, POSITIVE))
     name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
                                strength=1.0, save_name="wan", key_format="comfyui")
     assert "4 layers read the prompt through the model's own text embedding" in report
@@ -249,9 +313,10 @@ def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan,
                                sample(dynamic, positive, positive), **TOLERANCE)
 
     core = host()[2]
-    norm = float(core.lora_norm(network.factors(reference_trigger(umt5_cond(7, seed=1), 7)))[0])
+    trigger = reference_trigger(umt5, encode(umt5, POSITIVE), POSITIVE)
+    norm = float(core.lora_norm(network.factors(trigger))[0])
     network.info.gate_threshold = 2 * norm
-    positive = condition(network, umt5_cond(7, seed=1))
+    positive = condition(network, encode(umt5, POSITIVE))
     name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
                                strength=1.0, save_name="wan", key_format="comfyui")
     assert "does not trigger the network" in report

@@ -31,8 +31,9 @@ def cond_pooled(conditioning: Sequence[torch.Tensor], skip: int) -> torch.Tensor
         if nonzero.numel() == 0:
             raise ValueError(
                 f"conditioning of shape {list(cond.shape)} is all zero after the {skip} rows "
-                "every prompt shares: there is no prompt in it to read (an empty or zeroed-out "
-                "conditioning?)")
+                "every prompt shares: there is no prompt in it to read. A zeroed-out "
+                "conditioning (ConditioningZeroOut) goes to the sampler without an UnHype "
+                "node, and runs the base model there")
         rows = rows[:int(nonzero[-1]) + 1]
         vectors.append(torch.cat([rows.mean(0), rows.amax(0)]))
     return torch.stack(vectors)
