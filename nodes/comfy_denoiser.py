@@ -36,7 +36,7 @@ from .grad_checkpoint import gradient_checkpointing as checkpointed_blocks
 
 
 class UnsupportedModelError(ValueError):
-    """The MODEL is not one of the families UnHype can train on."""
+    """The MODEL is not one of the families UnHype knows."""
 
 
 def model_family(model) -> str:

@@ -325,6 +325,24 @@ def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan,
     assert torch.equal(sample(baked, positive, positive), sample(wan, positive, positive))
 
 
+def test_a_wan_network_file_declares_wan_and_loads_back(umt5, network, tmp_path):
+    core = host()[2]
+    path = str(tmp_path / "wan.safetensors")
+    core.save_unhype(path, network)
+    metadata, _ = core.read_header(path)
+    assert metadata["modelspec.architecture"] == "wan-2.1-t2v/unhype"
+    assert metadata["modelspec.license"] == "Apache-2.0"
+    assert metadata["unhype.base_arch"] == "wan"
+    loaded = core.load_unhype(path)
+    assert (loaded.config.trigger, loaded.config.trigger_skip) == ("cond-pooled", 0)
+    cond = encode(umt5, POSITIVE)
+    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond
+              for c in (condition(network, cond), condition(loaded, cond))]
+    assert torch.equal(packed[0], packed[1])
+    made, read = network.factors(packed[0][:, 1:]), loaded.factors(packed[0][:, 1:])
+    assert all(torch.equal(made[name].up, read[name].up) for name in made)
+
+
 def test_the_trainer_refuses_wan_naming_what_it_trains(wan):
     with pytest.raises(ValueError, match=r"UnHype Trainer: training on Wan 2.1/2.2 T2V is not "
                                          r"built: UnHype trains on SD1.x, SD2.x, SDXL and "
