@@ -240,6 +240,15 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(wan, umt5, network):
             assert (out[row] - base[row]).abs().max() > 1e-4
 
 
+def test_a_network_for_another_wan_size_is_refused_naming_the_model(network):
+    wider = build(supported("WAN21_T2V"), dict(TINY_WAN, dim=64, num_heads=4))
+    with pytest.raises(ValueError, match=r"made for wan \(target preset wan-cross-kv\), but the "
+                                         r"model is WAN21 \(WAN21_T2V \{'dim': 64, 'num_layers': "
+                                         r"2\}\)(.|\n)*shape: blocks.0.cross_attn.k is "
+                                         r"64->64, the network expects 32->32"):
+        node("UnHypeApplyDynamicLoRA").execute(wider, network, 1.0, "conditional only")
+
+
 def test_a_clip_pooled_network_on_wan_conditioning_is_refused(wan, umt5):
     clip_pooled = make_network(wan.model.diffusion_model, "wan-cross-kv", embed_dim=768,
                                base_arch="wan", seed=5)
