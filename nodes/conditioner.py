@@ -65,7 +65,10 @@ def cond_trigger(node: str, network, cond, index: int) -> torch.Tensor:
             f"made for ({network.info.base_arch}, {network.info.embedding_source}), but "
             f"conditioning entry {index + 1} has {got}: use an UnHype network made for this "
             "model family and its text encoder.")
-    return cond_pooled([cond[0]], network.config.trigger_skip)
+    try:
+        return cond_pooled([cond[0]], network.config.trigger_skip)
+    except ValueError as error:
+        raise ValueError(f"{node}: conditioning entry {index + 1}: {error}") from None
 
 
 def entry_parts(node: str, network, cond, pooled, index: int) -> list[Part]:

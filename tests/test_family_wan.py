@@ -261,7 +261,9 @@ def test_a_clip_pooled_network_on_wan_conditioning_is_refused(wan, umt5):
 def test_a_zeroed_out_conditioning_is_refused(umt5, network):
     zeroed = ch.run_node(host()[0].nodes.ConditioningZeroOut,
                          conditioning=encode(umt5, POSITIVE))[0]
-    with pytest.raises(ValueError, match=r"is all zero after the 0 rows.*ConditioningZeroOut"):
+    with pytest.raises(ValueError, match=r"UnHype Conditioner: conditioning entry 1: conditioning "
+                                         r"of shape \[512, 32\] is all zero after the 0 rows"
+                                         r".*ConditioningZeroOut"):
         condition(network, zeroed)
 
 
