@@ -76,7 +76,7 @@ def describe_model(model) -> str:
     config = getattr(base, "model_config", None)
     unet = getattr(config, "unet_config", {}) or {}
     shown = {k: unet[k] for k in ("context_dim", "model_channels", "hidden_size", "adm_in_channels",
-                                  "context_in_dim", "depth") if k in unet}
+                                  "context_in_dim", "depth", "dim", "num_layers") if k in unet}
     family = type(config).__name__ if config is not None else "unknown"
     return f"{type(base).__name__} ({family} {shown})"
 

@@ -98,6 +98,13 @@ def cap_lines(network, layers, strength: float) -> list[str]:
             "latent and the step: their cap is not baked, so the file equals Apply Dynamic "
             f"LoRA (strength {strength:g}) wherever the cap does not bind there, and is "
             "stronger where it would")
+    embedded = [layer for layer in layers if layer.cap == "embedded"]
+    if embedded:
+        lines.append(
+            f"norm cap {cap:g}: {len(embedded)} layers read the prompt through the model's own "
+            "text embedding, which the bake does not run: their cap is not baked, so the file "
+            f"equals Apply Dynamic LoRA (strength {strength:g}) where the cap does not bind "
+            "for this prompt, and is stronger where it does")
     return lines
 
 

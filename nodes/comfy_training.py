@@ -98,7 +98,7 @@ def refuse_untrained(family: str) -> None:
     """A family UnHype serves at inference but cannot train (`Family.trains`) stops here."""
     entry = family_entry(family)
     if not entry.trains:
-        labels = checkpoint_labels()
+        labels = checkpoint_labels(trains_only=True)
         raise TrainingError(
             f"training on {entry.label} is not built yet: its UnHype networks "
             "run (Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains "

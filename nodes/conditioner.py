@@ -18,7 +18,7 @@ from ..unhype.families import family, pooled_name
 from ..unhype.trigger import cond_pooled
 from .parts import MEMORY, Part, split
 from .schema import CATEGORY, ERASURE, UnHype
-from .wire import EMBEDDING_KEY, pack_embedding
+from .wire import EMBEDDING_KEY, base_model_row, pack_embedding
 
 RESOLVED_FOR = "unhype_resolved_for"  # cond dict key: the tensor the packed embedding was read from
 UNSEEN = (
@@ -38,10 +38,11 @@ def check_pooled(node: str, network, pooled, index: int) -> torch.Tensor:
     if pooled is None:
         raise ValueError(
             f"{node}: conditioning entry {index + 1} has no pooled_output, which this network "
-            "reads (trigger clip-pooled). Connect the output of a CLIP text encoder (CLIP Text "
-            "Encode, or UnHype Text Encode), not a conditioning that lost its pooled vector; a "
-            "model whose text encoder has no CLIP (an LLM, as Flux.2 Klein's) needs a network "
-            "with the cond-pooled trigger."
+            f"({network.info.base_arch}, trigger clip-pooled) reads. Connect the output of a CLIP "
+            "text encoder (CLIP Text Encode, or UnHype Text Encode), not a conditioning that "
+            "lost its pooled vector. A text encoder without one (umT5 of Wan, the LLMs of "
+            "Flux.2 Klein and others) needs a network with the cond-pooled trigger, which reads "
+            "the conditioning itself."
         )
     pooled = pooled.reshape(pooled.shape[0], -1) if pooled.ndim > 1 else pooled.reshape(1, -1)
     width, expected = pooled.shape[-1], network.config.embed_dim
@@ -65,7 +66,22 @@ def cond_trigger(node: str, network, cond, index: int) -> torch.Tensor:
             f"made for ({network.info.base_arch}, {network.info.embedding_source}), but "
             f"conditioning entry {index + 1} has {got}: use an UnHype network made for this "
             "model family and its text encoder.")
-    return cond_pooled([cond[0]], network.config.trigger_skip)
+    try:
+        return cond_pooled([cond[0]], network.config.trigger_skip)
+    except ValueError as error:
+        raise ValueError(f"{node}: conditioning entry {index + 1}: {error}") from None
+
+
+def zeroed_out(network, cond) -> bool:
+    """Is this an entry a cond-pooled network cannot read, because every row after the shared
+    ones is zero (ConditioningZeroOut, the usual negative of distilled models)? It holds no
+    prompt, so it runs the base model."""
+    if network.config.trigger != "cond-pooled" or cond is None or cond.ndim != 3:
+        return False
+    return not bool(cond[0, network.config.trigger_skip:].ne(0).any())
+
+
+ZEROED = "all zero (ConditioningZeroOut): no prompt to read, runs the base model"
 
 
 def entry_parts(node: str, network, cond, pooled, index: int) -> list[Part]:
@@ -102,12 +118,12 @@ def strongest(network, entries: list[list[Part]]) -> list[tuple[int, list[Readou
     return out
 
 
-def with_embedding(entry: list, pooled: torch.Tensor) -> list:
-    """A copy of one [tensor, dict] entry whose model_conds carry the packed embedding."""
+def with_embedding(entry: list, packed: torch.Tensor) -> list:
+    """A copy of one [tensor, dict] entry whose model_conds carry `packed` (unhype/wire.py)."""
     options = dict(entry[1])
     options["model_conds"] = {
         **options.get("model_conds", {}),
-        EMBEDDING_KEY: comfy.conds.CONDRegular(pack_embedding(pooled)),
+        EMBEDDING_KEY: comfy.conds.CONDRegular(packed),
     }
     options[RESOLVED_FOR] = entry[0]
     return [entry[0], options]
@@ -157,14 +173,20 @@ def entry_lines(label: str, network, parts: list[Part], best: int, scores) -> li
 
 def condition(node: str, network, conditioning, label=None) -> tuple[list, str]:
     """Conditioning with every entry's embedding packed, and the report."""
+    zeroed = [zeroed_out(network, e[0]) for e in conditioning]
     entries = [entry_parts(node, network, e[0], e[1].get("pooled_output"), i)
-               for i, e in enumerate(conditioning)]
-    chosen = strongest(network, entries)
-    out = [with_embedding(e, parts[best].pooled)
-           for e, parts, (best, _) in zip(conditioning, entries, chosen)]
-    lines = [header(network)]
-    for i, (parts, (best, scores)) in enumerate(zip(entries, chosen)):
-        lines += entry_lines(label or f"entry {i + 1}", network, parts, best, scores)
+               for i, e in enumerate(conditioning) if not zeroed[i]]
+    chosen = iter(zip(entries, strongest(network, entries)))
+    out, lines = [], [header(network)]
+    for i, entry in enumerate(conditioning):
+        name = label or f"entry {i + 1}"
+        if zeroed[i]:
+            out.append(with_embedding(entry, base_model_row(network.config.embed_dim)))
+            lines.append(f"{name}: {ZEROED}")
+            continue
+        parts, (best, scores) = next(chosen)
+        out.append(with_embedding(entry, pack_embedding(parts[best].pooled)))
+        lines += entry_lines(name, network, parts, best, scores)
     if any(p.pooled is None for parts in entries for p in parts):
         lines.append(f"WARNING: {UNSEEN}")
         logging.warning("%s: %s", node, UNSEEN)
@@ -197,12 +219,16 @@ class PartsAtSampling:
             return
         if float(packed.cond[0, 0]) < 0.5:  # flag off: this entry runs the base model
             return
+        c[RESOLVED_FOR] = tokens
+        if zeroed_out(self.network, tokens):  # zeroed after the Conditioner: the base model
+            packed = comfy.conds.CONDRegular(base_model_row(self.network.config.embed_dim))
+            c["model_conds"] = {**c["model_conds"], EMBEDDING_KEY: packed}
+            return
         node = "Apply Dynamic LoRA"
         parts = entry_parts(node, self.network, tokens, c.get("pooled_output"), 0)
         best, _ = strongest(self.network, [parts])[0]
         packed = comfy.conds.CONDRegular(pack_embedding(parts[best].pooled))
         c["model_conds"] = {**c["model_conds"], EMBEDDING_KEY: packed}
-        c[RESOLVED_FOR] = tokens
         unseen = [f"{p.start + 1}-{p.end}" for p in parts if p.pooled is None]
         if unseen:
             logging.warning(

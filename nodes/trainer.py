@@ -67,10 +67,11 @@ class UnHypeTrainer(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Trains an UnHype concept-erasure hypernetwork on this model "
-                f"({', '.join(checkpoint_labels())}) and saves it to models/unhype. Cancel "
-                "keeps a resumable checkpoint in models/unhype_checkpoints: pick it in 'resume' "
-                "and queue again with the same settings. The UNHYPE output can go straight to "
-                "Apply Dynamic LoRA / UnHype Conditioner."),
+                f"({', '.join(checkpoint_labels(trains_only=True))}) and saves it to "
+                "models/unhype. Cancel keeps a resumable checkpoint in "
+                "models/unhype_checkpoints: pick it in 'resume' and queue again with the same "
+                "settings. The UNHYPE output can go straight to Apply Dynamic LoRA / UnHype "
+                "Conditioner."),
             search_aliases=[*ERASURE, "train", "training", "train LoRA", "hypernetwork"],
             is_experimental=True,  # as core's own trainer: training in the UI is new ground
             is_output_node=True,

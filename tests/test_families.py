@@ -82,9 +82,23 @@ def test_a_family_without_a_clip_pooled_vector_reads_its_conditioning():
     assert "7680-d rows" in klein.embedding_source
     assert pooled_name(7680) == "pooled embeddings"
     assert "Flux.2" not in per_family("resolution") + per_family("guidance")
-    assert "Flux.2 Klein" not in checkpoint_labels()
+    assert "Flux.2 Klein" not in checkpoint_labels(trains_only=True)
     for entry in FAMILIES.values():
         assert entry.clip_pooled or entry.trigger == "cond-pooled", entry.name
+
+
+def test_a_family_without_a_pooled_vector_is_named_for_what_it_reads():
+    """Wan (umT5, no pooled vector): its networks read the conditioning, no width is called
+    its "pooled embeddings", and the Trainer's lists and tooltips leave it out."""
+    wan = family("wan")
+    assert wan.trigger == "cond-pooled" and not wan.trains and not wan.clip_pooled
+    assert wan.embedding_source == "cond-pooled: mean and max of the text conditioning's " \
+                                   "4096-d rows"
+    assert pooled_name(4096) == "pooled embeddings"
+    assert checkpoint_labels() == ["SD1.x", "SD2.x", "SDXL", "Flux.1", "Flux.2 Klein",
+                                   "Wan 2.1/2.2 T2V"]
+    assert checkpoint_labels(trains_only=True) == ["SD1.x", "SD2.x", "SDXL", "Flux.1"]
+    assert "Wan" not in per_family("resolution") + per_family("guidance")
 
 
 def test_an_unknown_family_names_the_known_ones():

@@ -28,6 +28,31 @@ def test_cond_pooled_is_the_mean_and_max_after_the_skipped_rows():
         cond_pooled([rows], skip=4)
 
 
+def test_trailing_zero_rows_are_padding_not_prompt():
+    """umT5 (Wan) pads every prompt to 512 rows with zeros: they are left out, so a padded cond
+    pools as the unpadded one, whose max may be negative; a zero row inside the prompt counts."""
+    prompt = torch.tensor([[9.0, 9.0], [-1.0, -4.0], [-3.0, -2.0]])
+    padded = torch.cat([prompt, torch.zeros(509, 2)])
+    torch.testing.assert_close(cond_pooled([padded], skip=1), cond_pooled([prompt], skip=1),
+                               rtol=0, atol=0)
+    assert torch.equal(cond_pooled([padded], skip=1), torch.tensor([[-2.0, -3.0, -1.0, -2.0]]))
+    inner = torch.cat([prompt[:2], torch.zeros(1, 2), prompt[2:], torch.zeros(4, 2)])
+    assert torch.equal(cond_pooled([inner], skip=1), torch.tensor([[-4 / 3, -2.0, 0.0, 0.0]]))
+
+
+def test_a_cond_all_zero_after_the_skipped_rows_is_refused():
+    rows = torch.cat([torch.ones(1, 2), torch.zeros(5, 2)])
+    with pytest.raises(ValueError, match=r"shape \[6, 2\] is all zero after the 1 rows"):
+        cond_pooled([rows], skip=1)
+
+
+def test_the_world_clip_pads_with_no_zero_rows(world):
+    """The proving ground's tiny CLIP pads with end-token states, never zeros: its cond-pooled
+    triggers are what they were before trailing zero rows were left out."""
+    states = world.denoiser.text_states(["red", "a red circle on a blue square", ""])
+    assert all(bool(s.ne(0).any(1).all()) for s in states)
+
+
 def test_shared_rows_counts_the_leading_rows_alike_in_every_prompt():
     prefix = torch.ones(2, 3)
     a, b = torch.cat([prefix, torch.zeros(2, 3)]), torch.cat([prefix, torch.full((2, 3), 5.0)])

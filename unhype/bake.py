@@ -7,7 +7,8 @@ fixed for the prompt: layers that read the prompt's own tokens (SD-style cross-a
 Flux's `txt_in`: their input is the conditioning tensor) get exactly the dynamic path's gain.
 Layers whose input is the image or the step (self-attention, the Flux blocks' streams) change
 with the latent and the step: their cap is not baked, and the baked LoRA equals the dynamic one
-wherever the cap does not bind there.
+wherever the cap does not bind there. Wan's cross-attention k/v read the prompt through the
+model's own text embedding, which the bake does not run: their cap is not baked either.
 
 A prompt that does not pass the network's gate (unhype/gate.py) gets no LoRA from Apply Dynamic
 LoRA, so it bakes to a LoRA whose up matrices are all zero: loading it changes nothing.
@@ -39,6 +40,10 @@ KEY_FORMATS = ("comfyui", "kohya")
 #: Targets whose input is the prompt's token states (the conditioning tensor) in every family
 #: whose targets carry these names (SD1.x, SD2.x, SDXL, the proving ground; Flux's `txt_in`).
 READS_PROMPT = re.compile(r"(^|\.)attn2\.to_[kv]$|^txt_in$")
+#: Targets whose input is the prompt's token states after the model's own text embedding (Wan's
+#: cross-attention k/v read `text_embedding(cond)`): fixed for the prompt, but the bake has no
+#: model to run that embedding, so their cap is not baked
+READS_EMBEDDED_PROMPT = re.compile(r"(^|\.)cross_attn\.[kv]$")
 
 
 @dataclass
@@ -46,7 +51,8 @@ class BakedLayer:
     name: str
     #: the norm cap's factor folded into this layer (1.0: the cap does not bind or is not baked)
     gain: float
-    #: "baked" (exact for the prompt), "image" (input varies with the image: not baked), "off"
+    #: "baked" (exact for the prompt), "image" (input varies with the image: not baked),
+    #: "embedded" (the prompt through the model's text embedding: not baked), "off"
     cap: str
     #: LoRA output norm on the prompt's tokens, for layers that read them
     output_norm: float | None = None
@@ -93,7 +99,8 @@ def bake_lora(network: UnHypeNetwork, embedding: torch.Tensor, context: torch.Te
     scale = torch.tensor([float(strength)])
     for target in network.targets:
         f = factors[target.name]
-        layer = BakedLayer(target.name, 1.0, "off" if cap is None else "image")
+        unbaked = "embedded" if READS_EMBEDDED_PROMPT.search(target.name) else "image"
+        layer = BakedLayer(target.name, 1.0, "off" if cap is None else unbaked)
         if READS_PROMPT.search(target.name):
             if context.shape[-1] != target.in_features:
                 raise ValueError(
@@ -184,7 +191,8 @@ def lora_metadata(network: UnHypeNetwork, baked: BakedLoRA, prompt: str, strengt
             "embedding_sha256": baked.embedding_sha256, "strength": strength,
             "gated": baked.gated,
             "norm_cap": network.config.norm_cap, "cap_baked_layers": len(baked_cap),
-            "cap_not_baked_layers": sum(layer.cap == "image" for layer in baked.layers),
+            "cap_not_baked_layers": sum(layer.cap in ("image", "embedded")
+                                        for layer in baked.layers),
         }),
     }
 

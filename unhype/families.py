@@ -26,8 +26,9 @@ RUN_VALUES = ("target_preset", "resolution", "guidance", "trigger")
 class Family:
     name: str  # the key, and the network file's unhype.base_arch
     label: str  # how messages name it
-    #: comfy.supported_models classes of its checkpoints (their subclasses included); empty for
-    #: a model that names its family itself (`unhype_family` on its config, the proving ground)
+    #: comfy.supported_models classes of its checkpoints (their subclasses too, unless
+    #: `comfy_subclasses` is False); empty for a model that names its family itself
+    #: (`unhype_family` on its config, the proving ground)
     comfy_configs: tuple[str, ...]
     target_preset: str  # the layers a network gets by default (unhype/targets.py)
     resolution: int  # training resolution in pixels
@@ -36,7 +37,9 @@ class Family:
     guidance: float  # CFG of the ESD sampling (distilled: the guidance value)
     #: is the cond tensor CLIP output laid out in chunks (so each chunk is a part of a prompt)?
     chunked_clip_cond: bool
-    pooled_encoder: str  # the text encoder whose pooled vector UnHype reads
+    #: the text encoder whose pooled vector UnHype reads (a family without one: the encoder
+    #: whose conditioning rows a "cond-pooled" trigger pools, and their width)
+    pooled_encoder: str
     pooled_width: int
     pooled_projected: bool  # text_projection applied (else the final-layer-normed EOT state)
     modelspec_architecture: str
@@ -51,6 +54,9 @@ class Family:
     #: "cond-pooled" networks can run on the family
     clip_pooled: bool = True
     trains: bool = True  # the Trainer is built for it (else inference and bake only)
+    #: do subclasses of `comfy_configs` belong to the family? Wan's are image-, audio-, pose- or
+    #: camera-conditioned variants, whose extra inputs UnHype knows nothing of
+    comfy_subclasses: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "training_defaults",
@@ -58,7 +64,7 @@ class Family:
 
     @property
     def embedding_source(self) -> str:
-        """What a network trained on this family reads, as its file records it."""
+        """What a network made for this family reads by default, as its file records it."""
         if not self.clip_pooled:
             return self.trigger_source("cond-pooled", 2 * self.pooled_width)
         form = "projected" if self.pooled_projected else "final-layer-normed end-of-text state"
@@ -122,6 +128,15 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            training_defaults={"rank": 4, "hidden": 128, "trajectory_length": 50, "steps": 1000,
                               "learning_rate": 1e-3, "retain_learning_rate": 1e-3, "eta": 3.0,
                               "lr_every": 750}),
+    # T2V only: Wan 2.1 1.3B/14B and Wan 2.2 A14B (both experts) load as WAN21_T2V, the 2.2
+    # TI2V-5B as WAN22_T2V; umT5 has no pooled vector. 480: the short side of 832x480; CFG 5
+    # and patches of 2 as Wan's own T2V settings. Inference and bake only (README, Wan)
+    Family(name="wan", label="Wan 2.1/2.2 T2V", comfy_configs=("WAN21_T2V", "WAN22_T2V"),
+           target_preset="wan-cross-kv", resolution=480, distilled=False, guidance=5.0,
+           chunked_clip_cond=False, pooled_encoder="umT5-XXL", pooled_width=4096,
+           pooled_projected=False, modelspec_architecture="wan-2.1-t2v", licence="Apache-2.0",
+           latent_patch=2, trigger="cond-pooled", clip_pooled=False, trains=False,
+           comfy_subclasses=False),
 )}
 
 class UnknownFamilyError(ValueError):
@@ -137,13 +152,16 @@ def family(name: str) -> Family:
                                  f"{', '.join(FAMILIES)}") from None
 
 
-def checkpoint_labels() -> list[str]:
-    """Labels of the families the Trainer trains from ComfyUI checkpoints, in table order."""
-    return [f.label for f in FAMILIES.values() if f.comfy_configs and f.trains]
+def checkpoint_labels(trains_only: bool = False) -> list[str]:
+    """Labels of the families loaded from ComfyUI checkpoints (with `trains_only`, those the
+    Trainer trains on), in table order."""
+    return [f.label for f in FAMILIES.values()
+            if f.comfy_configs and (f.trains or not trains_only)]
 
 
 def pooled_name(width: int) -> str:
-    """What a pooled vector of this width is, e.g. 'CLIP-L pooled embeddings (SD1.x / Flux.1)'."""
+    """What a pooled vector of this width is, e.g. 'CLIP-L pooled embeddings (SD1.x / Flux.1)'
+    (a family without one, such as Wan, is not named)."""
     same = [f for f in FAMILIES.values() if f.clip_pooled and f.pooled_width == width]
     if not same:
         return "pooled embeddings"

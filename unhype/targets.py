@@ -95,6 +95,11 @@ TARGET_PRESETS: dict[str, TargetPreset] = {
         ((r"(^|\.)attn[12]\.to_(q|k|v|out\.0)$", _whole),),
     ),
     "sdxl-cross-kv": TargetPreset("SDXL cross-attention key and value", _CROSS_KV),
+    "wan-cross-kv": TargetPreset(
+        "Wan cross-attention key and value: in text-to-video they read only the text (umT5 "
+        "through the model's text embedding), so the LoRA depends on the prompt alone",
+        ((r"^blocks\.\d+\.cross_attn\.[kv]$", _whole),),
+    ),
     "flux-value-out": TargetPreset(
         "Flux value projections (v slice of fused qkv / linear1) and image attention output",
         (

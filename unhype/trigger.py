@@ -18,13 +18,23 @@ TRIGGERS = ("clip-pooled", "cond-pooled")
 
 
 def cond_pooled(conditioning: Sequence[torch.Tensor], skip: int) -> torch.Tensor:
-    """[rows_i, D] per prompt -> [prompts, 2D] float32: mean and max of the rows after `skip`."""
+    """[rows_i, D] per prompt -> [prompts, 2D] float32: mean and max of the rows after `skip`,
+    trailing all-zero rows left out: padding, not prompt (umT5 pads Wan's prompts to 512 rows of
+    zeros, which would dilute the mean and hold the max at 0 or above)."""
     vectors = []
     for cond in conditioning:
         if cond.ndim != 2 or cond.shape[0] <= skip:
             raise ValueError(f"conditioning of shape {list(cond.shape)} has no rows after the "
                              f"{skip} every prompt shares")
         rows = cond[skip:].float()
+        nonzero = rows.ne(0).any(1).nonzero()
+        if nonzero.numel() == 0:
+            raise ValueError(
+                f"conditioning of shape {list(cond.shape)} is all zero after the {skip} rows "
+                "every prompt shares: there is no prompt in it to read. A zeroed-out "
+                "conditioning (ConditioningZeroOut) goes to the sampler without an UnHype "
+                "node, and runs the base model there")
+        rows = rows[:int(nonzero[-1]) + 1]
         vectors.append(torch.cat([rows.mean(0), rows.amax(0)]))
     return torch.stack(vectors)
 
