@@ -24,9 +24,10 @@ DRAWS = 4
 # Float sums taken in another order (an all-reduce of per-process partial sums instead of one
 # sum), then Adam steps: measured 6.3e-7 after 10 steps, 6.7e-7 after 20; another batch: >1e-3.
 TOLERANCE = 1e-5
-# Through ComfyUI on the proving ground: measured 4.7e-6 after 6 steps (lr 1e-3 moves a weight
-# by ~1e-3 a step).
-HEADLESS_TOLERANCE = 5e-5
+# Through ComfyUI on the proving ground, after 6 steps (lr 1e-3 moves a weight by ~1e-3 a step):
+# measured 4.7e-6 on one machine and 1.5e-4 on another with the same code (its CPU's float sums
+# drift further); another global batch moves weights by more than 1e-3.
+HEADLESS_TOLERANCE = 5e-4
 
 
 def run_processes(tmp_path, world, steps, checkpoint, resume=False):
