@@ -91,20 +91,16 @@ def cap_lines(network, layers, strength: float) -> list[str]:
             f"up to {largest:.3g}), so their cap is baked exactly; it binds on {len(binding)}"
             + (f" (gains {min(x.gain for x in binding):.3g}..{max(x.gain for x in binding):.3g})"
                if binding else ""))
-    image = [layer for layer in layers if layer.cap == "image"]
-    if image:
-        lines.append(
-            f"norm cap {cap:g}: {len(image)} layers read the image, which changes with the "
-            "latent and the step: their cap is not baked, so the file equals Apply Dynamic "
-            f"LoRA (strength {strength:g}) wherever the cap does not bind there, and is "
-            "stronger where it would")
-    embedded = [layer for layer in layers if layer.cap == "embedded"]
-    if embedded:
-        lines.append(
-            f"norm cap {cap:g}: {len(embedded)} layers read the prompt through the model's own "
-            "text embedding, which the bake does not run: their cap is not baked, so the file "
-            f"equals Apply Dynamic LoRA (strength {strength:g}) where the cap does not bind "
-            "for this prompt, and is stronger where it does")
+    unbaked = {"image": ("read the image, which changes with the latent and the step",
+                         "wherever the cap does not bind there, and is stronger where it would"),
+               "embedded": ("read the prompt through the model's own text embedding, which "
+                            "the bake does not run", "where the cap does not bind for this "
+                            "prompt, and is stronger where it does")}
+    for kind, (reads, where) in unbaked.items():
+        count = sum(layer.cap == kind for layer in layers)
+        if count:
+            lines.append(f"norm cap {cap:g}: {count} layers {reads}: their cap is not baked, so "
+                         f"the file equals Apply Dynamic LoRA (strength {strength:g}) {where}")
     return lines
 
 

@@ -124,6 +124,16 @@ def comfy(comfyui_path, tmp_path_factory):
     return ns
 
 
+@pytest.fixture
+def loras(comfy, monkeypatch, tmp_path):
+    """models/loras in a temporary folder, as LoraLoaderModelOnly and the Bake node see it."""
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    monkeypatch.setitem(comfy.folder_paths.folder_names_and_paths, "loras",
+                        ([str(folder)], {".safetensors"}))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def _tiny_sd1_base(comfy):
     t0 = time.monotonic()

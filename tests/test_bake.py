@@ -17,16 +17,6 @@ pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
 
 
-@pytest.fixture
-def loras(monkeypatch, tmp_path):
-    """models/loras in a temporary folder, as LoraLoaderModelOnly and the Bake node see it."""
-    fp = host()[0].folder_paths
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(fp.folder_names_and_paths, "loras", ([str(folder)], {".safetensors"}))
-    return folder
-
-
 def condition(network, cond):
     return node("UnHypeConditioner").execute(cond, network)[0]
 

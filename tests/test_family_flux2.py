@@ -242,16 +242,6 @@ def test_the_trainer_refuses_flux2_and_names_what_it_trains(tiny):
         "Flux.1 models only. Load one of those checkpoints to train.")
 
 
-@pytest.fixture
-def loras(monkeypatch, tmp_path):
-    """models/loras in a temporary folder, as LoraLoaderModelOnly and the Bake node see it."""
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(host()[0].folder_paths.folder_names_and_paths, "loras",
-                        ([str(folder)], {".safetensors"}))
-    return folder
-
-
 def sample(model, positive, negative, cfg=1.0):
     ns = host()[0]
     latent = torch.zeros(1, CHANNELS, 8, 8)

@@ -278,15 +278,6 @@ def test_a_zeroed_out_negative_runs_the_base_model(wan, umt5, network):
                        sample(patched, positive, before[0], cfg=5.0))
 
 
-@pytest.fixture
-def loras(monkeypatch, tmp_path):
-    fp = host()[0].folder_paths
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(fp.folder_names_and_paths, "loras", ([str(folder)], {".safetensors"}))
-    return folder
-
-
 def sample(model, positive, negative, cfg=1.0):
     ns = host()[0]
     latent = video_latent()
