@@ -171,8 +171,7 @@ class ComfyDenoiser:
     `guidance` and `resolution` left at 0 or None are the family's (unhype/families.py)."""
 
     def __init__(self, model, clip, *, guidance: float | None = None, sampling_steps: int = 50,
-                 resolution: int | None = None, scheduler: str | None = None,
-                 family: str | None = None, load: bool = True,
+                 resolution: int | None = None, family: str | None = None,
                  gradient_checkpointing: bool = True):
         if clip is None:
             raise ValueError("UnHype Trainer: no CLIP: the checkpoint has no text encoder; "
@@ -202,19 +201,16 @@ class ComfyDenoiser:
         side = max(patch, side - side % patch)
         self.latent_shape = (fmt.latent_channels, side, side)
         sampling = self.base.model_sampling
-        if scheduler is None:
-            scheduler = "ddim_uniform" if hasattr(sampling, "sigmas") and not self.distilled \
-                else "simple"
+        scheduler = "ddim_uniform" if hasattr(sampling, "sigmas") and not self.distilled \
+            else "simple"
         self.sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler,
                                                       self.sampling_steps).float().cpu()
-        if load:
-            comfy.model_management.load_models_gpu([model], force_full_load=True)
+        comfy.model_management.load_models_gpu([model], force_full_load=True)
         self.device = torch.device(model.load_device)
         make_trainable(self.base)
         self.lora_root = self.base.diffusion_model
         self._raw: dict[str, list] = {}  # prompt -> CONDITIONING (cloned out of inference mode)
         self._processed: dict[str, dict] = {}  # prompt -> processed cond dict for predict
-        self.encodings = 0
         self.gradient_checkpointing = bool(gradient_checkpointing)
 
     # -- conditioning --
@@ -231,7 +227,6 @@ class ComfyDenoiser:
                     options.setdefault("guidance", self.guidance)
                 out.append([_clone_if_inference(tensor), options])
             self._raw[prompt] = out
-            self.encodings += 1
         return self._raw[prompt]
 
     def _latent(self, rows: int = 1) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """UnHype Erasure Check: original and UnHype images of the same prompts and seeds, judged offline.
 
-The judging is in the core (unhype/erasure_check.py). This node lists the CLIP weights for
-zero-shot judging in the judge folders (models/clip_judge, registered in nodes/folders.py; more
-with a `clip_judge:` entry in extra_model_paths.yaml) and keeps the last judges loaded.
+The judging is in the core (unhype/judges.py, unhype/erasure_check.py, unhype/erasure_report.py).
+This node lists the CLIP weights for zero-shot judging in the judge folders (models/clip_judge,
+registered in nodes/folders.py; more with a `clip_judge:` entry in extra_model_paths.yaml) and
+builds a judge for each check, dropping it after.
 """
 
 import os
@@ -10,17 +11,16 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..unhype.erasure_check import (
+from ..unhype.erasure_check import check
+from ..unhype.erasure_report import grid, report
+from ..unhype.judges import (
     NUDENET_THRESHOLD,
     OPEN_CLIP_CONFIG,
     TRANSFORMERS_CONFIG,
     ColourJudge,
     JudgeError,
     NudeNetJudge,
-    check,
     clip_judge,
-    grid,
-    report,
 )
 from .folders import CLIP_JUDGE
 from .schema import CATEGORY, ERASURE

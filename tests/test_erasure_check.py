@@ -1,6 +1,7 @@
-"""The Erasure Check core (unhype/erasure_check.py), without ComfyUI: verdicts and scores, the
-proving-ground judges, CLIP zero-shot from local open_clip and transformers weights (never
-downloading), NudeNet's BGR input and its missing-package error, the grid."""
+"""The Erasure Check core (unhype/judges.py, erasure_check.py, erasure_report.py), without
+ComfyUI: verdicts and scores, the proving-ground judges, CLIP zero-shot from local open_clip and
+transformers weights (never downloading), NudeNet's BGR input and its missing-package error, the
+grid."""
 
 import json
 import math
@@ -14,6 +15,8 @@ from safetensors.torch import save_file
 
 import comfy_host
 from unhype import erasure_check as ec
+from unhype import erasure_report as er
+from unhype import judges
 from unhype.world.data import render
 from unhype.world.vocabulary import COLOURS
 
@@ -29,7 +32,7 @@ def renders(colours, seed=0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def pixel_judge():
-    return ec.ColourJudge("pixel")
+    return judges.ColourJudge("pixel")
 
 
 def test_verdicts_and_scores(pixel_judge):
@@ -43,7 +46,7 @@ def test_verdicts_and_scores(pixel_judge):
     assert result.efficacy == pytest.approx(2 / 3)
     assert [p.verdict for p in result.kept] == ["kept", "CHANGED"]
     assert result.specificity == 0.5
-    text = ec.report(result)
+    text = er.report(result)
     assert "efficacy 66.7%: 2 of 3 originals" in text and "1 originals without it" in text
     assert "#2: original red -> UnHype red: NOT erased" in text
     assert "specificity 50.0%" in text and "#2: original green -> UnHype red: CHANGED" in text
@@ -52,19 +55,19 @@ def test_verdicts_and_scores(pixel_judge):
 def test_undefined_scores_are_nan_and_said_so(pixel_judge):
     result = ec.check(pixel_judge, RED, renders([BLUE]), renders([BLUE]))
     assert math.isnan(result.efficacy) and math.isnan(result.specificity)
-    assert "efficacy n/a" in ec.report(result) and "specificity n/a" in ec.report(result)
+    assert "efficacy n/a" in er.report(result) and "specificity n/a" in er.report(result)
 
 
 def test_pairs_must_match(pixel_judge):
-    with pytest.raises(ec.JudgeError, match="2 original images but 1 UnHype"):
+    with pytest.raises(judges.JudgeError, match="2 original images but 1 UnHype"):
         ec.check(pixel_judge, RED, renders([RED, RED]), renders([RED]))
-    with pytest.raises(ec.JudgeError, match="connect both"):
+    with pytest.raises(judges.JudgeError, match="connect both"):
         ec.check(pixel_judge, RED, renders([RED]), renders([RED]), renders([BLUE]))
 
 
 @pytest.mark.parametrize("kind", ["pixel", "clip"])
 def test_proving_ground_judges_name_the_colour_of_renders(kind):
-    judge = ec.ColourJudge(kind)
+    judge = judges.ColourJudge(kind)
     colours = [i % 8 for i in range(40)]
     found = judge.classify(renders(colours, seed=1))
     assert (found == torch.tensor(colours)).float().mean() >= 0.95
@@ -72,7 +75,7 @@ def test_proving_ground_judges_name_the_colour_of_renders(kind):
                                              mode="nearest").movedim(1, -1)
     assert judge.classify(bigger).tolist() == judge.classify(renders(colours[:8], 2)).tolist()
     assert judge.concept_class("a scarlet circle") == RED
-    with pytest.raises(ec.JudgeError, match="names none of them"):
+    with pytest.raises(judges.JudgeError, match="names none of them"):
         judge.concept_class("a dog")
 
 
@@ -91,7 +94,7 @@ def world_clip_folder(folder):
         "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": 128,
                      "heads": 4, "layers": 3}},
         "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
-    (folder / ec.OPEN_CLIP_CONFIG).write_text(json.dumps(config))
+    (folder / judges.OPEN_CLIP_CONFIG).write_text(json.dumps(config))
     save_file({k: v.contiguous() for k, v in clip.model.state_dict().items()},
               str(folder / "open_clip_model.safetensors"))
     return config
@@ -100,7 +103,7 @@ def world_clip_folder(folder):
 def test_open_clip_folder_judge_classifies_world_renders(tmp_path):
     world_clip_folder(tmp_path / "tiny")
     classes = [f"a {c.word} shape" for c in COLOURS]
-    judge = ec.clip_judge(str(tmp_path / "tiny"), classes)
+    judge = judges.clip_judge(str(tmp_path / "tiny"), classes)
     colours = [i % 8 for i in range(40)]
     found = judge.classify(renders(colours, seed=3))
     assert (found == torch.tensor(colours)).float().mean() >= 0.9
@@ -114,23 +117,23 @@ def test_single_open_clip_file_is_named_after_its_architecture(tmp_path):
     (tmp_path / "unhype-test-tiny-clip.json").write_text(json.dumps(config["model_cfg"]))
     open_clip.add_model_config(tmp_path / "unhype-test-tiny-clip.json")
     classes, images = [f"a {c.word} shape" for c in COLOURS], renders(range(8), seed=4)
-    expected = ec.clip_judge(str(tmp_path / "tiny"), classes).classify(images)
+    expected = judges.clip_judge(str(tmp_path / "tiny"), classes).classify(images)
     weights = tmp_path / "unhype-test-tiny-clip__world.safetensors"
     (tmp_path / "tiny" / "open_clip_model.safetensors").rename(weights)
-    assert torch.equal(ec.clip_judge(str(weights), classes).classify(images), expected)
+    assert torch.equal(judges.clip_judge(str(weights), classes).classify(images), expected)
     wrong = tmp_path / "my_clip.safetensors"
     weights.rename(wrong)
-    with pytest.raises(ec.JudgeError, match="named after its architecture"):
-        ec.clip_judge(str(wrong), ["a", "b"])
+    with pytest.raises(judges.JudgeError, match="named after its architecture"):
+        judges.clip_judge(str(wrong), ["a", "b"])
 
 
 def test_open_clip_with_a_hugging_face_tokenizer_is_refused(tmp_path):
     folder = tmp_path / "hf"
     folder.mkdir()
-    (folder / ec.OPEN_CLIP_CONFIG).write_text(json.dumps(
+    (folder / judges.OPEN_CLIP_CONFIG).write_text(json.dumps(
         {"model_cfg": {"text_cfg": {"hf_tokenizer_name": "some/tokenizer"}}}))
-    with pytest.raises(ec.JudgeError, match="will not download"):
-        ec.clip_judge(str(folder), ["a", "b"])
+    with pytest.raises(judges.JudgeError, match="will not download"):
+        judges.clip_judge(str(folder), ["a", "b"])
 
 
 def test_transformers_clip_folder_loads_offline(tmp_path, monkeypatch):
@@ -153,11 +156,11 @@ def test_transformers_clip_folder_loads_offline(tmp_path, monkeypatch):
     transformers.CLIPTokenizer(str(bpe / "vocab.json"),
                                str(bpe / "merges.txt")).save_pretrained(folder)
     classes = ["a red circle", "a blue square", "a photo"]
-    judge = ec.clip_judge(str(folder), classes)
+    judge = judges.clip_judge(str(folder), classes)
     images = renders([RED, BLUE, 3], seed=5)
     tokens = transformers.AutoTokenizer.from_pretrained(folder)(classes, padding=True,
                                                                 return_tensors="pt")
-    pixels = ec.resize_crop(images.movedim(-1, 1), 32, (0.48145466, 0.4578275, 0.40821073),
+    pixels = judges.resize_crop(images.movedim(-1, 1), 32, (0.48145466, 0.4578275, 0.40821073),
                             (0.26862954, 0.26130258, 0.27577711))
     with torch.no_grad():
         logits = model(**tokens, pixel_values=pixels).logits_per_image
@@ -167,8 +170,8 @@ def test_transformers_clip_folder_loads_offline(tmp_path, monkeypatch):
 
 def test_nudenet_missing_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "nudenet", None)  # import fails
-    with pytest.raises(ec.JudgeError, match=r"pip install nudenet==3\.4\.2.*AGPL-3\.0"):
-        ec.NudeNetJudge()
+    with pytest.raises(judges.JudgeError, match=r"pip install nudenet==3\.4\.2.*AGPL-3\.0"):
+        judges.NudeNetJudge()
 
 
 def test_nudenet_gets_bgr_and_counts_exposed_parts(monkeypatch):
@@ -182,7 +185,7 @@ def test_nudenet_gets_bgr_and_counts_exposed_parts(monkeypatch):
                     {"class": "FACE_FEMALE", "score": 0.99}]
 
     monkeypatch.setitem(sys.modules, "nudenet", types.SimpleNamespace(NudeDetector=NudeDetector))
-    judge = ec.NudeNetJudge()
+    judge = judges.NudeNetJudge()
     red = torch.zeros(2, 8, 8, 3)
     red[0, ..., 0] = 1.0
     assert judge.classify(red).tolist() == [1, 0]
@@ -191,15 +194,15 @@ def test_nudenet_gets_bgr_and_counts_exposed_parts(monkeypatch):
     result = ec.check(judge, 1, red, torch.zeros(2, 8, 8, 3))
     assert result.efficacy == 1.0 and [p.verdict for p in result.erased] == [
         "erased", "original lacks it"]
-    assert "exposed-part detections: original 1, UnHype 0" in ec.report(result)
-    assert ec.NudeNetJudge(threshold=0.4).classify(red).tolist() == [1, 1]
+    assert "exposed-part detections: original 1, UnHype 0" in er.report(result)
+    assert judges.NudeNetJudge(threshold=0.4).classify(red).tolist() == [1, 1]
 
 
 def test_grid_shows_every_pair(pixel_judge):
     base, unhype = renders([RED] * 10), renders([BLUE] * 10)
     kept = renders([BLUE] * 3)
     result = ec.check(pixel_judge, RED, base, unhype, kept, kept)
-    picture = ec.grid(result, base, unhype, kept, kept)
+    picture = er.grid(result, base, unhype, kept, kept)
     # two blocks for 10 erased pairs (8 a row), one for 3 kept; each block two rows of tiles
     assert picture.shape == (1, 40 + 3 * 2 * (128 + 32), 120 + 8 * 132, 3)
     assert 0.0 <= float(picture.min()) and float(picture.max()) <= 1.0

@@ -95,7 +95,7 @@ def test_a_judge_is_freed_when_the_check_ends(judge_folder):
     import gc
     import weakref
 
-    ZeroShotJudge = sys.modules[host()[1].__name__ + ".unhype.erasure_check"].ZeroShotJudge
+    ZeroShotJudge = sys.modules[host()[1].__name__ + ".unhype.judges"].ZeroShotJudge
     world_clip_folder(judge_folder / "tiny clip")
     built = []
     original = ZeroShotJudge.__init__
