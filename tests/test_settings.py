@@ -1,5 +1,5 @@
-"""Trainer settings: one declaration each, resolved as documented, and the README's preset table
-says what the code does."""
+"""Trainer settings: one declaration each, resolved as documented, and the preset table of
+docs/training.md says what the code does."""
 
 import re
 from pathlib import Path
@@ -17,7 +17,7 @@ from unhype.settings import (
 )
 from unhype.trigger import TriggerSpec
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+TRAINING_DOC = Path(__file__).resolve().parent.parent / "docs" / "training.md"
 
 
 def test_every_setting_is_a_field_with_its_default():
@@ -57,8 +57,8 @@ def test_out_of_range_values_are_refused(name, value):
         TrainingSettings(concepts="zebra", **{name: value}).validate()
 
 
-def _readme_presets() -> dict[str, list[str]]:
-    text = README.read_text(encoding="utf-8")
+def _documented_presets() -> dict[str, list[str]]:
+    text = TRAINING_DOC.read_text(encoding="utf-8")
     table = text[text.index("| preset (authors' run) |"):]
     rows = {}
     for line in table.splitlines()[2:]:
@@ -81,8 +81,8 @@ def _number(text: str) -> float:
     ("Flux, any preset (Flux nudity)", "people", "flux"),
     ("proving ground (CPU world)", "custom", "proving-ground"),
 ])
-def test_readme_preset_table_matches_the_code(label, preset, family):
-    eta, rank, hidden, steps, rates, w_rm, w_rt = _readme_presets()[label][1:]
+def test_documented_preset_table_matches_the_code(label, preset, family):
+    eta, rank, hidden, steps, rates, w_rm, w_rt = _documented_presets()[label][1:]
     values = TrainingSettings(concepts="x", preset=preset).validate().resolve(family)
     own = {**PRESETS[preset], **FAMILIES[family].training_defaults}
     expected = {"eta": eta, "rank": rank, "hidden": hidden, "steps": steps, "w_rm": w_rm,

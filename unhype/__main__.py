@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                            "minute leaves free)")
 
     train = commands.add_parser("train", help="train a network on a ComfyUI model, headless")
-    train.add_argument("config", help="TOML or JSON file (see README, Headless training)")
+    train.add_argument("config", help="TOML or JSON file (see docs/training.md, Headless training)")
 
     args = parser.parse_args(argv)
     if args.command == "demo":

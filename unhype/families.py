@@ -107,8 +107,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                               "learning_rate": 1e-5, "retain_learning_rate": 2e-5,
                               "removal_step": 1e-3, "removal_weight": 2.0, "retain_weight": 1.0},
            latent_patch=2),
-    # one ComfyUI class for Klein 4B, Klein 9B and Flux.2 dev (README, Flux.2 Klein); the values
-    # are distilled Klein's: 4 steps at CFG 1, no guidance embedding (guidance is unused)
+    # one ComfyUI class for Klein 4B, Klein 9B and Flux.2 dev (docs/families.md, Flux.2 Klein);
+    # the values are distilled Klein's: 4 steps at CFG 1, no guidance embedding (guidance is unused)
     Family(name="flux2", label="Flux.2 Klein", comfy_configs=("Flux2",),
            target_preset="flux2-text", resolution=1024, distilled=True, guidance=1.0,
            chunked_clip_cond=False, pooled_encoder="Qwen3 (layers 9, 18, 27 stacked)",
@@ -124,13 +124,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            chunked_clip_cond=False, pooled_encoder="proving-ground tiny CLIP", pooled_width=128,
            pooled_projected=False, modelspec_architecture="unhype-proving-ground", licence="MIT",
            # a 2M-parameter UNet learns in hundreds of steps, not thousands; colours need a
-           # stronger ESD push (eta 3; README, proving ground)
+           # stronger ESD push (eta 3; docs/results.md, proving ground)
            training_defaults={"rank": 4, "hidden": 128, "trajectory_length": 50, "steps": 1000,
                               "learning_rate": 1e-3, "retain_learning_rate": 1e-3, "eta": 3.0,
                               "lr_every": 750}),
     # T2V only: Wan 2.1 1.3B/14B and Wan 2.2 A14B (both experts) load as WAN21_T2V, the 2.2
     # TI2V-5B as WAN22_T2V; umT5 has no pooled vector. 480: the short side of 832x480; CFG 5
-    # and patches of 2 as Wan's own T2V settings. Inference and bake only (README, Wan)
+    # and patches of 2 as Wan's own T2V settings. Inference and bake only (docs/families.md, Wan)
     Family(name="wan", label="Wan 2.1/2.2 T2V", comfy_configs=("WAN21_T2V", "WAN22_T2V"),
            target_preset="wan-cross-kv", resolution=480, distilled=False, guidance=5.0,
            chunked_clip_cond=False, pooled_encoder="umT5-XXL", pooled_width=4096,

@@ -51,7 +51,7 @@ PRESETS = {
 #: the compact variant's default learning rates, as a fraction of the family's or preset's: its
 #: trunk is shared by every layer, so each Adam step moves every layer's LoRA at once. At the
 #: proving ground's 1e-3 its erase LoRA grew and collapsed from checkpoint to checkpoint (seeds 3
-#: and, with SiLU in place of ReLU, 0 ended erasing nothing); at 3e-4 both erased (README)
+#: and, with SiLU in place of ReLU, 0 ended erasing nothing); at 3e-4 both erased (docs/results.md)
 COMPACT_LEARNING_RATE_SCALE = 0.3
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ SETTINGS = (
             "gradient at a random s + smoothness along s); direct: ESD loss at s=T (ablation).",
             choices=OBJECTIVES),
     Setting("steps", 0, "Training steps; more erased concepts need more (proving ground: 1000 "
-            "steps erase 10 identities, 20 need 2000-4000; README, many concepts). " + _DEFAULT,
+            "steps erase 10 identities, 20 need 2000-4000; docs/results.md, many concepts). "
+            + _DEFAULT,
             0, 1_000_000),
     Setting("learning_rate", 0.0, "Adam learning rate of the removal step. " + _DEFAULT, 0.0,
             1.0, step=1e-5),

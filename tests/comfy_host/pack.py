@@ -1,6 +1,6 @@
 """The pack loaded in-process as ComfyUI loads a custom node, and its nodes run as ComfyUI runs
 them. The repo-root `unhype` (host-free tests) and the pack's own `comfyui_unhype.unhype` are two
-copies of the core: see README, Development."""
+copies of the core: see docs/development.md, Tests."""
 
 from __future__ import annotations
 
