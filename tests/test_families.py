@@ -96,7 +96,7 @@ def test_a_family_without_a_pooled_vector_is_named_for_what_it_reads():
                                    "4096-d rows"
     assert pooled_name(4096) == "pooled embeddings"
     assert checkpoint_labels() == ["SD1.x", "SD2.x", "SDXL", "Flux.1", "Flux.2 Klein",
-                                   "Wan 2.1/2.2 T2V"]
+                                   "Wan 2.1/2.2 T2V", "Qwen-Image"]
     assert checkpoint_labels(trains_only=True) == ["SD1.x", "SD2.x", "SDXL", "Flux.1"]
     assert "Wan" not in per_family("resolution") + per_family("guidance")
 
