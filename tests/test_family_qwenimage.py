@@ -16,8 +16,8 @@ import torch
 
 import comfy_host as ch
 from _nodes_helpers import forget_parts, hooks_left, host, make_network, merged_reference, node
-from test_family_wan import first_call, sample
-from test_nodes_models import build, run_rows
+from test_family_wan import first_call, sample, video_latent
+from test_nodes_models import Capture, build, run_rows
 from test_trainer_node import run_trainer
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
@@ -172,6 +172,29 @@ def test_every_row_of_a_cfg_batch_equals_its_prompts_merged_weights(qwen, qwen_c
         torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
         error, effect = (out[row] - expected[0]).abs().max(), (out[row] - base[row]).abs().max()
         assert effect > 1e-3 and effect > 100 * error
+
+
+def test_prompts_of_different_lengths_run_as_two_calls_each_with_its_own_lora(qwen, qwen_clip,
+                                                                            network):
+    """QwenImage's CONDRegular context does not pad: ComfyUI runs a positive and a negative of
+    different lengths as two model calls, and each call's row still gets its prompt's LoRA."""
+    ns = host()[0]
+    conds = {0: encode(qwen_clip, POSITIVE), 1: encode(qwen_clip, "red")}
+    capture, spy = Capture(), qwen.clone()
+    spy.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "capture", capture)
+    latent = video_latent()
+    ns.sample.sample(spy, ns.sample.prepare_noise(latent, 0), 1, 4.0, "euler", "normal",
+                     condition(network, conds[0]), condition(network, conds[1]), latent,
+                     disable_pbar=True, seed=0)
+    assert [(c["x"].shape[0], c["cond_or_uncond"]) for c in capture.calls] in (
+        [(1, [0]), (1, [1])], [(1, [1]), (1, [0])])
+    patched = node("UnHypeApplyDynamicLoRA").execute(qwen, network, 0.8, "all rows")[0]
+    for call in capture.calls:
+        trigger = reference_trigger(conds[call["cond_or_uncond"][0]])
+        out = run_rows(qwen.model, call, slice(None), wrappers=patched.wrappers)
+        expected = run_rows(merged_reference(qwen.model, network, trigger, 0.8), call,
+                            slice(0, 1))
+        torch.testing.assert_close(out, expected, **TOLERANCE)
 
 
 def test_unhype_text_encode_gives_the_conditioners_trigger(qwen_clip, network):
