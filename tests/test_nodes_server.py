@@ -75,7 +75,8 @@ def test_library_metadata(object_info):
 
 def test_workflows_and_script_are_served(comfy_server):
     templates = comfy_server.get_json("/workflow_templates")
-    assert {"flux_unhype", "sd15_unhype", "sdxl_unhype"} <= set(templates[ch.PACK_DIR_NAME])
+    assert {"flux_unhype", "sd15_unhype", "sdxl_unhype", "qwenimage_unhype"} <= set(
+        templates[ch.PACK_DIR_NAME])
     for name in templates[ch.PACK_DIR_NAME]:  # the template browser's thumbnail: <name>.jpg
         status, body = comfy_server.request(
             "GET", f"/api/workflow_templates/{ch.PACK_DIR_NAME}/{name}.jpg")
@@ -90,7 +91,8 @@ def test_workflows_and_script_are_served(comfy_server):
     assert status == 200 and b"unhype.report" in body
 
 
-@pytest.mark.parametrize("name", ["sd15_unhype.json", "sdxl_unhype.json", "flux_unhype.json"])
+@pytest.mark.parametrize("name", ["sd15_unhype.json", "sdxl_unhype.json", "flux_unhype.json",
+                                  "qwenimage_unhype.json"])
 def test_workflow_is_valid_against_object_info(object_info, name):
     workflow = json.loads((WORKFLOWS / name).read_text())
     assert validate(workflow, object_info) == []

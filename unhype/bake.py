@@ -7,8 +7,10 @@ fixed for the prompt: layers that read the prompt's own tokens (SD-style cross-a
 Flux's `txt_in`: their input is the conditioning tensor) get exactly the dynamic path's gain.
 Layers whose input is the image or the step (self-attention, the Flux blocks' streams) change
 with the latent and the step: their cap is not baked, and the baked LoRA equals the dynamic one
-wherever the cap does not bind there. Wan's cross-attention k/v read the prompt through the
-model's own text embedding, which the bake does not run: their cap is not baked either.
+wherever the cap does not bind there. Layers that read the prompt through a layer of the
+model's own (`Family.embedded_prompt_targets`: Wan's cross-attention k/v after its text
+embedding, Qwen-Image's `txt_in` after `txt_norm`), which the bake does not run: their cap is
+not baked either.
 
 A prompt that does not pass the network's gate (unhype/gate.py) gets no LoRA from Apply Dynamic
 LoRA, so it bakes to a LoRA whose up matrices are all zero: loading it changes nothing.
@@ -38,12 +40,9 @@ from .network import UnHypeNetwork
 #: "kohya": `lora_unet_<module with _>.lora_up.weight`. ComfyUI loads both.
 KEY_FORMATS = ("comfyui", "kohya")
 #: Targets whose input is the prompt's token states (the conditioning tensor) in every family
-#: whose targets carry these names (SD1.x, SD2.x, SDXL, the proving ground; Flux's `txt_in`).
+#: whose targets carry these names (SD1.x, SD2.x, SDXL, the proving ground; Flux's `txt_in`),
+#: unless the family's entry says they read it through a layer of its own
 READS_PROMPT = re.compile(r"(^|\.)attn2\.to_[kv]$|^txt_in$")
-#: Targets whose input is the prompt's token states after the model's own text embedding (Wan's
-#: cross-attention k/v read `text_embedding(cond)`): fixed for the prompt, but the bake has no
-#: model to run that embedding, so their cap is not baked
-READS_EMBEDDED_PROMPT = re.compile(r"(^|\.)cross_attn\.[kv]$")
 
 
 @dataclass
@@ -97,11 +96,13 @@ def bake_lora(network: UnHypeNetwork, embedding: torch.Tensor, context: torch.Te
     context = context.detach().reshape(1, -1, context.shape[-1]).float()
     tensors, layers, rank = {}, [], network.config.rank
     scale = torch.tensor([float(strength)])
+    embedded = family(network.info.base_arch).embedded_prompt_targets
     for target in network.targets:
         f = factors[target.name]
-        unbaked = "embedded" if READS_EMBEDDED_PROMPT.search(target.name) else "image"
-        layer = BakedLayer(target.name, 1.0, "off" if cap is None else unbaked)
-        if READS_PROMPT.search(target.name):
+        through_model = bool(embedded) and re.search(embedded, target.name) is not None
+        layer = BakedLayer(target.name, 1.0,
+                           "off" if cap is None else "embedded" if through_model else "image")
+        if READS_PROMPT.search(target.name) and not through_model:
             if context.shape[-1] != target.in_features:
                 raise ValueError(
                     f"{target.name} reads {target.in_features}-d tokens but the conditioning's "

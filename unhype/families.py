@@ -57,6 +57,10 @@ class Family:
     #: do subclasses of `comfy_configs` belong to the family? Wan's are image-, audio-, pose- or
     #: camera-conditioned variants, whose extra inputs UnHype knows nothing of
     comfy_subclasses: bool = True
+    #: targets (a pattern of their names) that read the prompt through a layer of the model's
+    #: own (Wan's text embedding, Qwen-Image's txt_norm before txt_in): fixed for the prompt,
+    #: but the bake does not run that layer, so it does not bake their norm cap (unhype/bake.py)
+    embedded_prompt_targets: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "training_defaults",
@@ -136,7 +140,20 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            chunked_clip_cond=False, pooled_encoder="umT5-XXL", pooled_width=4096,
            pooled_projected=False, modelspec_architecture="wan-2.1-t2v", licence="Apache-2.0",
            latent_patch=2, trigger="cond-pooled", clip_pooled=False, trains=False,
-           comfy_subclasses=False),
+           comfy_subclasses=False, embedded_prompt_targets=r"(^|\.)cross_attn\.[kv]$"),
+    # Qwen-Image, its 2512 release and its Edit models load as one ComfyUI class (an edit model
+    # is told apart only by the reference latents its conditioning carries); Qwen2.5-VL-7B has
+    # no pooled vector, and QwenImageTEModel strips its chat template before the DiT reads the
+    # rows. 1328 and CFG 4: ComfyUI's own "Text to Image (Qwen-Image)" blueprint (1328x1328,
+    # 20 steps, CFG 4; the model card's true_cfg_scale is 4 too); patches of 2 (process_img).
+    # No subclass of it is Qwen-Image: Mage-Flow, derived from it, has a class of its own.
+    # Inference and bake only (README, Qwen-Image)
+    Family(name="qwenimage", label="Qwen-Image", comfy_configs=("QwenImage",),
+           target_preset="qwenimage-text", resolution=1328, distilled=False, guidance=4.0,
+           chunked_clip_cond=False, pooled_encoder="Qwen2.5-VL-7B", pooled_width=3584,
+           pooled_projected=False, modelspec_architecture="qwen-image", licence="Apache-2.0",
+           latent_patch=2, trigger="cond-pooled", clip_pooled=False, trains=False,
+           comfy_subclasses=False, embedded_prompt_targets=r"^txt_in$"),
 )}
 
 class UnknownFamilyError(ValueError):

@@ -118,6 +118,16 @@ TARGET_PRESETS: dict[str, TargetPreset] = {
             (r"^double_blocks\.\d+\.txt_attn\.qkv$", _key_value_thirds),
         ),
     ),
+    "qwenimage-text": TargetPreset(
+        "Qwen-Image text path: the text input projection txt_in (reads the prompt alone, "
+        "after the model's own txt_norm) and the text stream's add_k_proj and add_v_proj in "
+        "every transformer block (the text tokens, modulated by the timestep; after the first "
+        "block they have attended to the image); no image-stream layer",
+        (
+            (r"^txt_in$", _whole),
+            (r"^transformer_blocks\.\d+\.attn\.add_[kv]_proj$", _whole),
+        ),
+    ),
 }
 
 
