@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..unhype import TargetMismatchError, resolve_targets
 from ..unhype.families import family
+from ..unhype.network import FamilyMismatchError, check_family
 from .comfy_denoiser import UnsupportedModelError, model_family
 from .conditioner import PartsAtSampling
 from .dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA, mark_positive
@@ -81,13 +82,19 @@ def describe_model(model) -> str:
     return f"{type(base).__name__} ({family} {shown})"
 
 
-def check_trigger(model, network) -> None:
-    """A network that reads CLIP pooled vectors cannot run on a family whose conditioning has
-    none (`Family.clip_pooled`); a model outside the table is left to its targets."""
+def check_model(model, network) -> None:
+    """A network runs only on a model of its family (unhype/network.py `check_family`), and one
+    that reads CLIP pooled vectors not on a family whose conditioning has none
+    (`Family.clip_pooled`); a model outside the table is left to its targets."""
     try:
-        entry = family(model_family(model))
+        name = model_family(model)
     except UnsupportedModelError:
         return
+    try:
+        check_family(network.info, name)
+    except FamilyMismatchError as error:
+        raise ValueError(f"Apply Dynamic LoRA: {error}") from None
+    entry = family(name)
     if network.config.trigger == "clip-pooled" and not entry.clip_pooled:
         raise ValueError(
             f"Apply Dynamic LoRA: the UnHype network '{network.info.title}' reads CLIP pooled "
@@ -126,7 +133,7 @@ class UnHypeApplyDynamicLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, unhype, strength, mode) -> io.NodeOutput:
-        check_trigger(model, unhype)
+        check_model(model, unhype)
         m = model.clone()
         try:
             resolve_targets(m.model.diffusion_model, unhype.targets)

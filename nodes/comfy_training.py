@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..unhype import NetworkInfo, save_unhype, targets_from_preset
+from ..unhype.card import model_card
 from ..unhype.families import checkpoint_labels
 from ..unhype.families import family as family_entry
-from ..unhype.files import EXTENSION, sanitise_name, unique_path
+from ..unhype.fileformat import HASH_KEY
+from ..unhype.files import EXTENSION, beside, sanitise_name, unique_path, write_text_atomically
 from ..unhype.prompts import builtin_retain_prompts, parse_prompt_lines
 from ..unhype.settings import ConfigError, TrainingSettings, build_configs, trigger_kind
 from ..unhype.training import Progress, Trainer, TrainingDivergedError
@@ -70,7 +72,7 @@ def build_trainer(denoiser: ComfyDenoiser, settings: TrainingSettings, plan: Pla
                                        processes)
     source = family_entry(plan.family).trigger_source(trigger.kind, trigger.width)
     info = NetworkInfo(plan.family, plan.target_preset, title=sanitise_name(settings.save_name),
-                       embedding_source=source)
+                       author=settings.author, embedding_source=source)
     try:
         return Trainer(denoiser, net_config, targets, info, config, group)
     except ValueError as error:
@@ -156,8 +158,11 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
             raise TrainingError(str(error)) from None
         network = result.network.to("cpu")
         path = unique_path(output_dir, stem) if trainer.rank == 0 else ""
+        card = beside(path, ".md")
         if path:
-            save_unhype(path, network)
+            metadata = save_unhype(path, network)
+            write_text_atomically(card, model_card(network.info, file_name=os.path.basename(path),
+                                                   hash_sha256=metadata[HASH_KEY]))
     name = os.path.basename(path) or f"(written by process 0 of {trainer.world})"
     seconds = time.perf_counter() - started
     last = trainer.history[-1] if trainer.history else {}
@@ -165,6 +170,8 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
     report = "\n".join([
         f"saved {name}" + (f" ({stem}{EXTENSION} exists: not overwritten)" if renamed else ""),
         f"folder {os.path.dirname(path)}",
+        *([f"model card {os.path.basename(card)} (paste it into a model host's page)"]
+          if path else []),
         f"{trainer.step} steps, {seconds:.1f}s, x_t samplings {result.xt_samplings}",
         f"final losses: removal {last.get('removal', float('nan')):.4g}, retention "
         f"{last.get('retention', float('nan')):.4g}, esd {last.get('esd', float('nan')):.4g}",

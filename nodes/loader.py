@@ -1,4 +1,6 @@
-"""UnHype Loader: a file from the `unhype` model folder -> UNHYPE (an unhype.UnHypeNetwork)."""
+"""UnHype Loader: a file from the `unhype` model folder -> UNHYPE (an unhype.UnHypeNetwork) and a
+report of what the file says it is (unhype/fileformat.py `file_report`), its hash verified on
+request."""
 
 import os
 import threading
@@ -8,6 +10,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..unhype import UnHypeFileError, load_unhype
+from ..unhype.fileformat import file_report
 from .folders import NETWORKS
 from .schema import CATEGORY, ERASURE, UnHype
 
@@ -57,24 +60,36 @@ class UnHypeLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("unhype_name", options=folder_paths.get_filename_list(NETWORKS),
                                tooltip="An UnHype network in models/unhype."),
+                # optional: API prompts written before it stay valid
+                io.Boolean.Input("verify_hash", default=False, optional=True,
+                                 tooltip="Recompute the SHA-256 of the file's tensors and compare "
+                                         "it with the one the file records (ModelSpec "
+                                         "hash_sha256, what model hosts show as AutoV3): a "
+                                         "mismatch stops the run. Reads the whole file once."),
             ],
             outputs=[
                 UnHype.Output(display_name="unhype",
                               tooltip="The network: into UnHype Conditioner (on both prompts) and "
                                       "Apply Dynamic LoRA."),
+                io.String.Output(display_name="report",
+                                 tooltip="What the file says it is: what it erases (or that its "
+                                         "concepts are hidden), its base model and trigger, "
+                                         "its measurements, its hash (and whether it matched)."),
             ],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, unhype_name):
+    def fingerprint_inputs(cls, unhype_name, verify_hash=False):
         """A rewritten file (new mtime or size) runs the node again."""
         path = folder_paths.get_full_path(NETWORKS, unhype_name)
         return repr(_file_key(path)) if path else unhype_name
 
     @classmethod
-    def execute(cls, unhype_name) -> io.NodeOutput:
+    def execute(cls, unhype_name, verify_hash=False) -> io.NodeOutput:
         path = _full_path(unhype_name)
         try:
-            return io.NodeOutput(load_shared(path))
+            network = load_shared(path)
+            text = file_report(path, network, verify_hash)
         except UnHypeFileError as error:
             raise ValueError(f"UnHype Loader: {error}") from None
+        return io.NodeOutput(network, text, ui={"text": [text]})

@@ -144,6 +144,10 @@ def test_metadata_names_network_and_prompt_or_its_hash(tiny_sd1_model, loras):
     assert name == "tench.safetensors"
     assert meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert meta["modelspec.title"] == "tench"
+    # ModelSpec 1.0.1 like the network files: resolution, author and the tensor-only hash
+    assert meta["modelspec.sai_model_spec"] == "1.0.1" and meta["modelspec.resolution"] == "512x512"
+    assert meta["modelspec.author"] == "anonymous"
+    assert meta["modelspec.hash_sha256"] == host()[2].fileformat.file_sha256(str(loras / name))
     assert "'erase tench'" in meta["modelspec.description"]
     assert "'a tench in a pond'" in meta["modelspec.description"]
     source = json.loads(meta["unhype.baked_from"])

@@ -78,6 +78,32 @@ def test_loader_lists_loads_and_shares(unhype_folder):
     assert gone() is None
 
 
+def test_loader_report_and_verify_hash(unhype_folder):
+    core = host()[2]
+    model = ch.build_tiny_sd1_model(host()[0])
+    network = make_network(model.model.diffusion_model, seed=1)
+    network.info.training = {"concepts": ["red"], "anchors": {"red": ""}, "concept_count": 1}
+    path = unhype_folder / "card.safetensors"
+    written = core.save_unhype(str(path), network)
+    loader = node("UnHypeLoader")
+    assert "verify_hash" in loader.INPUT_TYPES()["optional"]  # old API prompts stay valid
+    result = loader.execute("card.safetensors")
+    loaded, report = result.result
+    assert result.ui == {"text": [report]}
+    assert "erases: red (-> left out)" in report and "SD1.x (sd1)" in report
+    assert "separation check: not recorded" in report and "not verified" in report
+    key = loader.fingerprint_inputs("card.safetensors")
+    assert loader.fingerprint_inputs("card.safetensors", verify_hash=True) == key
+    checked = loader.execute("card.safetensors", verify_hash=True)
+    assert checked[0] is loaded  # the live network is shared: no second load
+    assert f"hash {written['modelspec.hash_sha256']}: verified" in checked[1]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="UnHype Loader: .*hash MISMATCH"):
+        loader.execute("card.safetensors", verify_hash=True)
+
+
 def test_loader_errors_are_node_errors(unhype_folder):
     (unhype_folder / "broken.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(ValueError, match="UnHype Loader: .*broken.safetensors"):

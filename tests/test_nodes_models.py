@@ -177,7 +177,7 @@ def test_sdxl_network_on_sd1_model_is_refused():
     network = make_network(sdxl.model.diffusion_model, "sdxl-cross-kv", embed_dim=1280,
                            base_arch="sdxl")
     sd1 = ch.build_tiny_sd1_model(ns)
-    with pytest.raises(ValueError, match="made for sdxl.*SD15"):
+    with pytest.raises(ValueError, match=r"made for SDXL \(sdxl;.*this model is SD1.x \(sd1;"):
         node("UnHypeApplyDynamicLoRA").execute(sd1, network, 1.0, "conditional only")
 
 

@@ -92,6 +92,9 @@ def test_trainer_node_trains_saves_and_feeds_apply_dynamic_lora(tiny_model, tiny
     report = out.ui["text"][0]
     assert "saved erased.safetensors" in report, report
     assert (folders["unhype"] / "erased.safetensors").is_file()
+    card = (folders["unhype"] / "erased.md").read_text(encoding="utf-8")  # the model card
+    assert card.startswith("# erased\n") and "separation check at step" in card
+    assert "model card erased.md" in report
     assert (folders["unhype_checkpoints"] / "erased.safetensors").is_file()
     # the loss plot is a ComfyUI IMAGE
     assert plot.shape[0] == 1 and plot.shape[-1] == 3 and plot.dtype == torch.float32

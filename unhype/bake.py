@@ -29,7 +29,8 @@ from datetime import UTC, datetime
 import torch
 
 from .families import family
-from .fileformat import IMPLEMENTATION_URL
+from .fileformat import IMPLEMENTATION_URL, modelspec
+from .fileformat import tensor_sha256 as file_hash
 from .files import save_atomically
 from .gate import triggers
 from .hypernet import RowFactors, lora_norm
@@ -175,14 +176,20 @@ def lora_metadata(network: UnHypeNetwork, baked: BakedLoRA, prompt: str, strengt
         f"at strength {strength:g}: the LoRA Apply Dynamic "
         "LoRA gives that prompt. Loaded as an ordinary LoRA it applies to every prompt, the "
         "negative included.")
+    base = family(info.base_arch)
     return {
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{family(info.base_arch).modelspec_architecture}/lora",
-        "modelspec.implementation": IMPLEMENTATION_URL,
-        "modelspec.title": title,
-        "modelspec.description": description,
-        "modelspec.date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "modelspec.tags": "unhype,concept-erasure,lora,baked",
+        **modelspec(
+            architecture=f"{base.modelspec_architecture}/lora",
+            implementation=IMPLEMENTATION_URL,
+            title=title,
+            resolution=f"{base.resolution}x{base.resolution}",
+            description=description,
+            author=info.author,
+            date=datetime.now(UTC).isoformat(timespec="seconds"),
+            hash_sha256=file_hash(baked.tensors),
+            license=base.licence,
+            tags="unhype,concept-erasure,lora,baked",
+        ),
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(baked.rank),
         "ss_network_alpha": str(baked.rank),

@@ -1,11 +1,13 @@
 """What an Erasure Check shows: its text report and its image grid (scores in the header, every
-pair captioned with what the judge saw and its verdict)."""
+pair captioned with what the judge saw and its verdict). The report ends with the check's JSON
+block for the network's card (unhype/card.py): the node cannot write into the network file."""
 
 import math
 
 import torch
 import torch.nn.functional as F
 
+from .card import erasure_check_block, erasure_check_json
 from .erasure_check import CheckResult, Pair
 from .judges import to_channels_first
 
@@ -35,7 +37,14 @@ def report(result: CheckResult) -> str:
             lines.append(f"{title}:")
             lines += [f"  #{i + 1}: original {p.original} -> UnHype {p.unhype}: {p.verdict}"
                       for i, p in enumerate(pairs)]
+    lines.append(erasure_check_json(block(result)))
     return "\n".join(lines)
+
+
+def block(result: CheckResult) -> dict:
+    """The check as a network's evaluation records it (unhype/card.py)."""
+    return erasure_check_block(result.judge, result.concept, result.efficacy, result.specificity,
+                               len(result.erased), len(result.kept))
 
 
 # -- the grid ----------------------------------------------------------------------------------

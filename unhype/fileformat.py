@@ -1,8 +1,9 @@
 """The UnHype file: one .safetensors with the hypernetwork tensors and self-describing metadata.
 
 Loading checks the header, the metadata and every tensor name and shape before any module is
-built, and never unpickles anything. Metadata also carries ModelSpec keys so model-hosting sites
-can show what the file is.
+built, and never unpickles anything. Metadata also carries the ModelSpec 1.0.1 keys (MUST and
+SHOULD, and the CAN keys that apply) so model hosts can show what the file is, and the concept
+manifest and evaluation of unhype/card.py.
 """
 
 import hashlib
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 import torch
 from safetensors import safe_open
 
+from .card import REPOSITORY, concept_manifest, evaluation, summary
 from .families import family
 from .files import save_atomically
 from .hypernet import HyperNetConfig, HyperNetwork
@@ -22,7 +24,11 @@ from .targets import Target
 
 FORMAT_NAME = "unhype"
 FORMAT_VERSION = 1
-IMPLEMENTATION_URL = "https://github.com/unhype/comfyui-unhype"
+IMPLEMENTATION_URL = REPOSITORY
+#: the ModelSpec version both kinds of file (networks, baked LoRAs) follow: 1.0.1 as kohya-ss
+#: sd-scripts emits it (library/sai_model_spec.py), whose MUST keys add `resolution`
+MODELSPEC_VERSION = "1.0.1"
+HASH_KEY = "modelspec.hash_sha256"
 USAGE_HINT = (
     "Not a LoRA: load it with UnHype Loader (ComfyUI pack comfyui-unhype), put UnHype "
     "Conditioner on both prompts and Apply Dynamic LoRA on the model."
@@ -43,6 +49,12 @@ def concepts_digest(concepts: list[str]) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
+def modelspec(**fields: str) -> dict[str, str]:
+    """`modelspec.`-prefixed keys, the spec version first."""
+    return {"modelspec.sai_model_spec": MODELSPEC_VERSION,
+            **{f"modelspec.{key}": value for key, value in fields.items()}}
+
+
 def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """ModelSpec's hash_sha256: SHA-256 of the tensor data as safetensors lays it out (after the
     header; tensors of one dtype in name order), "0x"-prefixed. One tensor copied at a time."""
@@ -50,7 +62,19 @@ def tensor_sha256(tensors: dict[str, torch.Tensor]) -> str:
         raise ValueError("tensor_sha256 expects tensors of one dtype")
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+        # flattened: a 0-d tensor (a LoRA's alpha) has no byte view
+        digest.update(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "0x" + digest.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """`tensor_sha256` as read back from a file: the SHA-256 of everything after its header,
+    which is what ModelSpec defines (and hosts show as AutoV3), in 1 MiB reads."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(8 + int.from_bytes(handle.read(8), "little"))
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
     return "0x" + digest.hexdigest()
 
 
@@ -58,6 +82,8 @@ def _metadata(network: UnHypeNetwork, tensors: dict[str, torch.Tensor]) -> dict[
     info = network.info
     base = family(info.base_arch)
     date = info.training.get("date") or datetime.now(UTC).isoformat(timespec="seconds")
+    manifest = concept_manifest(info.training)
+    erased = [c["erase"].replace(",", " ") for c in manifest.get("concepts", [])]
     return {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -71,30 +97,41 @@ def _metadata(network: UnHypeNetwork, tensors: dict[str, torch.Tensor]) -> dict[
         "unhype.training": json.dumps(info.training),
         "unhype.activation_reference": json.dumps(info.activation_reference),
         GATE_KEY: json.dumps(info.gate_threshold),
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{base.modelspec_architecture}/unhype",
-        "modelspec.implementation": IMPLEMENTATION_URL,
-        "modelspec.title": info.title,
-        "modelspec.description": info.description
-        or f"UnHype concept-erasure hypernetwork ({network.config.variant}, rank "
-        f"{network.config.rank}, {len(network.targets)} layers)",
-        "modelspec.date": date,
-        "modelspec.tags": "unhype,concept-erasure,unlearning,hypernetwork,dynamic-lora",
-        "modelspec.hash_sha256": tensor_sha256(tensors),
-        "modelspec.license": base.licence,
-        "modelspec.usage_hint": USAGE_HINT,
-        # not ModelSpec 1.0, but what ComfyUI's asset scanner shows as the base model
-        "modelspec.base_model": base.modelspec_architecture,
+        "unhype.concepts": json.dumps(manifest),
+        "unhype.eval": json.dumps(evaluation(info.training)),
+        **modelspec(
+            architecture=f"{base.modelspec_architecture}/unhype",
+            implementation=IMPLEMENTATION_URL,
+            title=info.title,
+            resolution=f"{base.resolution}x{base.resolution}",
+            description=info.description
+            or f"UnHype concept-erasure hypernetwork ({network.config.variant}, rank "
+            f"{network.config.rank}, {len(network.targets)} layers)",
+            author=info.author,
+            date=date,
+            hash_sha256=tensor_sha256(tensors),
+            license=base.licence,
+            usage_hint=USAGE_HINT,
+            # the erased concepts go in tags, never in trigger_phrase: a host would tell users
+            # to type them
+            tags=",".join(["unhype", "concept-erasure", "unlearning", "dynamic-lora", *erased]),
+            # not ModelSpec, but what ComfyUI's asset scanner shows as the base model
+            base_model=base.modelspec_architecture,
+        ),
     }
 
 
-def save_unhype(path: str, network: UnHypeNetwork, dtype: torch.dtype = torch.float32) -> None:
-    """Write atomically (unhype/files.py): an interrupted save never leaves a broken file."""
+def save_unhype(path: str, network: UnHypeNetwork,
+                dtype: torch.dtype = torch.float32) -> dict[str, str]:
+    """Write atomically (unhype/files.py): an interrupted save never leaves a broken file.
+    Returns the metadata written."""
     tensors = {
         name: value.detach().to("cpu", dtype).contiguous()
         for name, value in network.module.state_dict().items()
     }
-    save_atomically(path, tensors, _metadata(network, tensors))
+    metadata = _metadata(network, tensors)
+    save_atomically(path, tensors, metadata)
+    return metadata
 
 
 def looks_like_lora(names: list[str]) -> bool:
@@ -165,6 +202,7 @@ def _network_skeleton(path: str, metadata: dict) -> UnHypeNetwork:
             target_preset=metadata.get("unhype.target_preset", ""),
             embedding_source=str(embedding.get("source", "")),
             title=metadata.get("modelspec.title", ""),
+            author=metadata.get("modelspec.author", ""),
             description=metadata.get("modelspec.description", ""),
             training=training,
             activation_reference=float(reference) if reference is not None else None,
@@ -188,6 +226,44 @@ def _network_skeleton(path: str, metadata: dict) -> UnHypeNetwork:
             f"{path}: invalid UnHype metadata: it describes no buildable network ({error})"
         ) from None
     return UnHypeNetwork(config, targets, info, module)
+
+
+def check_hash(path: str, metadata: dict[str, str]) -> str:
+    """Recompute the file's tensor SHA-256 and compare it with the one it records: the report
+    line on a match, an `UnHypeFileError` on a mismatch (the file is not what it claims)."""
+    recorded = metadata.get(HASH_KEY, "")
+    if not recorded:
+        return "hash: none recorded (a file older than the ModelSpec keys): cannot verify"
+    actual = file_sha256(path)
+    if actual.removeprefix("0x") != recorded.lower().removeprefix("0x"):
+        raise UnHypeFileError(
+            f"{path}: hash MISMATCH: its tensors hash to {actual}, but the file claims "
+            f"{recorded}: it is not the file it says it is (damaged, or changed after it was "
+            "written). Do not use it: download it again from its source and compare the hash "
+            "with the one the host shows (AutoV3)")
+    return f"hash {recorded}: verified (the tensors are the ones the file claims)"
+
+
+def file_report(path: str, network: UnHypeNetwork, verify: bool) -> str:
+    """What the Loader shows: the card in a few lines (what the file erases, for which model and
+    trigger, its measurements) and its hash, verified on request."""
+    metadata, _ = read_header(path)
+    info = network.info
+    try:
+        evaluated = (_parse(metadata, "unhype.eval") if "unhype.eval" in metadata
+                     else evaluation(info.training))
+        card = summary(info, evaluated)
+    except UnHypeFileError as error:
+        raise UnHypeFileError(f"{path}: {error}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise UnHypeFileError(f"{path}: invalid unhype.eval or training record: {error!r}") \
+            from None
+    recorded = metadata.get(HASH_KEY, "")
+    hash_line = (check_hash(path, metadata) if verify else
+                 f"hash {recorded or '(none recorded)'}: not verified (verify_hash reads the file "
+                 "and checks it)")
+    return "\n".join([f"UnHype network {info.title!r} ({os.path.basename(path)}), by "
+                      f"{info.author}", *card, hash_line])
 
 
 def load_unhype(path: str, device: str | torch.device = "cpu") -> UnHypeNetwork:

@@ -1,8 +1,8 @@
 """The files the pack writes: safe names, never-overwritten paths, and one atomic write.
 
-Networks, training checkpoints and baked LoRAs are all written by `save_atomically`, so a crash,
-a full disk or a cancel mid-write never leaves a half file, nor a stray temporary one, and the
-file that was there before stays intact.
+Networks, training checkpoints and baked LoRAs are all written by `save_atomically`, model cards
+by `write_text_atomically`, so a crash, a full disk or a cancel mid-write never leaves a half
+file, nor a stray temporary one, and the file that was there before stays intact.
 """
 
 import contextlib
@@ -86,15 +86,15 @@ def save_file(tensors: dict, filename: str, metadata: dict[str, str]) -> None:
     write(tensors, filename, metadata=metadata)
 
 
-def save_atomically(path: str, tensors: dict, metadata: dict[str, str]) -> None:
-    """Write a .safetensors file: a temporary file in the same folder, flushed to disk, then
-    renamed over `path` (atomic on one file system). On any failure the temporary file is
-    removed and whatever was at `path` before is left as it was; a failure of the disk or the
-    folder is a `FileWriteError` naming `path`."""
+def _write_atomically(path: str, write) -> None:
+    """`write(temporary)`, then the temporary file flushed to disk and renamed over `path` (atomic
+    on one file system). On any failure the temporary file is removed and whatever was at `path`
+    before is left as it was; a failure of the disk or the folder is a `FileWriteError` naming
+    `path`."""
     temporary = path + PARTIAL
     try:
         try:
-            save_file(tensors, temporary, metadata=metadata)
+            write(temporary)
             with open(temporary, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
@@ -110,6 +110,26 @@ def save_atomically(path: str, tensors: dict, metadata: dict[str, str]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
         raise
+
+
+def save_atomically(path: str, tensors: dict, metadata: dict[str, str]) -> None:
+    """Write a .safetensors file atomically (`_write_atomically`)."""
+    _write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write a UTF-8 text file (a model card) atomically, like the tensors beside it."""
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+
+    _write_atomically(path, write)
+
+
+def beside(path: str, suffix: str) -> str:
+    """The file next to a network, e.g. its card: net.safetensors -> net.md."""
+    stem = path[: -len(EXTENSION)] if path.endswith(EXTENSION) else path
+    return stem + suffix
 
 
 def cannot_write(folder: str) -> str | None:

@@ -19,6 +19,7 @@ class NetworkInfo:
     #: what the network reads; None: its family's pooled embedding
     embedding_source: str | None = None
     title: str = "UnHype network"
+    author: str = "anonymous"  # ModelSpec author; "" (none given) becomes "anonymous"
     description: str = ""
     training: dict = field(default_factory=dict)
     #: LoRA norm of the strongest erase prompt seen in training: activation 1.0 in reports.
@@ -31,8 +32,26 @@ class NetworkInfo:
             raise ValueError(
                 f"base architecture {self.base_arch!r} is not one of {sorted(FAMILIES)}"
             )
+        self.author = self.author.strip() or "anonymous"
         if self.embedding_source is None:
             self.embedding_source = family(self.base_arch).embedding_source
+
+
+class FamilyMismatchError(ValueError):
+    """A network used on a model of another family than the one it was made for."""
+
+
+def check_family(info: NetworkInfo, model_family: str) -> None:
+    """A network runs only on the family it was made for: another family's layers, text encoder
+    or trigger width differ even where some layer names match (SD1.x and SD2.x share theirs)."""
+    if info.base_arch == model_family:
+        return
+    made, model = family(info.base_arch), family(model_family)
+    raise FamilyMismatchError(
+        f"the UnHype network '{info.title}' was made for {made.label} ({made.name}; trigger: "
+        f"{info.embedding_source}), and this model is {model.label} ({model.name}; text "
+        f"encoder {model.pooled_encoder}): use a network made for {model.label}, or load a "
+        f"{made.label} checkpoint.")
 
 
 class UnHypeNetwork:

@@ -150,6 +150,8 @@ SETTINGS = (
             "paper: CLIP's pooled vector) or cond-pooled (pooled from the conditioning the "
             "model reads: works without a CLIP, sees every chunk); auto: clip-pooled where the "
             "family has a CLIP.", choices=("auto", *TRIGGERS), optional=True, advanced=True),
+    Setting("author", "", "Your name or handle, written into the file (ModelSpec author) and "
+            "its model card; empty: anonymous.", optional=True, advanced=True),
 )
 #: settings where 0 means "the family's or the preset's value"
 DEFAULTED = ("steps", "learning_rate", "rank", "eta", "hidden", "retain_learning_rate",

@@ -4,7 +4,8 @@
 import { app } from "../../scripts/app.js";
 
 const REPORT_NODES = new Set([
-  "UnHypeConditioner", "UnHypeTextEncode", "UnHypeBakeLoRA", "UnHypeErasureCheck",
+  "UnHypeLoader", "UnHypeConditioner", "UnHypeTextEncode", "UnHypeBakeLoRA",
+  "UnHypeErasureCheck",
 ]);
 const REPORT = "unhype_report";
 
