@@ -213,7 +213,7 @@ def test_kleins_own_text_encoder_reaches_the_network_and_the_sampled_row(tiny, k
 
 def test_a_clip_pooled_network_is_refused_on_flux2(tiny):
     clip_pooled = make_network(tiny.model.diffusion_model, "flux2-text", embed_dim=768,
-                               base_arch="flux", seed=4)
+                               base_arch="flux2", seed=4)
     with pytest.raises(ValueError, match=r"reads CLIP pooled embeddings.*Flux\.2 Klein model's "
                                          r"conditioning has none.*cond-pooled trigger"):
         node("UnHypeApplyDynamicLoRA").execute(tiny, clip_pooled, 1.0, "all rows")

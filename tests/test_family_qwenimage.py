@@ -226,7 +226,7 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(qwen, qwen_clip, net
 
 def test_a_clip_pooled_network_is_refused_on_qwenimage(qwen, qwen_clip):
     clip_pooled = make_network(qwen.model.diffusion_model, "qwenimage-text", embed_dim=768,
-                               base_arch="flux", seed=4)
+                               base_arch="qwenimage", seed=4)
     with pytest.raises(ValueError, match=r"reads CLIP pooled embeddings.*Qwen-Image model's "
                                          r"conditioning has none \(its text encoder is "
                                          r"Qwen2\.5-VL-7B\).*cond-pooled trigger"):

@@ -352,8 +352,12 @@ def test_a_wan_network_file_declares_wan_and_loads_back(umt5, network, tmp_path)
     packed = [c[0][1]["model_conds"]["unhype_embedding"].cond
               for c in (condition(network, cond), condition(loaded, cond))]
     assert torch.equal(packed[0], packed[1])
+    # the weights read back are the written ones bit for bit; the factors agree to float noise
+    # (the same matmuls on tensors at other addresses may take other kernels)
+    saved = network.module.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in loaded.module.state_dict().items())
     made, read = network.factors(packed[0][:, 1:]), loaded.factors(packed[0][:, 1:])
-    assert all(torch.equal(made[name].up, read[name].up) for name in made)
+    assert all(torch.allclose(made[name].up, read[name].up, rtol=0, atol=1e-6) for name in made)
 
 
 def test_the_trainer_refuses_wan_naming_what_it_trains(wan):
