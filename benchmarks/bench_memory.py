@@ -59,7 +59,7 @@ def child(args) -> dict:
 
     torch.set_num_threads(args.threads)
     pack = sys.modules["comfyui_unhype"]
-    denoiser_mod = sys.modules[pack.__name__ + ".nodes.comfy_denoiser"]
+    denoiser_mod = sys.modules[pack.__name__ + ".nodes.training.denoiser"]
     core = sys.modules[pack.__name__ + ".unhype"]
     settings_mod = importlib.import_module(pack.__name__ + ".unhype.settings")
     trigger_mod = importlib.import_module(pack.__name__ + ".unhype.trigger")

@@ -49,7 +49,7 @@ def main():
     pack = ch.load_pack()
     core = sys.modules[pack.__name__ + ".unhype"]
     nodes = sys.modules[pack.__name__ + ".nodes"]
-    modes = sys.modules[pack.__name__ + ".nodes.dynamic_lora"].MODES
+    modes = sys.modules[pack.__name__ + ".nodes.sampling.dynamic_lora"].MODES
     mm = ns.model_management
     leaks = LeakLines()
     logging.getLogger().addHandler(leaks)

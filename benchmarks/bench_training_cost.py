@@ -263,7 +263,7 @@ def sd15_run(args) -> dict | None:
     trigger_mod = importlib.import_module(pack.__name__ + ".unhype.trigger")
     training = importlib.import_module(pack.__name__ + ".unhype.training")
     prompts = importlib.import_module(pack.__name__ + ".unhype.prompts")
-    denoiser_mod = sys.modules[pack.__name__ + ".nodes.comfy_denoiser"]
+    denoiser_mod = sys.modules[pack.__name__ + ".nodes.training.denoiser"]
     family = gpu_check.FAMILIES["sd15"]
     unet = gpu_check.TINY["sd15"] if args.smoke else family.unet
     model = gpu_check.build_model("sd15", args.smoke, torch.float32, torch.device("cpu"))

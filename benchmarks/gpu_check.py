@@ -309,7 +309,7 @@ def training_check(name, model, pack, args, clock, out):
     import torch
 
     family = FAMILIES[name]
-    denoiser_mod = sys.modules[pack.__name__ + ".nodes.comfy_denoiser"]
+    denoiser_mod = sys.modules[pack.__name__ + ".nodes.training.denoiser"]
     core = sys.modules[pack.__name__ + ".unhype"]
     settings_mod = importlib.import_module(pack.__name__ + ".unhype.settings")
     trigger_mod = importlib.import_module(pack.__name__ + ".unhype.trigger")

@@ -10,9 +10,9 @@ from comfy_api.latest import io
 from ..unhype import TargetMismatchError, resolve_targets
 from ..unhype.families import family
 from ..unhype.network import FamilyMismatchError, check_family
-from .comfy_denoiser import UnsupportedModelError, model_family
-from .conditioner import PartsAtSampling
-from .dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA, mark_positive
+from .models import UnsupportedModelError, model_family
+from .sampling.dynamic_lora import MODES, WRAPPER_KEY, DynamicLoRA, mark_positive
+from .sampling.refresh import PartsAtSampling
 from .schema import CATEGORY, ERASURE, UnHype
 
 #: key of the hypernetworks in the MODEL's additional models (ModelPatcher.set_additional_models)

@@ -20,9 +20,10 @@ from ..unhype.bake import (
     save_lora,
 )
 from ..unhype.files import EXTENSION, sanitise_name, unique_path
-from .conditioner import PartsAtSampling, describe
+from .sampling.reading import describe
+from .sampling.refresh import PartsAtSampling
+from .sampling.wire import flagged, packed_row, vectors
 from .schema import CATEGORY, ERASURE, UnHype
-from .wire import EMBEDDING_KEY
 
 NODE = "UnHype Bake LoRA"
 FOLDER = "loras"
@@ -39,12 +40,12 @@ def read_prompt(network, conditioning) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{NODE}: the conditioning is empty")
     prompts = []
     for index, (tokens, options) in enumerate(conditioning):
-        packed = (options.get("model_conds") or {}).get(EMBEDDING_KEY)
+        packed = packed_row(options)
         if packed is None:
             raise ValueError(
                 f"{NODE}: conditioning entry {index + 1} carries no UnHype embedding: connect "
                 "the output of UnHype Conditioner or UnHype Text Encode")
-        width = packed.cond.shape[-1] - 1
+        width = packed.shape[-1] - 1
         if width != network.config.embed_dim:
             raise ValueError(
                 f"{NODE}: the conditioning carries {width}-d embeddings but the network "
@@ -52,11 +53,11 @@ def read_prompt(network, conditioning) -> tuple[torch.Tensor, torch.Tensor]:
                 "network in UnHype Conditioner and here")
         entry = {**options, "cross_attn": tokens}
         PartsAtSampling(network).refresh(entry)
-        packed = entry["model_conds"][EMBEDDING_KEY].cond
-        if float(packed[0, 0]) < 0.5:
+        packed = packed_row(entry)
+        if not bool(flagged(packed)[0]):
             raise ValueError(f"{NODE}: conditioning entry {index + 1} is marked to run the base "
                              "model: there is no LoRA to bake")
-        prompts.append((packed[:1, 1:].float(), tokens))
+        prompts.append((vectors(packed[:1]).float(), tokens))
     embedding, tokens = prompts[0]
     for other, other_tokens in prompts[1:]:
         if not torch.equal(other, embedding) or not torch.equal(other_tokens, tokens):

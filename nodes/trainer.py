@@ -1,6 +1,6 @@
 """UnHype Trainer: MODEL + CLIP + concepts -> a trained UNHYPE network (saved) and a loss plot.
 
-The work happens in nodes/comfy_training.py (shared with `python -m unhype train`). This node adds
+The work happens in nodes/training/run.py (shared with `python -m unhype train`). This node adds
 ComfyUI's progress bar (whose updates also make Cancel work), a check for Cancel after every
 step (the core trainer then writes a resumable checkpoint before the cancel propagates) and
 "unhype.training" messages to the page.
@@ -16,9 +16,9 @@ from comfy_api.latest import io
 from ..unhype.families import checkpoint_labels
 from ..unhype.loss_plot import loss_plot
 from ..unhype.settings import SETTINGS, ConfigError, Setting, TrainingSettings
-from .comfy_training import run_training
 from .folders import checkpoint_names
 from .schema import CATEGORY, ERASURE, UnHype
+from .training.run import run_training
 
 NO_RESUME = "none"
 EVENT = "unhype.training"

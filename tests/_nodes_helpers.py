@@ -103,8 +103,9 @@ def dynamic_state(patcher):
 
 
 def forget_parts():
-    """Clear what UnHype nodes remember of the texts they saw (process-wide, nodes/parts.py)."""
-    sys.modules[host()[1].__name__ + ".nodes.parts"].MEMORY.clear()
+    """Clear what UnHype nodes remember of the texts they saw (process-wide,
+    nodes/sampling/parts.py)."""
+    sys.modules[host()[1].__name__ + ".nodes.sampling.parts"].MEMORY.clear()
 
 
 TINY_CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,

@@ -109,9 +109,9 @@ def row_prompt(call, row, prompts):
 
 def test_flux2_is_its_own_family_and_flux_stays_flux(tiny):
     ns = host()[0]
-    denoiser = sys.modules[f"{host()[1].__name__}.nodes.comfy_denoiser"]
-    assert denoiser.model_family(tiny) == "flux2"
-    assert denoiser.model_family(build(ns.supported_models.Flux, TINY_FLUX)) == "flux"
+    models = sys.modules[f"{host()[1].__name__}.nodes.models"]
+    assert models.model_family(tiny) == "flux2"
+    assert models.model_family(build(ns.supported_models.Flux, TINY_FLUX)) == "flux"
 
 
 def test_the_preset_takes_txt_in_and_the_text_streams_key_and_value(tiny):

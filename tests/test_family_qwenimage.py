@@ -113,12 +113,12 @@ def condition(network, cond):
     return node("UnHypeConditioner").execute(cond, network)[0]
 
 
-def denoiser_module():
-    return sys.modules[f"{host()[1].__name__}.nodes.comfy_denoiser"]
+def models_module():
+    return sys.modules[f"{host()[1].__name__}.nodes.models"]
 
 
 def test_qwenimage_is_its_own_family(qwen):
-    assert denoiser_module().model_family(qwen) == "qwenimage"
+    assert models_module().model_family(qwen) == "qwenimage"
 
 
 def test_the_preset_takes_txt_in_and_the_text_streams_key_and_value(qwen, network):

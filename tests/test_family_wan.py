@@ -115,8 +115,8 @@ def first_call(patcher, positive, negative, cfg, channels=16):
     return capture.calls[0]
 
 
-def denoiser_module():
-    return sys.modules[f"{host()[1].__name__}.nodes.comfy_denoiser"]
+def models_module():
+    return sys.modules[f"{host()[1].__name__}.nodes.models"]
 
 
 def test_wan_cross_kv_targets_the_text_only_cross_attention(wan, network):
@@ -138,20 +138,20 @@ def test_t2v_configs_are_wan_and_their_other_subclasses_are_refused():
         config = cls(dict(cls.unet_config))
         model = SimpleNamespace(model=SimpleNamespace(model_config=config))
         if cls.__name__ in T2V:
-            assert denoiser_module().model_family(model) == "wan", cls.__name__
+            assert models_module().model_family(model) == "wan", cls.__name__
             continue
-        with pytest.raises(denoiser_module().UnsupportedModelError,
+        with pytest.raises(models_module().UnsupportedModelError,
                            match=f"this MODEL is {cls.__name__}, a variant of WAN21_T2V that "
                                  "UnHype does not take: of its classes only WAN21_T2V and "
                                  "WAN22_T2V are Wan 2.1/2.2 T2V"):
-            denoiser_module().model_family(model)
+            models_module().model_family(model)
 
 
 @pytest.mark.parametrize("config_name", T2V)
 def test_a_built_t2v_model_is_wan(config_name):
     unet = WAN22_5B if config_name == "WAN22_T2V" else TINY_WAN
     model = build(supported(config_name), unet)
-    assert denoiser_module().model_family(model) == "wan"
+    assert models_module().model_family(model) == "wan"
 
 
 def batched_call(wan, umt5, network, mode, cfg=5.0, channels=16):

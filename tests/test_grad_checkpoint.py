@@ -1,5 +1,6 @@
-"""Gradient checkpointing through a frozen UNet (nodes/grad_checkpoint.py, pure PyTorch): the
-same gradients for the LoRA factors as without it, far fewer bytes kept for the backward."""
+"""Gradient checkpointing through a frozen UNet (nodes/training/grad_checkpoint.py, pure
+PyTorch): the same gradients for the LoRA factors as without it, far fewer bytes kept for the
+backward."""
 
 import importlib.util
 from pathlib import Path
@@ -13,7 +14,7 @@ from unhype.lora import row_lora
 from unhype.targets import targets_from_preset
 from unhype.world.tiny_unet import TinyUNet
 
-_PATH = Path(__file__).resolve().parent.parent / "nodes" / "grad_checkpoint.py"
+_PATH = Path(__file__).resolve().parent.parent / "nodes" / "training" / "grad_checkpoint.py"
 _SPEC = importlib.util.spec_from_file_location("unhype_grad_checkpoint", _PATH)
 gc = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(gc)

@@ -225,7 +225,7 @@ def filler(clip):
 
 
 def chunk_starts(cond):
-    return sys.modules[host()[1].__name__ + ".nodes.parts"].chunk_starts(cond[0])
+    return sys.modules[host()[1].__name__ + ".nodes.sampling.parts"].chunk_starts(cond[0])
 
 
 def test_late_concept_in_a_long_prompt_with_any_chunk_length(tiny, odd_clip):

@@ -49,17 +49,17 @@ def test_model_family_of_every_comfyui_model_config():
     """The most derived ComfyUI class decides: Flux2, a subclass of Flux, is its own family;
     every model outside the table is refused with a message naming it."""
     ns = host()[0]
-    denoiser = sys.modules[f"{host()[1].__name__}.nodes.comfy_denoiser"]
+    models = sys.modules[f"{host()[1].__name__}.nodes.models"]
     seen = set()
     for cls in ns.supported_models.models:
         config = cls({**cls.unet_config, "hidden_size": 64})  # Flux2 reads its width
         model = SimpleNamespace(model=SimpleNamespace(model_config=config))  # a MODEL's chain
         if cls.__name__ in KNOWN:
-            assert denoiser.model_family(model) == KNOWN[cls.__name__], cls.__name__
+            assert models.model_family(model) == KNOWN[cls.__name__], cls.__name__
             seen.add(cls.__name__)
             continue
-        with pytest.raises(denoiser.UnsupportedModelError) as refused:
-            denoiser.model_family(model)
+        with pytest.raises(models.UnsupportedModelError) as refused:
+            models.model_family(model)
         assert str(refused.value).startswith(
             "UnHype works on SD1.x, SD2.x, SDXL, Flux.1, Flux.2 Klein, Wan 2.1/2.2 T2V and "
             "Qwen-Image models (and trains on SD1.x, SD2.x, SDXL and Flux.1); this MODEL is "

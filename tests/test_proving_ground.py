@@ -120,7 +120,7 @@ def test_vae_is_the_world_image_range(loaded):
 def test_trainer_sees_the_proving_ground_family(loaded, world):
     from unhype.world.tiny_unet import cross_attention_names
 
-    denoiser_module = module("comfy_denoiser")
+    denoiser_module = module("training.denoiser")
     model, clip = loaded[0], loaded[1]
     assert denoiser_module.model_family(model) == "proving-ground"
     with torch.inference_mode(False), torch.enable_grad():

@@ -256,7 +256,7 @@ def test_exploding_learning_rate_stops_with_a_clear_error_and_writes_no_network(
 
 def test_denoiser_predict_is_the_models_denoised_estimate_with_gradients(tiny_model, tiny_clip):
     """predict == apply_model with the prompt's conditioning; a LoRA on lora_root gets grads."""
-    denoiser_mod = sys.modules[host()[1].__name__ + ".nodes.comfy_denoiser"]
+    denoiser_mod = sys.modules[host()[1].__name__ + ".nodes.training.denoiser"]
     core = host()[2]
     with torch.inference_mode(False):
         denoiser = denoiser_mod.ComfyDenoiser(tiny_model, tiny_clip, sampling_steps=4,

@@ -32,7 +32,7 @@ class RandomClip:
 
 
 def gradients(model, clip, family, preset, checkpointing):
-    denoiser_mod = sys.modules[host()[1].__name__ + ".nodes.comfy_denoiser"]
+    denoiser_mod = sys.modules[host()[1].__name__ + ".nodes.training.denoiser"]
     core = host()[2]
     with torch.inference_mode(False):
         denoiser = denoiser_mod.ComfyDenoiser(model, clip, sampling_steps=4, resolution=64,

@@ -10,7 +10,7 @@ The config has the Trainer node's fields plus where the model and ComfyUI are:
 See workflows/train_config.example.toml for every field; unhype/headless_config.py reads and
 checks the config. This module, the launch, never imports ComfyUI at import time:
 `train_from_config` finds the ComfyUI checkout, puts it on sys.path (with --cpu when there is no
-GPU), imports this pack as a package and calls `nodes/headless_training.py`, which trains with
+GPU), imports this pack as a package and calls `nodes/training/headless.py`, which trains with
 the code the node runs, so the checkpoints and the final file are the same.
 """
 
@@ -44,7 +44,7 @@ def find_comfyui(configured: str | None = None) -> Path:
 def check_model_file(model: str) -> None:
     """Refuse, before ComfyUI is imported, a model file that cannot be a checkpoint: missing,
     unreadable, a damaged .safetensors file, an UnHype network or a LoRA. ComfyUI judges the rest
-    (nodes/headless_training.py)."""
+    (nodes/training/headless.py)."""
     path = Path(model)
     if path.is_dir():
         raise ConfigError(f"model {model} is a folder: give the checkpoint file in it")
@@ -150,7 +150,7 @@ def train_from_config(path: str | os.PathLike) -> str:
     group = _join_processes(config.device)
     try:
         import_pack(comfyui, config.device)
-        training = importlib.import_module(f"{PACK_MODULE}.nodes.headless_training")
+        training = importlib.import_module(f"{PACK_MODULE}.nodes.training.headless")
     except ImportError as error:
         raise ConfigError(
             f"the ComfyUI at {comfyui} cannot be imported by this Python ({sys.executable}): "

@@ -77,7 +77,7 @@ def make_cond(context_dim: int = 64, tokens: int = 77, seed: int = 0,
               pooled_dim: int | None = None):
     """A CONDITIONING value (list of [tensor [1,T,D], dict]) with random content, but for row 0:
     the start token's state, the same for every prompt of one width, as CLIP's (causal) output
-    has it at the start of every chunk (nodes/parts.py finds joined texts by it)."""
+    has it at the start of every chunk (nodes/sampling/parts.py finds joined texts by it)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)

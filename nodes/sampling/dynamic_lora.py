@@ -1,20 +1,19 @@
 """Sampling-time glue: the APPLY_MODEL wrapper that gives every batch row its own UnHype LoRA.
 
-The Conditioner packs each conditioning entry's pooled embedding (nodes/wire.py) into the
+The Conditioner packs each conditioning entry's pooled embedding (nodes/sampling/wire.py) into the
 conditioning's `model_conds`. ComfyUI repeats it to the entry's rows, concatenates it row-aligned
 with x when it batches conds (positive and negative together) and hands it to APPLY_MODEL
 wrappers as a keyword argument. The wrapper turns each distinct embedding into LoRA factors
 once (LRU cache), selects the rows that get a LoRA (the mode's rows whose prompt passes the
 network's gate, unhype/gate.py) and runs the model inside `row_lora`, whose forward hooks are
-removed when the call returns or raises; with no such row it adds no hook at all. Nothing here
-imports ComfyUI.
+removed when the call returns or raises; with no such row it adds no hook at all.
 """
 
 import torch
 
-from ..unhype import row_lora
-from ..unhype.factors import FactorCache
-from .wire import EMBEDDING_KEY
+from ...unhype import row_lora
+from ...unhype.factors import FactorCache
+from .wire import EMBEDDING_KEY, flagged, vectors
 
 WRAPPER_KEY = "unhype"
 MODES = ("conditional only", "all rows")
@@ -51,7 +50,7 @@ def conditional_chunks(transformer_options: dict) -> list[bool] | None:
 
 def select_rows(embedding: torch.Tensor, mode: str, transformer_options: dict) -> torch.Tensor:
     """Rows that get a LoRA: flagged rows, minus the non-positive chunks in "conditional only"."""
-    selected = embedding[:, 0].float() > 0.5
+    selected = flagged(embedding)
     chunks = conditional_chunks(transformer_options) if mode == "conditional only" else None
     if chunks:
         rows = embedding.shape[0]
@@ -126,7 +125,7 @@ class DynamicLoRA:
         if rows.numel():
             dtype = base_model.get_dtype_inference() \
                 if hasattr(base_model, "get_dtype_inference") else x.dtype
-            kept, factors = self.cache.select(embedding[rows.to(embedding.device), 1:],
+            kept, factors = self.cache.select(vectors(embedding[rows.to(embedding.device)]),
                                               x.device, dtype)
             rows = rows[kept]  # the gate: rows whose prompt does not trigger get no LoRA at all
         if rows.numel() == 0:

@@ -1,5 +1,5 @@
 """Training on a ComfyUI model: plan, build, run. Shared by the UnHype Trainer node and the
-headless trainer (nodes/headless_training.py).
+headless trainer (nodes/training/headless.py).
 
 `run_training(model, clip, settings, ...)` plans the run from the settings and the model family,
 builds the core Trainer on a `ComfyDenoiser`, resumes from a checkpoint when asked, trains, and
@@ -17,18 +17,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..unhype import NetworkInfo, save_unhype, targets_from_preset
-from ..unhype.card import model_card
-from ..unhype.families import checkpoint_labels
-from ..unhype.families import family as family_entry
-from ..unhype.fileformat import HASH_KEY
-from ..unhype.files import EXTENSION, beside, sanitise_name, unique_path, write_text_atomically
-from ..unhype.prompts import builtin_retain_prompts, parse_prompt_lines
-from ..unhype.settings import ConfigError, TrainingSettings, build_configs, trigger_kind
-from ..unhype.training import Progress, Trainer, TrainingDivergedError
-from ..unhype.trigger import measure_trigger
-from .comfy_denoiser import ComfyDenoiser, model_family
-from .folders import CHECKPOINTS, NETWORKS, first_folder, resolve_resume
+from ...unhype import NetworkInfo, save_unhype, targets_from_preset
+from ...unhype.card import model_card
+from ...unhype.families import checkpoint_labels
+from ...unhype.families import family as family_entry
+from ...unhype.fileformat import HASH_KEY
+from ...unhype.files import EXTENSION, beside, sanitise_name, unique_path, write_text_atomically
+from ...unhype.prompts import builtin_retain_prompts, parse_prompt_lines
+from ...unhype.settings import ConfigError, TrainingSettings, build_configs, trigger_kind
+from ...unhype.training import Progress, Trainer, TrainingDivergedError
+from ...unhype.trigger import measure_trigger
+from ..folders import CHECKPOINTS, NETWORKS, first_folder, resolve_resume
+from ..models import model_family
+from .denoiser import ComfyDenoiser
 
 
 class TrainingError(ConfigError):

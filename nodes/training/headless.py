@@ -14,14 +14,14 @@ import comfy.sd
 import folder_paths
 import torch
 
-from ..unhype.choices import PROVING_GROUND
-from ..unhype.files import FileWriteError, cannot_write
-from ..unhype.headless import CHECKPOINT_HINT
-from ..unhype.headless_config import HeadlessConfig
-from ..unhype.loss_plot import plot_png
-from ..unhype.training import Progress
-from .comfy_training import Outcome, TrainingError, run_training
-from .folders import CHECKPOINTS, NETWORKS, first_folder
+from ...unhype.choices import PROVING_GROUND
+from ...unhype.files import FileWriteError, cannot_write
+from ...unhype.headless import CHECKPOINT_HINT
+from ...unhype.headless_config import HeadlessConfig
+from ...unhype.loss_plot import plot_png
+from ...unhype.training import Progress
+from ..folders import CHECKPOINTS, NETWORKS, first_folder
+from .run import Outcome, TrainingError, run_training
 
 
 def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
@@ -31,7 +31,7 @@ def train_headless(config: HeadlessConfig, log: Callable[[str], None] = print,
     log(f"loading {config.model} (ComfyUI device: "
         f"{comfy.model_management.get_torch_device()})")
     if config.model == PROVING_GROUND:
-        from . import comfy_world
+        from .. import comfy_world
 
         model, clip = comfy_world.build_model(), comfy_world.build_clip()
     else:

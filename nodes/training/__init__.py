@@ -1,0 +1,2 @@
+"""The UnHype Trainer's ComfyUI side: the run, the ComfyUI denoiser, gradient checkpointing and
+the headless entry."""
