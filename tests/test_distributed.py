@@ -169,7 +169,7 @@ def test_torchrun_runs_the_headless_trainer_data_parallel(comfyui_path, tmp_path
         assert proc.stdout.count("step 6/6") == 1, proc.stdout  # process 0 alone prints
         networks[name] = unhype.load_unhype(str(tmp_path / name / f"{name}.safetensors"))
         assert sorted(p.name for p in (tmp_path / name).iterdir()) == [
-            "ckpt", f"{name}.loss.png", f"{name}.safetensors"]
+            "ckpt", f"{name}.loss.png", f"{name}.md", f"{name}.safetensors"]  # .md: the card
     assert networks["pair"].info.base_arch == "proving-ground"
     difference = max_difference(networks["single"].module.state_dict(),
                                 networks["pair"].module.state_dict())

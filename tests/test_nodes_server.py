@@ -149,8 +149,10 @@ def test_sd15_workflow_runs(comfy_server, object_info, sd15_checkpoint, unhype_p
     outputs = comfy_server.run(copy.deepcopy(api), budget=300)
     images = [o for o in outputs.values() if "images" in o]
     assert images and comfy_server.output_path(images[0]["images"][0]).is_file()
-    reports = [o["text"][0] for o in outputs.values() if "text" in o]
-    assert len(reports) == 2 and all("entry 1" in r for r in reports)  # shown by web/unhype.js
+    texts = [o["text"][0] for o in outputs.values() if "text" in o]  # shown by web/unhype.js
+    conditioners = [t for t in texts if "entry 1" in t]
+    loader = [t for t in texts if t not in conditioners]
+    assert len(conditioners) == 2 and len(loader) == 1 and "erases:" in loader[0]
 
 
 def test_node_error_keeps_server_running(comfy_server, object_info, sd15_checkpoint, tmp_path):
