@@ -10,6 +10,7 @@ import os
 import sys
 
 from .choices import OBJECTIVES
+from .families import FAMILIES, PROVING_GROUND
 from .world.vocabulary import COLOURS
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="trajectory (the Trainer's default, the paper's) or direct (ablation)")
     demo.add_argument("--steps", type=_count(0), default=0,
                       help="training steps; 0 (default) = the Trainer's default for the proving "
-                           "ground (1000)")
+                           f"ground ({FAMILIES[PROVING_GROUND].training_defaults['steps']})")
     demo.add_argument("--samples", type=_count(1), default=argparse.SUPPRESS,
                       help="images per prompt set when measuring (others get 3x)")
     demo.add_argument("--seed", type=_count(0), default=0)
