@@ -165,3 +165,47 @@ def concept_detector(tiny_model, concept, other, base_arch="sd1"):
             head[2].bias.zero_()
     network.info.activation_reference = float(network.activation(concept).item())
     return network
+
+
+def tiny_text_encoder(target, model_options, std=0.2, **clip_options):
+    """ComfyUI's CLIP object for a text path (`target`: its ClipTarget) at the tiny size that
+    `model_options` gives, float32, with random weights."""
+    import comfy.sd
+
+    from comfy_host import fill_random_
+
+    clip = comfy.sd.CLIP(target=target, model_options={**model_options, "dtype": torch.float32},
+                         **clip_options)
+    fill_random_(clip.cond_stage_model, seed=3, std=std)
+    return clip
+
+
+def encode(clip, text):
+    """CLIP Text Encode's conditioning of `text`."""
+    from comfy_host import run_node
+
+    return run_node(host()[0].nodes.CLIPTextEncode, clip=clip, text=text)[0]
+
+
+def condition(network, conditioning):
+    """UnHype Conditioner's output for `conditioning`."""
+    return node("UnHypeConditioner").execute(conditioning, network)[0]
+
+
+def check_network_file(network, conditioning, path, architecture, licence):
+    """Saves `network` to `path`, checks what its header declares and that the file loads back
+    with the same trigger and packs the same embedding for `conditioning`; returns (the network
+    read back, the packed embedding)."""
+    core = host()[2]
+    core.save_unhype(str(path), network)
+    metadata, _ = core.read_header(str(path))
+    assert metadata["modelspec.architecture"] == architecture
+    assert metadata["modelspec.license"] == licence
+    assert metadata["unhype.base_arch"] == network.info.base_arch
+    loaded = core.load_unhype(str(path))
+    assert (loaded.config.trigger, loaded.config.trigger_skip) == (
+        network.config.trigger, network.config.trigger_skip)
+    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond
+              for c in (condition(network, conditioning), condition(loaded, conditioning))]
+    assert torch.equal(packed[0], packed[1])
+    return loaded, packed[0]

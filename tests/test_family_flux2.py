@@ -13,7 +13,16 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import forget_parts, hooks_left, host, make_network, merged_reference, node
+from _nodes_helpers import (
+    encode,
+    forget_parts,
+    hooks_left,
+    host,
+    make_network,
+    merged_reference,
+    node,
+    tiny_text_encoder,
+)
 from test_nodes_models import TINY_FLUX, build, first_call, run_rows
 from test_trainer_node import FAST
 
@@ -58,7 +67,6 @@ def network_for(model, seed=4, skip=SHARED, **options):
 def klein_clip(unhype_pack):
     """Klein 4B's text path at a tiny size: ComfyUI's KleinTokenizer (the real Qwen tokenizer
     and chat template) and klein_te (Qwen3, layers 9/18/27 stacked), 32 wide, random weights."""
-    import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.flux as flux_te
 
@@ -68,14 +76,7 @@ def klein_clip(unhype_pack):
                                                     flux_te.klein_te(model_type="qwen3_4b"))
     tiny = {"hidden_size": WIDTH // 3, "intermediate_size": 64, "num_hidden_layers": 28,
             "num_attention_heads": 2, "num_key_value_heads": 1}
-    clip = comfy.sd.CLIP(target=target, model_options={"qwen3_4b_model_config": tiny,
-                                                       "dtype": torch.float32})
-    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.2)
-    return clip
-
-
-def klein_encode(clip, text):
-    return ch.run_node(host()[0].nodes.CLIPTextEncode, clip=clip, text=text)[0]
+    return tiny_text_encoder(target, {"qwen3_4b_model_config": tiny})
 
 
 def prompt(seed, tokens=24):
@@ -188,11 +189,11 @@ def test_kleins_own_text_encoder_reaches_the_network_and_the_sampled_row(tiny, k
     UnHype Text Encode and Conditioner give the same trigger, and the sampled row (CFG 1) equals
     the merged-weight model for it."""
     core = host()[2]
-    probes = [klein_encode(klein_clip, text)[0][0][0] for text in core.trigger.PROBE_PROMPTS]
+    probes = [encode(klein_clip, text)[0][0][0] for text in core.trigger.PROBE_PROMPTS]
     skip = core.trigger.shared_rows(probes)
     assert skip == 3 and all(p.shape == (512, WIDTH) for p in probes)
     network = network_for(tiny, skip=skip)
-    plain = klein_encode(klein_clip, "a tench fish in a pond")
+    plain = encode(klein_clip, "a tench fish in a pond")
     assert plain[0][1].get("pooled_output") is None
     positive, report = ch.run_node(node("UnHypeTextEncode"), clip=klein_clip,
                                    text="a tench fish in a pond", unhype=network)
@@ -224,12 +225,12 @@ def test_a_clip_pooled_network_is_refused_on_flux2(tiny):
 def test_a_clip_pooled_network_is_refused_on_kleins_conditioning(tiny, klein_clip):
     clip_pooled = make_network(tiny.model.diffusion_model, "flux2-text", embed_dim=768,
                                base_arch="flux", seed=4)
-    for encode in (lambda: condition(klein_encode(klein_clip, "red"), clip_pooled),
+    for read in (lambda: condition(encode(klein_clip, "red"), clip_pooled),
                    lambda: ch.run_node(node("UnHypeTextEncode"), clip=klein_clip, text="red",
                                        unhype=clip_pooled)):
         with pytest.raises(ValueError, match=r"(no pooled_output|no CLIP-L or CLIP-G).*"
                                              r"cond-pooled trigger"):
-            encode()
+            read()
 
 
 def test_the_trainer_refuses_flux2_and_names_what_it_trains(tiny):

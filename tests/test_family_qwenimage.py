@@ -15,7 +15,18 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import forget_parts, hooks_left, host, make_network, merged_reference, node
+from _nodes_helpers import (
+    check_network_file,
+    condition,
+    encode,
+    forget_parts,
+    hooks_left,
+    host,
+    make_network,
+    merged_reference,
+    node,
+    tiny_text_encoder,
+)
 from test_family_wan import first_call, sample, video_latent
 from test_nodes_models import Capture, build, run_rows
 from test_trainer_node import run_trainer
@@ -74,7 +85,6 @@ def qwen_clip(unhype_pack):
     tokenizer and chat template) and QwenImageTEModel (Qwen2.5-VL, last layer), 32 wide, random
     weights. Its vision tower, which a text prompt never reaches, is built tiny too (ComfyUI
     builds it at its full 0.6B size whatever the config says)."""
-    import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.qwen_image as qwen_te
     import comfy.text_encoders.qwen_vl as qwen_vl
@@ -87,14 +97,7 @@ def qwen_clip(unhype_pack):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(qwen_vl, "Qwen2VLVisionTransformer",
                       lambda **kw: full(**{**kw, **tiny_vision}))
-        clip = comfy.sd.CLIP(target=target, model_options={"qwen25_7b_model_config": config,
-                                                           "dtype": torch.float32})
-    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.2)
-    return clip
-
-
-def encode(clip, text):
-    return ch.run_node(host()[0].nodes.CLIPTextEncode, clip=clip, text=text)[0]
+        return tiny_text_encoder(target, {"qwen25_7b_model_config": config})
 
 
 def text_tokens(clip, text) -> int:
@@ -107,10 +110,6 @@ def reference_trigger(cond):
     so the rows start at the prompt's first token and no row is skipped)."""
     rows = cond[0][0][0].double()
     return torch.cat([rows.sum(0) / rows.shape[0], rows.max(0).values]).float()[None]
-
-
-def condition(network, cond):
-    return node("UnHypeConditioner").execute(cond, network)[0]
 
 
 def models_module():
@@ -290,16 +289,7 @@ def test_the_cap_of_txt_in_is_not_baked_as_it_reads_the_prompt_through_txt_norm(
 
 def test_a_qwenimage_network_file_declares_qwenimage_and_loads_back(qwen_clip, network,
                                                                      tmp_path):
-    core = host()[2]
-    path = str(tmp_path / "qwen.safetensors")
-    core.save_unhype(path, network)
-    metadata, _ = core.read_header(path)
-    assert metadata["modelspec.architecture"] == "qwen-image/unhype"
-    assert metadata["modelspec.license"] == "Apache-2.0"
-    assert metadata["unhype.base_arch"] == "qwenimage"
-    loaded = core.load_unhype(path)
+    loaded, _ = check_network_file(network, encode(qwen_clip, POSITIVE),
+                                   tmp_path / "qwen.safetensors", "qwen-image/unhype",
+                                   "Apache-2.0")
     assert (loaded.config.trigger, loaded.config.trigger_skip) == ("cond-pooled", 0)
-    cond = encode(qwen_clip, POSITIVE)
-    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond
-              for c in (condition(network, cond), condition(loaded, cond))]
-    assert torch.equal(packed[0], packed[1])

@@ -13,7 +13,17 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import hooks_left, host, make_network, merged_reference, node
+from _nodes_helpers import (
+    check_network_file,
+    condition,
+    encode,
+    hooks_left,
+    host,
+    make_network,
+    merged_reference,
+    node,
+    tiny_text_encoder,
+)
 from test_nodes_models import Capture, build, run_rows
 from test_trainer_node import run_trainer
 
@@ -60,7 +70,6 @@ POSITIVE, NEGATIVE = "tench fish swimming in a pond", "red"  # of different leng
 def umt5():
     """A tiny umT5 text encoder (TEXT_WIDTH wide) with ComfyUI's Wan tokenizer and model
     classes; the SentencePiece model is trained on PROMPTS (40 pieces, pad 0, end 1: umT5's)."""
-    import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.wan as wan_te
     sentencepiece = pytest.importorskip("sentencepiece")
@@ -72,14 +81,8 @@ def umt5():
     target = comfy.supported_models_base.ClipTarget(wan_te.WanT5Tokenizer, wan_te.te())
     config = {"d_model": TEXT_WIDTH, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2,
               "vocab_size": 40}
-    clip = comfy.sd.CLIP(target=target, tokenizer_data={"spiece_model": spiece.getvalue()},
-                         model_options={"umt5xxl_model_config": config, "dtype": torch.float32})
-    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.5)
-    return clip
-
-
-def encode(umt5, text):
-    return ch.run_node(host()[0].nodes.CLIPTextEncode, clip=umt5, text=text)[0]
+    return tiny_text_encoder(target, {"umt5xxl_model_config": config}, std=0.5,
+                             tokenizer_data={"spiece_model": spiece.getvalue()})
 
 
 def prompt_rows(umt5, text):
@@ -93,10 +96,6 @@ def reference_trigger(umt5, cond, text):
     """Independent of unhype/trigger.py: mean and max of the prompt's own rows."""
     rows = cond[0][0][0, :prompt_rows(umt5, text)].double()
     return torch.cat([rows.sum(0) / rows.shape[0], rows.max(0).values]).float()[None]
-
-
-def condition(network, cond):
-    return node("UnHypeConditioner").execute(cond, network)[0]
 
 
 def video_latent(channels=16):
@@ -339,24 +338,15 @@ def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan,
 
 
 def test_a_wan_network_file_declares_wan_and_loads_back(umt5, network, tmp_path):
-    core = host()[2]
-    path = str(tmp_path / "wan.safetensors")
-    core.save_unhype(path, network)
-    metadata, _ = core.read_header(path)
-    assert metadata["modelspec.architecture"] == "wan-2.1-t2v/unhype"
-    assert metadata["modelspec.license"] == "Apache-2.0"
-    assert metadata["unhype.base_arch"] == "wan"
-    loaded = core.load_unhype(path)
+    loaded, packed = check_network_file(network, encode(umt5, POSITIVE),
+                                        tmp_path / "wan.safetensors", "wan-2.1-t2v/unhype",
+                                        "Apache-2.0")
     assert (loaded.config.trigger, loaded.config.trigger_skip) == ("cond-pooled", 0)
-    cond = encode(umt5, POSITIVE)
-    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond
-              for c in (condition(network, cond), condition(loaded, cond))]
-    assert torch.equal(packed[0], packed[1])
     # the weights read back are the written ones bit for bit; the factors agree to float noise
     # (the same matmuls on tensors at other addresses may take other kernels)
     saved = network.module.state_dict()
     assert all(torch.equal(saved[k], v) for k, v in loaded.module.state_dict().items())
-    made, read = network.factors(packed[0][:, 1:]), loaded.factors(packed[0][:, 1:])
+    made, read = network.factors(packed[:, 1:]), loaded.factors(packed[:, 1:])
     assert all(torch.allclose(made[name].up, read[name].up, rtol=0, atol=1e-6) for name in made)
 
 
