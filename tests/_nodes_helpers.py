@@ -209,3 +209,40 @@ def check_network_file(network, conditioning, path, architecture, licence):
               for c in (condition(network, conditioning), condition(loaded, conditioning))]
     assert torch.equal(packed[0], packed[1])
     return loaded, packed[0]
+
+
+#: how close a row must be to its reference: the per-row tests' (test_nodes_models.py)
+ROW_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+def bake_and_load(model, network, positive, caplog, key_format, strength, save_name="baked"):
+    """Bakes `network` for the `positive` conditioning (UnHype Bake LoRA) and loads the file
+    through ComfyUI's own LoraLoaderModelOnly with its log captured: no key may go unloaded and
+    every target's weight is patched. Returns (the bake's report, the patched MODEL)."""
+    import logging
+
+    from comfy_host import run_node
+
+    name, report = run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
+                            strength=strength, save_name=save_name, key_format=key_format)
+    with caplog.at_level(logging.WARNING):
+        baked = run_node(host()[0].nodes.LoraLoaderModelOnly, model=model, lora_name=name,
+                         strength_model=1.0)[0]
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    assert set(baked.patches) == {f"diffusion_model.{t.name}.weight" for t in network.targets}
+    return report, baked
+
+
+def check_bake_samples_like_dynamic(model, network, positive, negative, caplog, key_format,
+                                    sample, strength=0.8):
+    """`bake_and_load`, then the baked MODEL samples (with `sample(model, positive, negative)`,
+    at CFG 1) as Apply Dynamic LoRA does, and visibly unlike the base model. Returns the bake's
+    report."""
+    report, baked = bake_and_load(model, network, positive, caplog, key_format, strength)
+    dynamic = node("UnHypeApplyDynamicLoRA").execute(model, network, strength, "all rows")[0]
+    # cfg 1: only the positive runs, so the static LoRA meets exactly the rows it was baked for
+    expected, got = sample(dynamic, positive, negative), sample(baked, positive, negative)
+    torch.testing.assert_close(got, expected, **ROW_TOLERANCE)
+    effect = (got - sample(model, positive, negative)).abs().max()
+    assert effect > 100 * (got - expected).abs().max()
+    return report

@@ -6,7 +6,6 @@ gate is the base model's bit for bit; a clip-pooled network and the Trainer are 
 baked file loads through ComfyUI's LoRA loader with every key and samples as Apply Dynamic LoRA
 does."""
 
-import logging
 import sys
 
 import pytest
@@ -14,6 +13,8 @@ import torch
 
 import comfy_host as ch
 from _nodes_helpers import (
+    ROW_TOLERANCE,
+    bake_and_load,
     encode,
     forget_parts,
     hooks_left,
@@ -40,7 +41,6 @@ TINY_FLUX2 = {
     "default_ref_method": "index", "ref_index_scale": 10.0,
 }
 CHANNELS = 128
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,7 @@ def test_each_row_of_one_batched_call_gets_its_own_prompts_lora(tiny, cfg):
                                    rtol=1e-5, atol=1e-6)
         reference = merged_reference(tiny.model, network, trigger, 0.8)
         expected = run_rows(reference, call, slice(row, row + 1))
-        torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+        torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
         assert (out[row] - base[row]).abs().max() > 1e-4
     assert seen == {24, 40}  # both prompts in the one call
     assert hooks_left(tiny.model) == []
@@ -177,7 +177,7 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(tiny):
                                          reference_trigger(passing[0][0]), 1.0)
             torch.testing.assert_close(out[row:row + 1],
                                        run_rows(reference, call, slice(row, row + 1)),
-                                       **TOLERANCE)
+                                       **ROW_TOLERANCE)
             assert (out[row] - base[row]).abs().max() > 1e-4
         else:
             assert torch.equal(out[row], base[row])
@@ -208,7 +208,7 @@ def test_kleins_own_text_encoder_reaches_the_network_and_the_sampled_row(tiny, k
     patched = node("UnHypeApplyDynamicLoRA").execute(tiny, network, 1.0, "all rows")[0]
     out = run_rows(tiny.model, call, slice(None), wrappers=patched.wrappers)
     expected = run_rows(merged_reference(tiny.model, network, trigger, 1.0), call, slice(0, 1))
-    torch.testing.assert_close(out, expected, **TOLERANCE)
+    torch.testing.assert_close(out, expected, **ROW_TOLERANCE)
     assert (out - run_rows(tiny.model, call, slice(None), wrappers={})).abs().max() > 1e-4
 
 
@@ -253,18 +253,10 @@ def sample(model, positive, negative, cfg=1.0):
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])
 def test_a_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(tiny, loras, caplog,
                                                                           key_format):
-    ns = host()[0]
     network = network_for(tiny)
     positive = condition(prompt(1), network)
-    name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
-                               strength=1.0, save_name="klein", key_format=key_format)
+    report, baked = bake_and_load(tiny, network, positive, caplog, key_format, strength=1.0)
     assert "norm cap: none" in report and "3 layers" in report
-    with caplog.at_level(logging.WARNING):
-        baked = ch.run_node(ns.nodes.LoraLoaderModelOnly, model=tiny, lora_name=name,
-                            strength_model=1.0)[0]
-    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
-    assert {key for key in baked.patches} == {
-        f"diffusion_model.{t.name}.weight" for t in network.targets}
     for target in network.targets[1:]:  # the q rows of the fused qkv are untouched
         key = f"diffusion_model.{target.name}.weight"
         before = tiny.model.state_dict()[key]
@@ -275,7 +267,7 @@ def test_a_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(tiny, 
     dynamic = node("UnHypeApplyDynamicLoRA").execute(tiny, network, 1.0, "all rows")[0]
     expected = sample(dynamic, positive, positive)
     got = sample(baked, positive, positive)
-    torch.testing.assert_close(got, expected, **TOLERANCE)
+    torch.testing.assert_close(got, expected, **ROW_TOLERANCE)
     assert (got - sample(tiny, positive, positive)).abs().max() > 1e-3
 
 
@@ -302,4 +294,4 @@ def test_the_cap_of_txt_in_is_baked_exactly(tiny, loras):
                         strength_model=1.0)[0]
     dynamic = node("UnHypeApplyDynamicLoRA").execute(tiny, network, 1.0, "all rows")[0]
     torch.testing.assert_close(sample(baked, positive, positive),
-                               sample(dynamic, positive, positive), **TOLERANCE)
+                               sample(dynamic, positive, positive), **ROW_TOLERANCE)

@@ -8,7 +8,6 @@ model for that row's prompt; a row under the gate is the base model's bit for bi
 network and the Trainer are refused; a baked file loads through ComfyUI's LoRA loader with every
 key and samples as Apply Dynamic LoRA does."""
 
-import logging
 import sys
 
 import pytest
@@ -16,6 +15,8 @@ import torch
 
 import comfy_host as ch
 from _nodes_helpers import (
+    ROW_TOLERANCE,
+    check_bake_samples_like_dynamic,
     check_network_file,
     condition,
     encode,
@@ -46,7 +47,6 @@ TEMPLATE_END = 5  # "<|im_end|>\n<|im_start|>assistant\n": the template's rows a
 #: two prompts of the same length (12 rows): QwenImage wraps c_crossattn in a CONDRegular, so
 #: only conditionings of one shape share a model call
 POSITIVE, NEGATIVE = "a tench fish in a pond", "a red brick house by a lake"
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
 
 
 def supported():
@@ -168,7 +168,7 @@ def test_every_row_of_a_cfg_batch_equals_its_prompts_merged_weights(qwen, qwen_c
             continue
         expected = run_rows(merged_reference(qwen.model, network, triggers[chunk], 0.8), call,
                             slice(row, row + 1))
-        torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+        torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
         error, effect = (out[row] - expected[0]).abs().max(), (out[row] - base[row]).abs().max()
         assert effect > 1e-3 and effect > 100 * error
 
@@ -193,7 +193,7 @@ def test_prompts_of_different_lengths_run_as_two_calls_each_with_its_own_lora(qw
         out = run_rows(qwen.model, call, slice(None), wrappers=patched.wrappers)
         expected = run_rows(merged_reference(qwen.model, network, trigger, 0.8), call,
                             slice(0, 1))
-        torch.testing.assert_close(out, expected, **TOLERANCE)
+        torch.testing.assert_close(out, expected, **ROW_TOLERANCE)
 
 
 def test_unhype_text_encode_gives_the_conditioners_trigger(qwen_clip, network):
@@ -219,7 +219,7 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(qwen, qwen_clip, net
         else:
             expected = run_rows(merged_reference(qwen.model, network, triggers[chunk], 0.8),
                                 call, slice(row, row + 1))
-            torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+            torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
             assert (out[row] - base[row]).abs().max() > 1e-4
 
 
@@ -249,23 +249,11 @@ def test_the_trainer_refuses_qwenimage_naming_what_it_trains(qwen):
 def test_a_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(qwen, qwen_clip,
                                                                           network, loras,
                                                                           caplog, key_format):
-    ns = host()[0]
     positive = condition(network, encode(qwen_clip, POSITIVE))
     negative = condition(network, encode(qwen_clip, NEGATIVE))
-    name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
-                               strength=0.8, save_name="qwen", key_format=key_format)
+    report = check_bake_samples_like_dynamic(qwen, network, positive, negative, caplog,
+                                             key_format, sample)
     assert "norm cap: none" in report
-    with caplog.at_level(logging.WARNING):
-        baked = ch.run_node(ns.nodes.LoraLoaderModelOnly, model=qwen, lora_name=name,
-                            strength_model=1.0)[0]
-    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
-    assert set(baked.patches) == {f"diffusion_model.{t.name}.weight" for t in network.targets}
-    dynamic = node("UnHypeApplyDynamicLoRA").execute(qwen, network, 0.8, "all rows")[0]
-    # cfg 1: only the positive runs, so the static LoRA meets exactly the rows it was baked for
-    expected, got = sample(dynamic, positive, negative), sample(baked, positive, negative)
-    torch.testing.assert_close(got, expected, **TOLERANCE)
-    effect = (got - sample(qwen, positive, negative)).abs().max()
-    assert effect > 100 * (got - expected).abs().max()
 
 
 def test_the_cap_of_txt_in_is_not_baked_as_it_reads_the_prompt_through_txt_norm(qwen, qwen_clip,
@@ -284,7 +272,7 @@ def test_the_cap_of_txt_in_is_not_baked_as_it_reads_the_prompt_through_txt_norm(
     baked = ch.run_node(host()[0].nodes.LoraLoaderModelOnly, model=qwen, lora_name=name,
                         strength_model=1.0)[0]
     torch.testing.assert_close(sample(baked, positive, positive),
-                               sample(dynamic, positive, positive), **TOLERANCE)
+                               sample(dynamic, positive, positive), **ROW_TOLERANCE)
 
 
 def test_a_qwenimage_network_file_declares_qwenimage_and_loads_back(qwen_clip, network,

@@ -14,6 +14,8 @@ import torch
 
 import comfy_host as ch
 from _nodes_helpers import (
+    ROW_TOLERANCE,
+    check_bake_samples_like_dynamic,
     check_network_file,
     condition,
     encode,
@@ -39,7 +41,6 @@ TINY_WAN = {
 }
 WAN22_5B = dict(TINY_WAN, in_dim=48, out_dim=48)  # Wan 2.2 TI2V-5B: its own 48-channel VAE
 T2V = ("WAN21_T2V", "WAN22_T2V")
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
 
 
 def supported(name):
@@ -204,7 +205,7 @@ def test_every_row_of_a_cfg_batch_equals_its_prompts_merged_weights(request, umt
     for row, chunk in enumerate(call["cond_or_uncond"]):
         reference = merged_reference(wan.model, network, triggers[chunk], 0.8)
         expected = run_rows(reference, call, slice(row, row + 1))
-        torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+        torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
         error, effect = (out[row] - expected[0]).abs().max(), (out[row] - base[row]).abs().max()
         assert effect > 1e-3 and effect > 100 * error
 
@@ -216,7 +217,7 @@ def test_conditional_only_leaves_the_uncond_row_the_base_models(wan, umt5, netwo
     row = call["cond_or_uncond"].index(0)
     expected = run_rows(merged_reference(wan.model, network, triggers[0], 0.8), call,
                         slice(row, row + 1))
-    torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+    torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
 
 
 def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(wan, umt5, network):
@@ -235,7 +236,7 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(wan, umt5, network):
         else:
             expected = run_rows(merged_reference(wan.model, network, triggers[chunk], 0.8), call,
                                 slice(row, row + 1))
-            torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+            torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
             assert (out[row] - base[row]).abs().max() > 1e-4
 
 
@@ -287,26 +288,16 @@ def sample(model, positive, negative, cfg=1.0):
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])
 def test_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(wan, umt5, network, loras,
                                                                         caplog, key_format):
-    ns = host()[0]
     positive = condition(network, encode(umt5, POSITIVE))
     negative = condition(network, encode(umt5, NEGATIVE))
-    name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
-                               strength=0.8, save_name="wan", key_format=key_format)
+    report = check_bake_samples_like_dynamic(wan, network, positive, negative, caplog,
+                                             key_format, sample)
     assert "norm cap: none" in report
-    with caplog.at_level(logging.WARNING):
-        baked = ch.run_node(ns.nodes.LoraLoaderModelOnly, model=wan, lora_name=name,
-                            strength_model=1.0)[0]
-    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
     with caplog.at_level(logging.WARNING):  # the log does reach caplog: a foreign key is named
-        ns.sd.load_lora_for_models(wan, None, {"no_such_layer.alpha": torch.tensor(1.0)}, 1.0, 0)
+        host()[0].sd.load_lora_for_models(wan, None, {"no_such_layer.alpha": torch.tensor(1.0)},
+                                          1.0, 0)
     assert any("lora key not loaded: no_such_layer.alpha" in r.getMessage()
                for r in caplog.records)
-    assert set(baked.patches) == {f"diffusion_model.{t.name}.weight" for t in network.targets}
-    dynamic = node("UnHypeApplyDynamicLoRA").execute(wan, network, 0.8, "all rows")[0]
-    # cfg 1: only the positive runs, so the static LoRA meets exactly the rows it was baked for
-    expected, got = sample(dynamic, positive, negative), sample(baked, positive, negative)
-    torch.testing.assert_close(got, expected, **TOLERANCE)
-    assert (got - sample(wan, positive, negative)).abs().max() > 100 * (got - expected).abs().max()
 
 
 def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan, umt5, loras):
@@ -322,7 +313,7 @@ def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan,
     baked = ch.run_node(host()[0].nodes.LoraLoaderModelOnly, model=wan, lora_name=name,
                         strength_model=1.0)[0]
     torch.testing.assert_close(sample(baked, positive, positive),
-                               sample(dynamic, positive, positive), **TOLERANCE)
+                               sample(dynamic, positive, positive), **ROW_TOLERANCE)
 
     core = host()[2]
     trigger = reference_trigger(umt5, encode(umt5, POSITIVE), POSITIVE)

@@ -9,7 +9,6 @@ the gate is the base model's bit for bit; a clip-pooled network, another family'
 pixel-space variant and the Trainer are refused; a baked file loads through ComfyUI's LoRA
 loader with every key and samples as Apply Dynamic LoRA does."""
 
-import logging
 import sys
 from types import SimpleNamespace
 
@@ -18,6 +17,8 @@ import torch
 
 import comfy_host as ch
 from _nodes_helpers import (
+    ROW_TOLERANCE,
+    check_bake_samples_like_dynamic,
     check_network_file,
     condition,
     encode,
@@ -52,7 +53,6 @@ TEMPLATE_END = 5  # "<|im_end|>\n<|im_start|>assistant\n": the template's rows a
 #: two prompts of the same length: ZImage wraps c_crossattn in a CONDRegular and its token
 #: count in a CONDConstant, so only conditionings of one length share a model call
 POSITIVE, NEGATIVE = "a tench fish in a pond", "a red brick house by a lake"
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
 
 
 def supported(name="ZImage"):
@@ -196,7 +196,7 @@ def test_every_row_of_one_batched_call_equals_its_prompts_merged_weights(zimage,
             continue
         expected = run_rows(merged_reference(zimage.model, network, triggers[row], 0.8), call,
                             slice(row, row + 1))
-        torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+        torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
         error, effect = (out[row] - expected[0]).abs().max(), (out[row] - base[row]).abs().max()
         assert effect > 1e-3 and effect > 100 * error
 
@@ -220,7 +220,7 @@ def test_prompts_of_different_lengths_run_as_two_calls_each_with_its_own_lora(zi
         out = run_rows(zimage.model, call, slice(None), wrappers=patched.wrappers)
         expected = run_rows(merged_reference(zimage.model, network, trigger, 0.8), call,
                             slice(0, 1))
-        torch.testing.assert_close(out, expected, **TOLERANCE)
+        torch.testing.assert_close(out, expected, **ROW_TOLERANCE)
 
 
 def test_unhype_text_encode_gives_the_conditioners_trigger(qwen3, network):
@@ -254,7 +254,7 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(zimage, qwen3, netwo
     passing = 1 - gated[0]
     expected = run_rows(merged_reference(zimage.model, network, triggers[passing], 0.8), call,
                         slice(passing, passing + 1))
-    torch.testing.assert_close(out[passing:passing + 1], expected, **TOLERANCE)
+    torch.testing.assert_close(out[passing:passing + 1], expected, **ROW_TOLERANCE)
     assert (out[passing] - base[passing]).abs().max() > 1e-4
     assert core.lora_norm(network.factors(triggers[gated[0]])) < network.info.gate_threshold
 
@@ -300,42 +300,25 @@ def sample(model, positive, negative, cfg=1.0):
 def test_a_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(zimage, qwen3,
                                                                           network, loras,
                                                                           caplog, key_format):
-    ns = host()[0]
     positive = condition(network, encode(qwen3, POSITIVE))
     negative = condition(network, encode(qwen3, NEGATIVE))
-    name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
-                               strength=0.8, save_name="zimage", key_format=key_format)
+    report = check_bake_samples_like_dynamic(zimage, network, positive, negative, caplog,
+                                             key_format, sample)
     assert "norm cap: none" in report
-    with caplog.at_level(logging.WARNING):
-        baked = ch.run_node(ns.nodes.LoraLoaderModelOnly, model=zimage, lora_name=name,
-                            strength_model=1.0)[0]
-    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
-    assert set(baked.patches) == {f"diffusion_model.{t.name}.weight" for t in network.targets}
-    dynamic = node("UnHypeApplyDynamicLoRA").execute(zimage, network, 0.8, "all rows")[0]
-    # cfg 1 (Turbo): only the positive runs, so the static LoRA meets exactly its own rows
-    expected, got = sample(dynamic, positive, negative), sample(baked, positive, negative)
-    torch.testing.assert_close(got, expected, **TOLERANCE)
-    effect = (got - sample(zimage, positive, negative)).abs().max()
-    assert effect > 100 * (got - expected).abs().max()
 
 
 def test_no_cap_is_baked_as_every_target_reads_the_prompt_through_the_model(zimage, qwen3,
-                                                                            loras):
+                                                                            loras, caplog):
     """cap_embedder.1 reads the RMSNorm before it, the refiner the caption tokens after
     cap_embedder: layers of the model the bake does not run, so no cap is baked, and where it
     does not bind the file is Apply Dynamic LoRA exactly."""
     network = network_for(zimage, seed=6, norm_cap=1e9)  # a cap that never binds
     positive = condition(network, encode(qwen3, POSITIVE))
-    name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
-                               strength=1.0, save_name="zimage", key_format="comfyui")
+    report = check_bake_samples_like_dynamic(zimage, network, positive, positive, caplog,
+                                             "comfyui", sample, strength=1.0)
     assert (f"{len(network.targets)} layers read the prompt through the model's own text "
             "embedding") in report
     assert "read the image" not in report and "read the prompt's tokens" not in report
-    dynamic = node("UnHypeApplyDynamicLoRA").execute(zimage, network, 1.0, "all rows")[0]
-    baked = ch.run_node(host()[0].nodes.LoraLoaderModelOnly, model=zimage, lora_name=name,
-                        strength_model=1.0)[0]
-    torch.testing.assert_close(sample(baked, positive, positive),
-                               sample(dynamic, positive, positive), **TOLERANCE)
 
 
 def test_a_zimage_network_file_declares_zimage_and_loads_back(qwen3, network, tmp_path):
