@@ -246,3 +246,65 @@ def check_bake_samples_like_dynamic(model, network, positive, negative, caplog, 
     effect = (got - sample(model, positive, negative)).abs().max()
     assert effect > 100 * (got - expected).abs().max()
     return report
+
+
+def supported_model(name):
+    """comfy.supported_models.<name>, or a skip naming the class where this ComfyUI (the
+    0.30.0 floor) lacks it."""
+    import pytest
+
+    found = getattr(host()[0].supported_models, name, None)
+    if found is None:
+        pytest.skip(f"this ComfyUI has no comfy.supported_models.{name}")
+    return found
+
+
+def sample_image(model, positive, negative, channels, cfg=1.0):
+    """Two euler steps from a fixed noise on an 8x8 latent of `channels`."""
+    ns = host()[0]
+    latent = torch.zeros(1, channels, 8, 8)
+    return ns.sample.sample(model, ns.sample.prepare_noise(latent, 0), 2, cfg, "euler", "normal",
+                            positive, negative, latent, disable_pbar=True, seed=0)
+
+
+def training_refused(label):
+    """What the Trainer says to a model of a family it does not train (label: Family.label)."""
+    return (f"UnHype Trainer: training on {label} is not built yet: its UnHype networks run "
+            "(Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains SD1.x, SD2.x, SDXL "
+            "and Flux.1 models only. Load one of those checkpoints to train.")
+
+
+def check_text_encode_reads_as_the_conditioner(clip, network, text):
+    """UnHype Text Encode of `text` sees every token and packs the trigger that UnHype
+    Conditioner packs for CLIP Text Encode's conditioning; returns that trigger [1, D]."""
+    from comfy_host import run_node
+
+    encoded, report = run_node(node("UnHypeTextEncode"), clip=clip, text=text, unhype=network)
+    assert "NOT SEEN" not in report
+    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond[:, 1:]
+              for c in (encoded, condition(network, encode(clip, text)))]
+    torch.testing.assert_close(packed[0], packed[1], rtol=1e-5, atol=1e-6)
+    return packed[0]
+
+
+def check_prompts_of_two_lengths_run_apart(model, network, conds, latent, reference_trigger):
+    """A positive conds[0] and a negative conds[1] of different lengths, which a model whose
+    context does not pad cannot batch: one sampling step at CFG 4 runs them as two model calls,
+    and each call's row equals the float64 merged-weight model for its own prompt."""
+    from test_nodes_models import Capture, run_rows
+
+    ns = host()[0]
+    capture, spy = Capture(), model.clone()
+    spy.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "capture", capture)
+    ns.sample.sample(spy, ns.sample.prepare_noise(latent, 0), 1, 4.0, "euler", "normal",
+                     condition(network, conds[0]), condition(network, conds[1]), latent,
+                     disable_pbar=True, seed=0)
+    assert sorted(c["cond_or_uncond"] for c in capture.calls) == [[0], [1]]
+    assert all(c["x"].shape[0] == 1 for c in capture.calls)
+    patched = node("UnHypeApplyDynamicLoRA").execute(model, network, 0.8, "all rows")[0]
+    for call in capture.calls:
+        trigger = reference_trigger(conds[call["cond_or_uncond"][0]])
+        out = run_rows(model.model, call, slice(None), wrappers=patched.wrappers)
+        expected = run_rows(merged_reference(model.model, network, trigger, 0.8), call,
+                            slice(0, 1))
+        torch.testing.assert_close(out, expected, **ROW_TOLERANCE)

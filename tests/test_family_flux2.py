@@ -22,7 +22,10 @@ from _nodes_helpers import (
     make_network,
     merged_reference,
     node,
+    sample_image,
+    supported_model,
     tiny_text_encoder,
+    training_refused,
 )
 from test_nodes_models import TINY_FLUX, build, first_call, run_rows
 from test_trainer_node import FAST
@@ -45,8 +48,7 @@ CHANNELS = 128
 
 @pytest.fixture(autouse=True)
 def _needs_flux2():
-    if not hasattr(host()[0].supported_models, "Flux2"):
-        pytest.skip("this ComfyUI has no comfy.supported_models.Flux2")
+    supported_model("Flux2")
     forget_parts()
     yield
     forget_parts()
@@ -237,17 +239,11 @@ def test_the_trainer_refuses_flux2_and_names_what_it_trains(tiny):
     with pytest.raises(ValueError) as refused:
         ch.run_node_raw(node("UnHypeTrainer"), model=tiny, clip=None, concepts="zebra",
                         save_name="klein", **FAST)
-    assert str(refused.value) == (
-        "UnHype Trainer: training on Flux.2 Klein is not built yet: its UnHype networks run "
-        "(Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains SD1.x, SD2.x, SDXL and "
-        "Flux.1 models only. Load one of those checkpoints to train.")
+    assert str(refused.value) == training_refused("Flux.2 Klein")
 
 
-def sample(model, positive, negative, cfg=1.0):
-    ns = host()[0]
-    latent = torch.zeros(1, CHANNELS, 8, 8)
-    return ns.sample.sample(model, ns.sample.prepare_noise(latent, 0), 2, cfg, "euler", "normal",
-                            positive, negative, latent, disable_pbar=True, seed=0)
+def sample(model, positive, negative):
+    return sample_image(model, positive, negative, CHANNELS)
 
 
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])

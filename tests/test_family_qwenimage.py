@@ -18,6 +18,8 @@ from _nodes_helpers import (
     ROW_TOLERANCE,
     check_bake_samples_like_dynamic,
     check_network_file,
+    check_prompts_of_two_lengths_run_apart,
+    check_text_encode_reads_as_the_conditioner,
     condition,
     encode,
     forget_parts,
@@ -26,10 +28,12 @@ from _nodes_helpers import (
     make_network,
     merged_reference,
     node,
+    supported_model,
     tiny_text_encoder,
+    training_refused,
 )
 from test_family_wan import first_call, sample, video_latent
-from test_nodes_models import Capture, build, run_rows
+from test_nodes_models import build, run_rows
 from test_trainer_node import run_trainer
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
@@ -49,13 +53,6 @@ TEMPLATE_END = 5  # "<|im_end|>\n<|im_start|>assistant\n": the template's rows a
 POSITIVE, NEGATIVE = "a tench fish in a pond", "a red brick house by a lake"
 
 
-def supported():
-    found = getattr(host()[0].supported_models, "QwenImage", None)
-    if found is None:
-        pytest.skip("this ComfyUI has no comfy.supported_models.QwenImage")
-    return found
-
-
 @pytest.fixture(autouse=True)
 def _fresh_parts():
     forget_parts()
@@ -65,7 +62,7 @@ def _fresh_parts():
 
 @pytest.fixture(scope="module")
 def qwen():
-    return build(supported(), TINY_QWEN, seed=1)
+    return build(supported_model("QwenImage"), TINY_QWEN, seed=1)
 
 
 def network_for(model, seed=5, **options):
@@ -177,32 +174,13 @@ def test_prompts_of_different_lengths_run_as_two_calls_each_with_its_own_lora(qw
                                                                             network):
     """QwenImage's CONDRegular context does not pad: ComfyUI runs a positive and a negative of
     different lengths as two model calls, and each call's row still gets its prompt's LoRA."""
-    ns = host()[0]
-    conds = {0: encode(qwen_clip, POSITIVE), 1: encode(qwen_clip, "red")}
-    capture, spy = Capture(), qwen.clone()
-    spy.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "capture", capture)
-    latent = video_latent()
-    ns.sample.sample(spy, ns.sample.prepare_noise(latent, 0), 1, 4.0, "euler", "normal",
-                     condition(network, conds[0]), condition(network, conds[1]), latent,
-                     disable_pbar=True, seed=0)
-    assert [(c["x"].shape[0], c["cond_or_uncond"]) for c in capture.calls] in (
-        [(1, [0]), (1, [1])], [(1, [1]), (1, [0])])
-    patched = node("UnHypeApplyDynamicLoRA").execute(qwen, network, 0.8, "all rows")[0]
-    for call in capture.calls:
-        trigger = reference_trigger(conds[call["cond_or_uncond"][0]])
-        out = run_rows(qwen.model, call, slice(None), wrappers=patched.wrappers)
-        expected = run_rows(merged_reference(qwen.model, network, trigger, 0.8), call,
-                            slice(0, 1))
-        torch.testing.assert_close(out, expected, **ROW_TOLERANCE)
+    check_prompts_of_two_lengths_run_apart(
+        qwen, network, [encode(qwen_clip, POSITIVE), encode(qwen_clip, "red")], video_latent(),
+        reference_trigger)
 
 
 def test_unhype_text_encode_gives_the_conditioners_trigger(qwen_clip, network):
-    positive, report = ch.run_node(node("UnHypeTextEncode"), clip=qwen_clip, text=POSITIVE,
-                                   unhype=network)
-    assert "NOT SEEN" not in report
-    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond[:, 1:]
-              for c in (positive, condition(network, encode(qwen_clip, POSITIVE)))]
-    torch.testing.assert_close(packed[0], packed[1], rtol=1e-5, atol=1e-6)
+    check_text_encode_reads_as_the_conditioner(qwen_clip, network, POSITIVE)
 
 
 def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(qwen, qwen_clip, network):
@@ -239,10 +217,7 @@ def test_a_clip_pooled_network_is_refused_on_qwenimage(qwen, qwen_clip):
 def test_the_trainer_refuses_qwenimage_naming_what_it_trains(qwen):
     with pytest.raises(ValueError) as refused:
         run_trainer(qwen, None, save_name="qwen")
-    assert str(refused.value) == (
-        "UnHype Trainer: training on Qwen-Image is not built yet: its UnHype networks run "
-        "(Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains SD1.x, SD2.x, SDXL and "
-        "Flux.1 models only. Load one of those checkpoints to train.")
+    assert str(refused.value) == training_refused("Qwen-Image")
 
 
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])

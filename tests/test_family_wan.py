@@ -24,6 +24,7 @@ from _nodes_helpers import (
     make_network,
     merged_reference,
     node,
+    supported_model,
     tiny_text_encoder,
 )
 from test_nodes_models import Capture, build, run_rows
@@ -43,16 +44,9 @@ WAN22_5B = dict(TINY_WAN, in_dim=48, out_dim=48)  # Wan 2.2 TI2V-5B: its own 48-
 T2V = ("WAN21_T2V", "WAN22_T2V")
 
 
-def supported(name):
-    found = getattr(host()[0].supported_models, name, None)
-    if found is None:
-        pytest.skip(f"this ComfyUI has no comfy.supported_models.{name}")
-    return found
-
-
 @pytest.fixture(scope="module")
 def wan():
-    return build(supported("WAN21_T2V"), TINY_WAN, seed=0)
+    return build(supported_model("WAN21_T2V"), TINY_WAN, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +125,7 @@ def test_t2v_configs_are_wan_and_their_other_subclasses_are_refused():
     SCAIL, causal AR, ...) take inputs UnHype knows nothing of; FlowRVS even rewrites its
     model_type to "t2v", so the class itself decides, not its unet_config."""
     models = host()[0].supported_models
-    base = supported("WAN21_T2V")
+    base = supported_model("WAN21_T2V")
     variants = [cls for cls in models.models if issubclass(cls, base)]
     assert len(variants) > 5
     for cls in variants:
@@ -150,7 +144,7 @@ def test_t2v_configs_are_wan_and_their_other_subclasses_are_refused():
 @pytest.mark.parametrize("config_name", T2V)
 def test_a_built_t2v_model_is_wan(config_name):
     unet = WAN22_5B if config_name == "WAN22_T2V" else TINY_WAN
-    model = build(supported(config_name), unet)
+    model = build(supported_model(config_name), unet)
     assert models_module().model_family(model) == "wan"
 
 
@@ -187,7 +181,7 @@ def test_umt5_pads_with_zero_rows_and_shares_no_leading_row(umt5):
 
 @pytest.fixture(scope="module")
 def wan22():
-    model = build(supported("WAN22_T2V"), WAN22_5B, seed=1)
+    model = build(supported_model("WAN22_T2V"), WAN22_5B, seed=1)
     return model, make_network(model.model.diffusion_model, "wan-cross-kv",
                                embed_dim=2 * TEXT_WIDTH, base_arch="wan", seed=7, std=0.2,
                                trigger="cond-pooled", trigger_skip=0)
@@ -241,7 +235,7 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(wan, umt5, network):
 
 
 def test_a_network_for_another_wan_size_is_refused_naming_the_model(network):
-    wider = build(supported("WAN21_T2V"), dict(TINY_WAN, dim=64, num_heads=4))
+    wider = build(supported_model("WAN21_T2V"), dict(TINY_WAN, dim=64, num_heads=4))
     with pytest.raises(ValueError, match=r"made for wan \(target preset wan-cross-kv\), but the "
                                          r"model is WAN21 \(WAN21_T2V \{'dim': 64, 'num_layers': "
                                          r"2\}\)(.|\n)*shape: blocks.0.cross_attn.k is "

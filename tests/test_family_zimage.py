@@ -20,6 +20,8 @@ from _nodes_helpers import (
     ROW_TOLERANCE,
     check_bake_samples_like_dynamic,
     check_network_file,
+    check_prompts_of_two_lengths_run_apart,
+    check_text_encode_reads_as_the_conditioner,
     condition,
     encode,
     forget_parts,
@@ -28,9 +30,12 @@ from _nodes_helpers import (
     make_network,
     merged_reference,
     node,
+    sample_image,
+    supported_model,
     tiny_text_encoder,
+    training_refused,
 )
-from test_nodes_models import Capture, build, first_call, run_rows
+from test_nodes_models import build, first_call, run_rows
 from test_trainer_node import run_trainer
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
@@ -55,13 +60,6 @@ TEMPLATE_END = 5  # "<|im_end|>\n<|im_start|>assistant\n": the template's rows a
 POSITIVE, NEGATIVE = "a tench fish in a pond", "a red brick house by a lake"
 
 
-def supported(name="ZImage"):
-    found = getattr(host()[0].supported_models, name, None)
-    if found is None:
-        pytest.skip(f"this ComfyUI has no comfy.supported_models.{name}")
-    return found
-
-
 @pytest.fixture(autouse=True)
 def _fresh_parts():
     forget_parts()
@@ -71,7 +69,7 @@ def _fresh_parts():
 
 @pytest.fixture(scope="module")
 def zimage():
-    return build(supported(), TINY_ZIMAGE, seed=1)
+    return build(supported_model("ZImage"), TINY_ZIMAGE, seed=1)
 
 
 def network_for(model, seed=5, **options):
@@ -117,7 +115,7 @@ def models_module():
 
 def test_zimage_is_its_own_family_and_its_pixel_space_variant_is_refused(zimage):
     assert models_module().model_family(zimage) == "zimage"
-    pixel = supported("ZImagePixelSpace")({"image_model": "zimage_pixel"})
+    pixel = supported_model("ZImagePixelSpace")({"image_model": "zimage_pixel"})
     with pytest.raises(ValueError, match=r"this MODEL is ZImagePixelSpace, a variant of ZImage "
                                          r"that UnHype does not take: of its classes only ZImage "
                                          r"are Z-Image"):
@@ -205,33 +203,15 @@ def test_prompts_of_different_lengths_run_as_two_calls_each_with_its_own_lora(zi
                                                                             network):
     """A positive and a negative of different lengths do not share a model call (CONDRegular
     context, CONDConstant token count): ComfyUI runs two, and each row gets its prompt's LoRA."""
-    ns = host()[0]
-    conds = {0: encode(qwen3, POSITIVE), 1: encode(qwen3, "red")}
-    capture, spy = Capture(), zimage.clone()
-    spy.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "capture", capture)
-    latent = torch.zeros(1, CHANNELS, 8, 8)
-    ns.sample.sample(spy, ns.sample.prepare_noise(latent, 0), 1, 4.0, "euler", "normal",
-                     condition(network, conds[0]), condition(network, conds[1]), latent,
-                     disable_pbar=True, seed=0)
-    assert sorted(c["cond_or_uncond"] for c in capture.calls) == [[0], [1]]
-    patched = node("UnHypeApplyDynamicLoRA").execute(zimage, network, 0.8, "all rows")[0]
-    for call in capture.calls:
-        trigger = reference_trigger(conds[call["cond_or_uncond"][0]])
-        out = run_rows(zimage.model, call, slice(None), wrappers=patched.wrappers)
-        expected = run_rows(merged_reference(zimage.model, network, trigger, 0.8), call,
-                            slice(0, 1))
-        torch.testing.assert_close(out, expected, **ROW_TOLERANCE)
+    check_prompts_of_two_lengths_run_apart(
+        zimage, network, [encode(qwen3, POSITIVE), encode(qwen3, "red")],
+        torch.zeros(1, CHANNELS, 8, 8), reference_trigger)
 
 
 def test_unhype_text_encode_gives_the_conditioners_trigger(qwen3, network):
-    positive, report = ch.run_node(node("UnHypeTextEncode"), clip=qwen3, text=POSITIVE,
-                                   unhype=network)
-    assert "NOT SEEN" not in report
-    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond[:, 1:]
-              for c in (positive, condition(network, encode(qwen3, POSITIVE)))]
-    torch.testing.assert_close(packed[0], packed[1], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(packed[0], reference_trigger(encode(qwen3, POSITIVE)),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(check_text_encode_reads_as_the_conditioner(qwen3, network,
+                                                                          POSITIVE),
+                               reference_trigger(encode(qwen3, POSITIVE)), rtol=1e-5, atol=1e-6)
 
 
 def test_turbos_zeroed_out_negative_passes_the_conditioner_untouched(qwen3, network):
@@ -283,17 +263,11 @@ def test_a_network_of_another_family_is_refused_naming_both(zimage):
 def test_the_trainer_refuses_zimage_naming_what_it_trains(zimage):
     with pytest.raises(ValueError) as refused:
         run_trainer(zimage, None, save_name="zimage")
-    assert str(refused.value) == (
-        "UnHype Trainer: training on Z-Image is not built yet: its UnHype networks run "
-        "(Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains SD1.x, SD2.x, SDXL and "
-        "Flux.1 models only. Load one of those checkpoints to train.")
+    assert str(refused.value) == training_refused("Z-Image")
 
 
-def sample(model, positive, negative, cfg=1.0):
-    ns = host()[0]
-    latent = torch.zeros(1, CHANNELS, 8, 8)
-    return ns.sample.sample(model, ns.sample.prepare_noise(latent, 0), 2, cfg, "euler", "normal",
-                            positive, negative, latent, disable_pbar=True, seed=0)
+def sample(model, positive, negative):
+    return sample_image(model, positive, negative, CHANNELS)
 
 
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])
