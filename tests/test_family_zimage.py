@@ -133,6 +133,31 @@ def test_the_preset_takes_the_caption_embedder_and_the_context_refiner(zimage, n
     assert not any(name.startswith("layers.") for name in map(lambda t: t.name, network.targets))
 
 
+#: Z-Image's unet_config as ComfyUI's model_detection reads it from the released checkpoints
+ZIMAGE_6B = {
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840,
+    "cap_feat_dim": 2560, "n_layers": 30, "qk_norm": True, "n_heads": 30, "n_kv_heads": 30,
+    "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512], "rope_theta": 256.0,
+    "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True, "time_scale": 1000.0,
+    "pad_tokens_multiple": 32,
+}
+
+
+def test_the_preset_on_the_real_size_model_is_eleven_layers_reading_qwen3_4b():
+    """The released Z-Image's shapes (built on the meta device: no weights): what the docs say
+    of its preset (11 layers, cap_embedder.1 2560 -> 3840)."""
+    core = host()[2]
+    config = supported_model("ZImage")(dict(ZIMAGE_6B))
+    config.set_inference_dtype(torch.bfloat16, None)
+    root = config.get_model({}, device=torch.device("meta")).diffusion_model
+    targets = {t.name: (t.in_features, t.out_features)
+               for t in core.targets_from_preset(root, "zimage-text")}
+    assert len(targets) == 11 and targets["cap_embedder.1"] == (2560, 3840)
+    assert targets["context_refiner.1.attention.qkv"] == (3840, 3 * 3840)
+    assert targets["context_refiner.0.feed_forward.w2"] == (10240, 3840)
+    assert core.families.family("zimage").pooled_width == 2560  # the trigger reads its rows
+
+
 def test_the_text_encoder_keeps_the_template_whose_first_three_rows_are_skipped(qwen3):
     """What the cond-pooled trigger relies on, from ComfyUI's own text path: the rows the DiT
     reads are the whole chat template around the prompt's tokens, without a pooled vector;
