@@ -165,3 +165,146 @@ def concept_detector(tiny_model, concept, other, base_arch="sd1"):
             head[2].bias.zero_()
     network.info.activation_reference = float(network.activation(concept).item())
     return network
+
+
+def tiny_text_encoder(target, model_options, std=0.2, **clip_options):
+    """ComfyUI's CLIP object for a text path (`target`: its ClipTarget) at the tiny size that
+    `model_options` gives, float32, with random weights."""
+    import comfy.sd
+
+    from comfy_host import fill_random_
+
+    clip = comfy.sd.CLIP(target=target, model_options={**model_options, "dtype": torch.float32},
+                         **clip_options)
+    fill_random_(clip.cond_stage_model, seed=3, std=std)
+    return clip
+
+
+def encode(clip, text):
+    """CLIP Text Encode's conditioning of `text`."""
+    from comfy_host import run_node
+
+    return run_node(host()[0].nodes.CLIPTextEncode, clip=clip, text=text)[0]
+
+
+def condition(network, conditioning):
+    """UnHype Conditioner's output for `conditioning`."""
+    return node("UnHypeConditioner").execute(conditioning, network)[0]
+
+
+def check_network_file(network, conditioning, path, architecture, licence):
+    """Saves `network` to `path`, checks what its header declares and that the file loads back
+    with the same trigger and packs the same embedding for `conditioning`; returns (the network
+    read back, the packed embedding)."""
+    core = host()[2]
+    core.save_unhype(str(path), network)
+    metadata, _ = core.read_header(str(path))
+    assert metadata["modelspec.architecture"] == architecture
+    assert metadata["modelspec.license"] == licence
+    assert metadata["unhype.base_arch"] == network.info.base_arch
+    loaded = core.load_unhype(str(path))
+    assert (loaded.config.trigger, loaded.config.trigger_skip) == (
+        network.config.trigger, network.config.trigger_skip)
+    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond
+              for c in (condition(network, conditioning), condition(loaded, conditioning))]
+    assert torch.equal(packed[0], packed[1])
+    return loaded, packed[0]
+
+
+#: how close a row must be to its reference: the per-row tests' (test_nodes_models.py)
+ROW_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+def bake_and_load(model, network, positive, caplog, key_format, strength, save_name="baked"):
+    """Bakes `network` for the `positive` conditioning (UnHype Bake LoRA) and loads the file
+    through ComfyUI's own LoraLoaderModelOnly with its log captured: no key may go unloaded and
+    every target's weight is patched. Returns (the bake's report, the patched MODEL)."""
+    import logging
+
+    from comfy_host import run_node
+
+    name, report = run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
+                            strength=strength, save_name=save_name, key_format=key_format)
+    with caplog.at_level(logging.WARNING):
+        baked = run_node(host()[0].nodes.LoraLoaderModelOnly, model=model, lora_name=name,
+                         strength_model=1.0)[0]
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    assert set(baked.patches) == {f"diffusion_model.{t.name}.weight" for t in network.targets}
+    return report, baked
+
+
+def check_bake_samples_like_dynamic(model, network, positive, negative, caplog, key_format,
+                                    sample, strength=0.8):
+    """`bake_and_load`, then the baked MODEL samples (with `sample(model, positive, negative)`,
+    at CFG 1) as Apply Dynamic LoRA does, and visibly unlike the base model. Returns the bake's
+    report."""
+    report, baked = bake_and_load(model, network, positive, caplog, key_format, strength)
+    dynamic = node("UnHypeApplyDynamicLoRA").execute(model, network, strength, "all rows")[0]
+    # cfg 1: only the positive runs, so the static LoRA meets exactly the rows it was baked for
+    expected, got = sample(dynamic, positive, negative), sample(baked, positive, negative)
+    torch.testing.assert_close(got, expected, **ROW_TOLERANCE)
+    effect = (got - sample(model, positive, negative)).abs().max()
+    assert effect > 100 * (got - expected).abs().max()
+    return report
+
+
+def supported_model(name):
+    """comfy.supported_models.<name>, or a skip naming the class where this ComfyUI (the
+    0.30.0 floor) lacks it."""
+    import pytest
+
+    found = getattr(host()[0].supported_models, name, None)
+    if found is None:
+        pytest.skip(f"this ComfyUI has no comfy.supported_models.{name}")
+    return found
+
+
+def sample_image(model, positive, negative, channels, cfg=1.0):
+    """Two euler steps from a fixed noise on an 8x8 latent of `channels`."""
+    ns = host()[0]
+    latent = torch.zeros(1, channels, 8, 8)
+    return ns.sample.sample(model, ns.sample.prepare_noise(latent, 0), 2, cfg, "euler", "normal",
+                            positive, negative, latent, disable_pbar=True, seed=0)
+
+
+def training_refused(label):
+    """What the Trainer says to a model of a family it does not train (label: Family.label)."""
+    return (f"UnHype Trainer: training on {label} is not built yet: its UnHype networks run "
+            "(Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains SD1.x, SD2.x, SDXL "
+            "and Flux.1 models only. Load one of those checkpoints to train.")
+
+
+def check_text_encode_reads_as_the_conditioner(clip, network, text):
+    """UnHype Text Encode of `text` sees every token and packs the trigger that UnHype
+    Conditioner packs for CLIP Text Encode's conditioning; returns that trigger [1, D]."""
+    from comfy_host import run_node
+
+    encoded, report = run_node(node("UnHypeTextEncode"), clip=clip, text=text, unhype=network)
+    assert "NOT SEEN" not in report
+    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond[:, 1:]
+              for c in (encoded, condition(network, encode(clip, text)))]
+    torch.testing.assert_close(packed[0], packed[1], rtol=1e-5, atol=1e-6)
+    return packed[0]
+
+
+def check_prompts_of_two_lengths_run_apart(model, network, conds, latent, reference_trigger):
+    """A positive conds[0] and a negative conds[1] of different lengths, which a model whose
+    context does not pad cannot batch: one sampling step at CFG 4 runs them as two model calls,
+    and each call's row equals the float64 merged-weight model for its own prompt."""
+    from test_nodes_models import Capture, run_rows
+
+    ns = host()[0]
+    capture, spy = Capture(), model.clone()
+    spy.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "capture", capture)
+    ns.sample.sample(spy, ns.sample.prepare_noise(latent, 0), 1, 4.0, "euler", "normal",
+                     condition(network, conds[0]), condition(network, conds[1]), latent,
+                     disable_pbar=True, seed=0)
+    assert sorted(c["cond_or_uncond"] for c in capture.calls) == [[0], [1]]
+    assert all(c["x"].shape[0] == 1 for c in capture.calls)
+    patched = node("UnHypeApplyDynamicLoRA").execute(model, network, 0.8, "all rows")[0]
+    for call in capture.calls:
+        trigger = reference_trigger(conds[call["cond_or_uncond"][0]])
+        out = run_rows(model.model, call, slice(None), wrappers=patched.wrappers)
+        expected = run_rows(merged_reference(model.model, network, trigger, 0.8), call,
+                            slice(0, 1))
+        torch.testing.assert_close(out, expected, **ROW_TOLERANCE)

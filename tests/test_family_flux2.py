@@ -6,14 +6,27 @@ gate is the base model's bit for bit; a clip-pooled network and the Trainer are 
 baked file loads through ComfyUI's LoRA loader with every key and samples as Apply Dynamic LoRA
 does."""
 
-import logging
 import sys
 
 import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import forget_parts, hooks_left, host, make_network, merged_reference, node
+from _nodes_helpers import (
+    ROW_TOLERANCE,
+    bake_and_load,
+    encode,
+    forget_parts,
+    hooks_left,
+    host,
+    make_network,
+    merged_reference,
+    node,
+    sample_image,
+    supported_model,
+    tiny_text_encoder,
+    training_refused,
+)
 from test_nodes_models import TINY_FLUX, build, first_call, run_rows
 from test_trainer_node import FAST
 
@@ -31,13 +44,11 @@ TINY_FLUX2 = {
     "default_ref_method": "index", "ref_index_scale": 10.0,
 }
 CHANNELS = 128
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
 
 
 @pytest.fixture(autouse=True)
 def _needs_flux2():
-    if not hasattr(host()[0].supported_models, "Flux2"):
-        pytest.skip("this ComfyUI has no comfy.supported_models.Flux2")
+    supported_model("Flux2")
     forget_parts()
     yield
     forget_parts()
@@ -58,7 +69,6 @@ def network_for(model, seed=4, skip=SHARED, **options):
 def klein_clip(unhype_pack):
     """Klein 4B's text path at a tiny size: ComfyUI's KleinTokenizer (the real Qwen tokenizer
     and chat template) and klein_te (Qwen3, layers 9/18/27 stacked), 32 wide, random weights."""
-    import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.flux as flux_te
 
@@ -68,14 +78,7 @@ def klein_clip(unhype_pack):
                                                     flux_te.klein_te(model_type="qwen3_4b"))
     tiny = {"hidden_size": WIDTH // 3, "intermediate_size": 64, "num_hidden_layers": 28,
             "num_attention_heads": 2, "num_key_value_heads": 1}
-    clip = comfy.sd.CLIP(target=target, model_options={"qwen3_4b_model_config": tiny,
-                                                       "dtype": torch.float32})
-    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.2)
-    return clip
-
-
-def klein_encode(clip, text):
-    return ch.run_node(host()[0].nodes.CLIPTextEncode, clip=clip, text=text)[0]
+    return tiny_text_encoder(target, {"qwen3_4b_model_config": tiny})
 
 
 def prompt(seed, tokens=24):
@@ -149,7 +152,7 @@ def test_each_row_of_one_batched_call_gets_its_own_prompts_lora(tiny, cfg):
                                    rtol=1e-5, atol=1e-6)
         reference = merged_reference(tiny.model, network, trigger, 0.8)
         expected = run_rows(reference, call, slice(row, row + 1))
-        torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+        torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
         assert (out[row] - base[row]).abs().max() > 1e-4
     assert seen == {24, 40}  # both prompts in the one call
     assert hooks_left(tiny.model) == []
@@ -176,7 +179,7 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(tiny):
                                          reference_trigger(passing[0][0]), 1.0)
             torch.testing.assert_close(out[row:row + 1],
                                        run_rows(reference, call, slice(row, row + 1)),
-                                       **TOLERANCE)
+                                       **ROW_TOLERANCE)
             assert (out[row] - base[row]).abs().max() > 1e-4
         else:
             assert torch.equal(out[row], base[row])
@@ -188,11 +191,11 @@ def test_kleins_own_text_encoder_reaches_the_network_and_the_sampled_row(tiny, k
     UnHype Text Encode and Conditioner give the same trigger, and the sampled row (CFG 1) equals
     the merged-weight model for it."""
     core = host()[2]
-    probes = [klein_encode(klein_clip, text)[0][0][0] for text in core.trigger.PROBE_PROMPTS]
+    probes = [encode(klein_clip, text)[0][0][0] for text in core.trigger.PROBE_PROMPTS]
     skip = core.trigger.shared_rows(probes)
     assert skip == 3 and all(p.shape == (512, WIDTH) for p in probes)
     network = network_for(tiny, skip=skip)
-    plain = klein_encode(klein_clip, "a tench fish in a pond")
+    plain = encode(klein_clip, "a tench fish in a pond")
     assert plain[0][1].get("pooled_output") is None
     positive, report = ch.run_node(node("UnHypeTextEncode"), clip=klein_clip,
                                    text="a tench fish in a pond", unhype=network)
@@ -207,7 +210,7 @@ def test_kleins_own_text_encoder_reaches_the_network_and_the_sampled_row(tiny, k
     patched = node("UnHypeApplyDynamicLoRA").execute(tiny, network, 1.0, "all rows")[0]
     out = run_rows(tiny.model, call, slice(None), wrappers=patched.wrappers)
     expected = run_rows(merged_reference(tiny.model, network, trigger, 1.0), call, slice(0, 1))
-    torch.testing.assert_close(out, expected, **TOLERANCE)
+    torch.testing.assert_close(out, expected, **ROW_TOLERANCE)
     assert (out - run_rows(tiny.model, call, slice(None), wrappers={})).abs().max() > 1e-4
 
 
@@ -224,46 +227,32 @@ def test_a_clip_pooled_network_is_refused_on_flux2(tiny):
 def test_a_clip_pooled_network_is_refused_on_kleins_conditioning(tiny, klein_clip):
     clip_pooled = make_network(tiny.model.diffusion_model, "flux2-text", embed_dim=768,
                                base_arch="flux", seed=4)
-    for encode in (lambda: condition(klein_encode(klein_clip, "red"), clip_pooled),
+    for read in (lambda: condition(encode(klein_clip, "red"), clip_pooled),
                    lambda: ch.run_node(node("UnHypeTextEncode"), clip=klein_clip, text="red",
                                        unhype=clip_pooled)):
         with pytest.raises(ValueError, match=r"(no pooled_output|no CLIP-L or CLIP-G).*"
                                              r"cond-pooled trigger"):
-            encode()
+            read()
 
 
 def test_the_trainer_refuses_flux2_and_names_what_it_trains(tiny):
     with pytest.raises(ValueError) as refused:
         ch.run_node_raw(node("UnHypeTrainer"), model=tiny, clip=None, concepts="zebra",
                         save_name="klein", **FAST)
-    assert str(refused.value) == (
-        "UnHype Trainer: training on Flux.2 Klein is not built yet: its UnHype networks run "
-        "(Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains SD1.x, SD2.x, SDXL and "
-        "Flux.1 models only. Load one of those checkpoints to train.")
+    assert str(refused.value) == training_refused("Flux.2 Klein")
 
 
-def sample(model, positive, negative, cfg=1.0):
-    ns = host()[0]
-    latent = torch.zeros(1, CHANNELS, 8, 8)
-    return ns.sample.sample(model, ns.sample.prepare_noise(latent, 0), 2, cfg, "euler", "normal",
-                            positive, negative, latent, disable_pbar=True, seed=0)
+def sample(model, positive, negative):
+    return sample_image(model, positive, negative, CHANNELS)
 
 
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])
 def test_a_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(tiny, loras, caplog,
                                                                           key_format):
-    ns = host()[0]
     network = network_for(tiny)
     positive = condition(prompt(1), network)
-    name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
-                               strength=1.0, save_name="klein", key_format=key_format)
+    report, baked = bake_and_load(tiny, network, positive, caplog, key_format, strength=1.0)
     assert "norm cap: none" in report and "3 layers" in report
-    with caplog.at_level(logging.WARNING):
-        baked = ch.run_node(ns.nodes.LoraLoaderModelOnly, model=tiny, lora_name=name,
-                            strength_model=1.0)[0]
-    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
-    assert {key for key in baked.patches} == {
-        f"diffusion_model.{t.name}.weight" for t in network.targets}
     for target in network.targets[1:]:  # the q rows of the fused qkv are untouched
         key = f"diffusion_model.{target.name}.weight"
         before = tiny.model.state_dict()[key]
@@ -274,7 +263,7 @@ def test_a_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(tiny, 
     dynamic = node("UnHypeApplyDynamicLoRA").execute(tiny, network, 1.0, "all rows")[0]
     expected = sample(dynamic, positive, positive)
     got = sample(baked, positive, positive)
-    torch.testing.assert_close(got, expected, **TOLERANCE)
+    torch.testing.assert_close(got, expected, **ROW_TOLERANCE)
     assert (got - sample(tiny, positive, positive)).abs().max() > 1e-3
 
 
@@ -301,4 +290,4 @@ def test_the_cap_of_txt_in_is_baked_exactly(tiny, loras):
                         strength_model=1.0)[0]
     dynamic = node("UnHypeApplyDynamicLoRA").execute(tiny, network, 1.0, "all rows")[0]
     torch.testing.assert_close(sample(baked, positive, positive),
-                               sample(dynamic, positive, positive), **TOLERANCE)
+                               sample(dynamic, positive, positive), **ROW_TOLERANCE)

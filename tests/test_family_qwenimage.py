@@ -8,16 +8,32 @@ model for that row's prompt; a row under the gate is the base model's bit for bi
 network and the Trainer are refused; a baked file loads through ComfyUI's LoRA loader with every
 key and samples as Apply Dynamic LoRA does."""
 
-import logging
 import sys
 
 import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import forget_parts, hooks_left, host, make_network, merged_reference, node
+from _nodes_helpers import (
+    ROW_TOLERANCE,
+    check_bake_samples_like_dynamic,
+    check_network_file,
+    check_prompts_of_two_lengths_run_apart,
+    check_text_encode_reads_as_the_conditioner,
+    condition,
+    encode,
+    forget_parts,
+    hooks_left,
+    host,
+    make_network,
+    merged_reference,
+    node,
+    supported_model,
+    tiny_text_encoder,
+    training_refused,
+)
 from test_family_wan import first_call, sample, video_latent
-from test_nodes_models import Capture, build, run_rows
+from test_nodes_models import build, run_rows
 from test_trainer_node import run_trainer
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
@@ -35,14 +51,6 @@ TEMPLATE_END = 5  # "<|im_end|>\n<|im_start|>assistant\n": the template's rows a
 #: two prompts of the same length (12 rows): QwenImage wraps c_crossattn in a CONDRegular, so
 #: only conditionings of one shape share a model call
 POSITIVE, NEGATIVE = "a tench fish in a pond", "a red brick house by a lake"
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
-
-
-def supported():
-    found = getattr(host()[0].supported_models, "QwenImage", None)
-    if found is None:
-        pytest.skip("this ComfyUI has no comfy.supported_models.QwenImage")
-    return found
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +62,7 @@ def _fresh_parts():
 
 @pytest.fixture(scope="module")
 def qwen():
-    return build(supported(), TINY_QWEN, seed=1)
+    return build(supported_model("QwenImage"), TINY_QWEN, seed=1)
 
 
 def network_for(model, seed=5, **options):
@@ -74,7 +82,6 @@ def qwen_clip(unhype_pack):
     tokenizer and chat template) and QwenImageTEModel (Qwen2.5-VL, last layer), 32 wide, random
     weights. Its vision tower, which a text prompt never reaches, is built tiny too (ComfyUI
     builds it at its full 0.6B size whatever the config says)."""
-    import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.qwen_image as qwen_te
     import comfy.text_encoders.qwen_vl as qwen_vl
@@ -87,14 +94,7 @@ def qwen_clip(unhype_pack):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(qwen_vl, "Qwen2VLVisionTransformer",
                       lambda **kw: full(**{**kw, **tiny_vision}))
-        clip = comfy.sd.CLIP(target=target, model_options={"qwen25_7b_model_config": config,
-                                                           "dtype": torch.float32})
-    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.2)
-    return clip
-
-
-def encode(clip, text):
-    return ch.run_node(host()[0].nodes.CLIPTextEncode, clip=clip, text=text)[0]
+        return tiny_text_encoder(target, {"qwen25_7b_model_config": config})
 
 
 def text_tokens(clip, text) -> int:
@@ -107,10 +107,6 @@ def reference_trigger(cond):
     so the rows start at the prompt's first token and no row is skipped)."""
     rows = cond[0][0][0].double()
     return torch.cat([rows.sum(0) / rows.shape[0], rows.max(0).values]).float()[None]
-
-
-def condition(network, cond):
-    return node("UnHypeConditioner").execute(cond, network)[0]
 
 
 def models_module():
@@ -169,7 +165,7 @@ def test_every_row_of_a_cfg_batch_equals_its_prompts_merged_weights(qwen, qwen_c
             continue
         expected = run_rows(merged_reference(qwen.model, network, triggers[chunk], 0.8), call,
                             slice(row, row + 1))
-        torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+        torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
         error, effect = (out[row] - expected[0]).abs().max(), (out[row] - base[row]).abs().max()
         assert effect > 1e-3 and effect > 100 * error
 
@@ -178,32 +174,13 @@ def test_prompts_of_different_lengths_run_as_two_calls_each_with_its_own_lora(qw
                                                                             network):
     """QwenImage's CONDRegular context does not pad: ComfyUI runs a positive and a negative of
     different lengths as two model calls, and each call's row still gets its prompt's LoRA."""
-    ns = host()[0]
-    conds = {0: encode(qwen_clip, POSITIVE), 1: encode(qwen_clip, "red")}
-    capture, spy = Capture(), qwen.clone()
-    spy.add_wrapper_with_key(ns.comfy.patcher_extension.WrappersMP.APPLY_MODEL, "capture", capture)
-    latent = video_latent()
-    ns.sample.sample(spy, ns.sample.prepare_noise(latent, 0), 1, 4.0, "euler", "normal",
-                     condition(network, conds[0]), condition(network, conds[1]), latent,
-                     disable_pbar=True, seed=0)
-    assert [(c["x"].shape[0], c["cond_or_uncond"]) for c in capture.calls] in (
-        [(1, [0]), (1, [1])], [(1, [1]), (1, [0])])
-    patched = node("UnHypeApplyDynamicLoRA").execute(qwen, network, 0.8, "all rows")[0]
-    for call in capture.calls:
-        trigger = reference_trigger(conds[call["cond_or_uncond"][0]])
-        out = run_rows(qwen.model, call, slice(None), wrappers=patched.wrappers)
-        expected = run_rows(merged_reference(qwen.model, network, trigger, 0.8), call,
-                            slice(0, 1))
-        torch.testing.assert_close(out, expected, **TOLERANCE)
+    check_prompts_of_two_lengths_run_apart(
+        qwen, network, [encode(qwen_clip, POSITIVE), encode(qwen_clip, "red")], video_latent(),
+        reference_trigger)
 
 
 def test_unhype_text_encode_gives_the_conditioners_trigger(qwen_clip, network):
-    positive, report = ch.run_node(node("UnHypeTextEncode"), clip=qwen_clip, text=POSITIVE,
-                                   unhype=network)
-    assert "NOT SEEN" not in report
-    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond[:, 1:]
-              for c in (positive, condition(network, encode(qwen_clip, POSITIVE)))]
-    torch.testing.assert_close(packed[0], packed[1], rtol=1e-5, atol=1e-6)
+    check_text_encode_reads_as_the_conditioner(qwen_clip, network, POSITIVE)
 
 
 def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(qwen, qwen_clip, network):
@@ -220,7 +197,7 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(qwen, qwen_clip, net
         else:
             expected = run_rows(merged_reference(qwen.model, network, triggers[chunk], 0.8),
                                 call, slice(row, row + 1))
-            torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+            torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
             assert (out[row] - base[row]).abs().max() > 1e-4
 
 
@@ -240,33 +217,18 @@ def test_a_clip_pooled_network_is_refused_on_qwenimage(qwen, qwen_clip):
 def test_the_trainer_refuses_qwenimage_naming_what_it_trains(qwen):
     with pytest.raises(ValueError) as refused:
         run_trainer(qwen, None, save_name="qwen")
-    assert str(refused.value) == (
-        "UnHype Trainer: training on Qwen-Image is not built yet: its UnHype networks run "
-        "(Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains SD1.x, SD2.x, SDXL and "
-        "Flux.1 models only. Load one of those checkpoints to train.")
+    assert str(refused.value) == training_refused("Qwen-Image")
 
 
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])
 def test_a_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(qwen, qwen_clip,
                                                                           network, loras,
                                                                           caplog, key_format):
-    ns = host()[0]
     positive = condition(network, encode(qwen_clip, POSITIVE))
     negative = condition(network, encode(qwen_clip, NEGATIVE))
-    name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
-                               strength=0.8, save_name="qwen", key_format=key_format)
+    report = check_bake_samples_like_dynamic(qwen, network, positive, negative, caplog,
+                                             key_format, sample)
     assert "norm cap: none" in report
-    with caplog.at_level(logging.WARNING):
-        baked = ch.run_node(ns.nodes.LoraLoaderModelOnly, model=qwen, lora_name=name,
-                            strength_model=1.0)[0]
-    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
-    assert set(baked.patches) == {f"diffusion_model.{t.name}.weight" for t in network.targets}
-    dynamic = node("UnHypeApplyDynamicLoRA").execute(qwen, network, 0.8, "all rows")[0]
-    # cfg 1: only the positive runs, so the static LoRA meets exactly the rows it was baked for
-    expected, got = sample(dynamic, positive, negative), sample(baked, positive, negative)
-    torch.testing.assert_close(got, expected, **TOLERANCE)
-    effect = (got - sample(qwen, positive, negative)).abs().max()
-    assert effect > 100 * (got - expected).abs().max()
 
 
 def test_the_cap_of_txt_in_is_not_baked_as_it_reads_the_prompt_through_txt_norm(qwen, qwen_clip,
@@ -285,21 +247,12 @@ def test_the_cap_of_txt_in_is_not_baked_as_it_reads_the_prompt_through_txt_norm(
     baked = ch.run_node(host()[0].nodes.LoraLoaderModelOnly, model=qwen, lora_name=name,
                         strength_model=1.0)[0]
     torch.testing.assert_close(sample(baked, positive, positive),
-                               sample(dynamic, positive, positive), **TOLERANCE)
+                               sample(dynamic, positive, positive), **ROW_TOLERANCE)
 
 
 def test_a_qwenimage_network_file_declares_qwenimage_and_loads_back(qwen_clip, network,
                                                                      tmp_path):
-    core = host()[2]
-    path = str(tmp_path / "qwen.safetensors")
-    core.save_unhype(path, network)
-    metadata, _ = core.read_header(path)
-    assert metadata["modelspec.architecture"] == "qwen-image/unhype"
-    assert metadata["modelspec.license"] == "Apache-2.0"
-    assert metadata["unhype.base_arch"] == "qwenimage"
-    loaded = core.load_unhype(path)
+    loaded, _ = check_network_file(network, encode(qwen_clip, POSITIVE),
+                                   tmp_path / "qwen.safetensors", "qwen-image/unhype",
+                                   "Apache-2.0")
     assert (loaded.config.trigger, loaded.config.trigger_skip) == ("cond-pooled", 0)
-    cond = encode(qwen_clip, POSITIVE)
-    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond
-              for c in (condition(network, cond), condition(loaded, cond))]
-    assert torch.equal(packed[0], packed[1])

@@ -13,7 +13,20 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import hooks_left, host, make_network, merged_reference, node
+from _nodes_helpers import (
+    ROW_TOLERANCE,
+    check_bake_samples_like_dynamic,
+    check_network_file,
+    condition,
+    encode,
+    hooks_left,
+    host,
+    make_network,
+    merged_reference,
+    node,
+    supported_model,
+    tiny_text_encoder,
+)
 from test_nodes_models import Capture, build, run_rows
 from test_trainer_node import run_trainer
 
@@ -29,19 +42,11 @@ TINY_WAN = {
 }
 WAN22_5B = dict(TINY_WAN, in_dim=48, out_dim=48)  # Wan 2.2 TI2V-5B: its own 48-channel VAE
 T2V = ("WAN21_T2V", "WAN22_T2V")
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # the per-row tests' (test_nodes_models.py)
-
-
-def supported(name):
-    found = getattr(host()[0].supported_models, name, None)
-    if found is None:
-        pytest.skip(f"this ComfyUI has no comfy.supported_models.{name}")
-    return found
 
 
 @pytest.fixture(scope="module")
 def wan():
-    return build(supported("WAN21_T2V"), TINY_WAN, seed=0)
+    return build(supported_model("WAN21_T2V"), TINY_WAN, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,6 @@ POSITIVE, NEGATIVE = "tench fish swimming in a pond", "red"  # of different leng
 def umt5():
     """A tiny umT5 text encoder (TEXT_WIDTH wide) with ComfyUI's Wan tokenizer and model
     classes; the SentencePiece model is trained on PROMPTS (40 pieces, pad 0, end 1: umT5's)."""
-    import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.wan as wan_te
     sentencepiece = pytest.importorskip("sentencepiece")
@@ -72,14 +76,8 @@ def umt5():
     target = comfy.supported_models_base.ClipTarget(wan_te.WanT5Tokenizer, wan_te.te())
     config = {"d_model": TEXT_WIDTH, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 2,
               "vocab_size": 40}
-    clip = comfy.sd.CLIP(target=target, tokenizer_data={"spiece_model": spiece.getvalue()},
-                         model_options={"umt5xxl_model_config": config, "dtype": torch.float32})
-    ch.fill_random_(clip.cond_stage_model, seed=3, std=0.5)
-    return clip
-
-
-def encode(umt5, text):
-    return ch.run_node(host()[0].nodes.CLIPTextEncode, clip=umt5, text=text)[0]
+    return tiny_text_encoder(target, {"umt5xxl_model_config": config}, std=0.5,
+                             tokenizer_data={"spiece_model": spiece.getvalue()})
 
 
 def prompt_rows(umt5, text):
@@ -93,10 +91,6 @@ def reference_trigger(umt5, cond, text):
     """Independent of unhype/trigger.py: mean and max of the prompt's own rows."""
     rows = cond[0][0][0, :prompt_rows(umt5, text)].double()
     return torch.cat([rows.sum(0) / rows.shape[0], rows.max(0).values]).float()[None]
-
-
-def condition(network, cond):
-    return node("UnHypeConditioner").execute(cond, network)[0]
 
 
 def video_latent(channels=16):
@@ -131,7 +125,7 @@ def test_t2v_configs_are_wan_and_their_other_subclasses_are_refused():
     SCAIL, causal AR, ...) take inputs UnHype knows nothing of; FlowRVS even rewrites its
     model_type to "t2v", so the class itself decides, not its unet_config."""
     models = host()[0].supported_models
-    base = supported("WAN21_T2V")
+    base = supported_model("WAN21_T2V")
     variants = [cls for cls in models.models if issubclass(cls, base)]
     assert len(variants) > 5
     for cls in variants:
@@ -150,7 +144,7 @@ def test_t2v_configs_are_wan_and_their_other_subclasses_are_refused():
 @pytest.mark.parametrize("config_name", T2V)
 def test_a_built_t2v_model_is_wan(config_name):
     unet = WAN22_5B if config_name == "WAN22_T2V" else TINY_WAN
-    model = build(supported(config_name), unet)
+    model = build(supported_model(config_name), unet)
     assert models_module().model_family(model) == "wan"
 
 
@@ -187,7 +181,7 @@ def test_umt5_pads_with_zero_rows_and_shares_no_leading_row(umt5):
 
 @pytest.fixture(scope="module")
 def wan22():
-    model = build(supported("WAN22_T2V"), WAN22_5B, seed=1)
+    model = build(supported_model("WAN22_T2V"), WAN22_5B, seed=1)
     return model, make_network(model.model.diffusion_model, "wan-cross-kv",
                                embed_dim=2 * TEXT_WIDTH, base_arch="wan", seed=7, std=0.2,
                                trigger="cond-pooled", trigger_skip=0)
@@ -205,7 +199,7 @@ def test_every_row_of_a_cfg_batch_equals_its_prompts_merged_weights(request, umt
     for row, chunk in enumerate(call["cond_or_uncond"]):
         reference = merged_reference(wan.model, network, triggers[chunk], 0.8)
         expected = run_rows(reference, call, slice(row, row + 1))
-        torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+        torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
         error, effect = (out[row] - expected[0]).abs().max(), (out[row] - base[row]).abs().max()
         assert effect > 1e-3 and effect > 100 * error
 
@@ -217,7 +211,7 @@ def test_conditional_only_leaves_the_uncond_row_the_base_models(wan, umt5, netwo
     row = call["cond_or_uncond"].index(0)
     expected = run_rows(merged_reference(wan.model, network, triggers[0], 0.8), call,
                         slice(row, row + 1))
-    torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+    torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
 
 
 def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(wan, umt5, network):
@@ -236,12 +230,12 @@ def test_a_row_under_the_gate_is_the_base_model_bit_for_bit(wan, umt5, network):
         else:
             expected = run_rows(merged_reference(wan.model, network, triggers[chunk], 0.8), call,
                                 slice(row, row + 1))
-            torch.testing.assert_close(out[row:row + 1], expected, **TOLERANCE)
+            torch.testing.assert_close(out[row:row + 1], expected, **ROW_TOLERANCE)
             assert (out[row] - base[row]).abs().max() > 1e-4
 
 
 def test_a_network_for_another_wan_size_is_refused_naming_the_model(network):
-    wider = build(supported("WAN21_T2V"), dict(TINY_WAN, dim=64, num_heads=4))
+    wider = build(supported_model("WAN21_T2V"), dict(TINY_WAN, dim=64, num_heads=4))
     with pytest.raises(ValueError, match=r"made for wan \(target preset wan-cross-kv\), but the "
                                          r"model is WAN21 \(WAN21_T2V \{'dim': 64, 'num_layers': "
                                          r"2\}\)(.|\n)*shape: blocks.0.cross_attn.k is "
@@ -288,26 +282,16 @@ def sample(model, positive, negative, cfg=1.0):
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])
 def test_baked_lora_loads_every_key_and_samples_like_apply_dynamic_lora(wan, umt5, network, loras,
                                                                         caplog, key_format):
-    ns = host()[0]
     positive = condition(network, encode(umt5, POSITIVE))
     negative = condition(network, encode(umt5, NEGATIVE))
-    name, report = ch.run_node(node("UnHypeBakeLoRA"), conditioning=positive, unhype=network,
-                               strength=0.8, save_name="wan", key_format=key_format)
+    report = check_bake_samples_like_dynamic(wan, network, positive, negative, caplog,
+                                             key_format, sample)
     assert "norm cap: none" in report
-    with caplog.at_level(logging.WARNING):
-        baked = ch.run_node(ns.nodes.LoraLoaderModelOnly, model=wan, lora_name=name,
-                            strength_model=1.0)[0]
-    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
     with caplog.at_level(logging.WARNING):  # the log does reach caplog: a foreign key is named
-        ns.sd.load_lora_for_models(wan, None, {"no_such_layer.alpha": torch.tensor(1.0)}, 1.0, 0)
+        host()[0].sd.load_lora_for_models(wan, None, {"no_such_layer.alpha": torch.tensor(1.0)},
+                                          1.0, 0)
     assert any("lora key not loaded: no_such_layer.alpha" in r.getMessage()
                for r in caplog.records)
-    assert set(baked.patches) == {f"diffusion_model.{t.name}.weight" for t in network.targets}
-    dynamic = node("UnHypeApplyDynamicLoRA").execute(wan, network, 0.8, "all rows")[0]
-    # cfg 1: only the positive runs, so the static LoRA meets exactly the rows it was baked for
-    expected, got = sample(dynamic, positive, negative), sample(baked, positive, negative)
-    torch.testing.assert_close(got, expected, **TOLERANCE)
-    assert (got - sample(wan, positive, negative)).abs().max() > 100 * (got - expected).abs().max()
 
 
 def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan, umt5, loras):
@@ -323,7 +307,7 @@ def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan,
     baked = ch.run_node(host()[0].nodes.LoraLoaderModelOnly, model=wan, lora_name=name,
                         strength_model=1.0)[0]
     torch.testing.assert_close(sample(baked, positive, positive),
-                               sample(dynamic, positive, positive), **TOLERANCE)
+                               sample(dynamic, positive, positive), **ROW_TOLERANCE)
 
     core = host()[2]
     trigger = reference_trigger(umt5, encode(umt5, POSITIVE), POSITIVE)
@@ -339,24 +323,15 @@ def test_bake_says_the_cap_is_not_baked_and_a_gated_prompt_bakes_to_nothing(wan,
 
 
 def test_a_wan_network_file_declares_wan_and_loads_back(umt5, network, tmp_path):
-    core = host()[2]
-    path = str(tmp_path / "wan.safetensors")
-    core.save_unhype(path, network)
-    metadata, _ = core.read_header(path)
-    assert metadata["modelspec.architecture"] == "wan-2.1-t2v/unhype"
-    assert metadata["modelspec.license"] == "Apache-2.0"
-    assert metadata["unhype.base_arch"] == "wan"
-    loaded = core.load_unhype(path)
+    loaded, packed = check_network_file(network, encode(umt5, POSITIVE),
+                                        tmp_path / "wan.safetensors", "wan-2.1-t2v/unhype",
+                                        "Apache-2.0")
     assert (loaded.config.trigger, loaded.config.trigger_skip) == ("cond-pooled", 0)
-    cond = encode(umt5, POSITIVE)
-    packed = [c[0][1]["model_conds"]["unhype_embedding"].cond
-              for c in (condition(network, cond), condition(loaded, cond))]
-    assert torch.equal(packed[0], packed[1])
     # the weights read back are the written ones bit for bit; the factors agree to float noise
     # (the same matmuls on tensors at other addresses may take other kernels)
     saved = network.module.state_dict()
     assert all(torch.equal(saved[k], v) for k, v in loaded.module.state_dict().items())
-    made, read = network.factors(packed[0][:, 1:]), loaded.factors(packed[0][:, 1:])
+    made, read = network.factors(packed[:, 1:]), loaded.factors(packed[:, 1:])
     assert all(torch.allclose(made[name].up, read[name].up, rtol=0, atol=1e-6) for name in made)
 
 

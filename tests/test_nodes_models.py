@@ -36,13 +36,13 @@ TINY_FLUX = {
 
 
 #: ComfyUI's model configs UnHype knows, and their families (the others are refused); the
-#: Trainer refuses Flux.2's, Wan's and Qwen-Image's itself (tests/test_family_*.py)
+#: Trainer refuses Flux.2's, Wan's, Qwen-Image's and Z-Image's itself (tests/test_family_*.py)
 KNOWN = {"SD15": "sd1", "SD15_instructpix2pix": "sd1", "SD20": "sd2", "SD21UnclipL": "sd2",
          "SD21UnclipH": "sd2", "SD_X4Upscaler": "sd2", "LotusD": "sd2", "SDXL": "sdxl",
          "SDXL_instructpix2pix": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl",
          "KOALA_700M": "sdxl", "KOALA_1B": "sdxl", "Flux": "flux", "FluxSchnell": "flux",
          "FluxInpaint": "flux", "Flux2": "flux2", "WAN21_T2V": "wan", "WAN22_T2V": "wan",
-         "QwenImage": "qwenimage"}
+         "QwenImage": "qwenimage", "ZImage": "zimage"}
 
 
 def test_model_family_of_every_comfyui_model_config():
@@ -61,13 +61,14 @@ def test_model_family_of_every_comfyui_model_config():
         with pytest.raises(models.UnsupportedModelError) as refused:
             models.model_family(model)
         assert str(refused.value).startswith(
-            "UnHype works on SD1.x, SD2.x, SDXL, Flux.1, Flux.2 Klein, Wan 2.1/2.2 T2V and "
-            "Qwen-Image models (and trains on SD1.x, SD2.x, SDXL and Flux.1); this MODEL is "
-            f"{cls.__name__}")
+            "UnHype works on SD1.x, SD2.x, SDXL, Flux.1, Flux.2 Klein, Wan 2.1/2.2 T2V, "
+            "Qwen-Image and Z-Image models (and trains on SD1.x, SD2.x, SDXL and Flux.1); this "
+            f"MODEL is {cls.__name__}")
         assert str(refused.value).endswith(
             ". Load an SD1.x / SD2.x / SDXL / Flux.1 / Flux.2 Klein / Wan 2.1/2.2 T2V / "
-            "Qwen-Image checkpoint.")
-    assert {"SD15", "SD20", "SDXL", "Flux", "WAN21_T2V", "WAN22_T2V", "QwenImage"} <= seen
+            "Qwen-Image / Z-Image checkpoint.")
+    assert {"SD15", "SD20", "SDXL", "Flux", "WAN21_T2V", "WAN22_T2V", "QwenImage",
+            "ZImage"} <= seen
     if hasattr(ns.supported_models, "Flux2"):
         assert issubclass(ns.supported_models.Flux2, ns.supported_models.Flux)
 

@@ -92,7 +92,7 @@ def test_workflows_and_script_are_served(comfy_server):
 
 
 @pytest.mark.parametrize("name", ["sd15_unhype.json", "sdxl_unhype.json", "flux_unhype.json",
-                                  "qwenimage_unhype.json"])
+                                  "qwenimage_unhype.json", "zimage_unhype.json"])
 def test_workflow_is_valid_against_object_info(object_info, name):
     workflow = json.loads((WORKFLOWS / name).read_text())
     assert validate(workflow, object_info) == []
@@ -104,7 +104,8 @@ def test_workflow_is_valid_against_object_info(object_info, name):
     assert {sampler["inputs"]["positive"][0], sampler["inputs"]["negative"][0]} == conditioners
     apply = next(n for n in api.values() if n["class_type"] == "UnHypeApplyDynamicLoRA")
     mode = apply["inputs"]["mode"]
-    assert mode == ("all rows" if name.startswith("flux") else "conditional only")
+    # distilled at cfg 1 (Flux.1 dev, Z-Image Turbo): the LoRA on every row
+    assert mode == ("all rows" if name.startswith(("flux", "zimage")) else "conditional only")
 
 
 def object_info_fresh(server):

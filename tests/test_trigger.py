@@ -58,6 +58,8 @@ def test_shared_rows_counts_the_leading_rows_alike_in_every_prompt():
     a, b = torch.cat([prefix, torch.zeros(2, 3)]), torch.cat([prefix, torch.full((2, 3), 5.0)])
     assert shared_rows([a, b]) == 2
     assert shared_rows([a, a]) == 3  # every row alike: the last one is still pooled
+    # the same tokens' states rounded apart by another length's kernels are still one row
+    assert shared_rows([a, torch.cat([prefix + 1e-6, torch.full((2, 3), 5.0)])]) == 2
 
 
 def test_the_world_clip_shares_only_its_start_token(world):

@@ -128,6 +128,17 @@ TARGET_PRESETS: dict[str, TargetPreset] = {
             (r"^transformer_blocks\.\d+\.attn\.add_[kv]_proj$", _whole),
         ),
     ),
+    "zimage-text": TargetPreset(
+        "Z-Image text path: the caption embedder's projection cap_embedder.1 (after its "
+        "RMSNorm) and every linear of the context refiner (attention qkv and out, feed-forward "
+        "w1, w2, w3), which runs on the caption tokens alone without the timestep: the LoRA "
+        "depends on the prompt only, the same at every step; the shared single-stream layers, "
+        "caption rows included, are left alone",
+        (
+            (r"^cap_embedder\.1$", _whole),
+            (r"^context_refiner\.\d+\.(attention\.(qkv|out)|feed_forward\.w[123])$", _whole),
+        ),
+    ),
 }
 
 

@@ -39,13 +39,22 @@ def cond_pooled(conditioning: Sequence[torch.Tensor], skip: int) -> torch.Tensor
     return torch.stack(vectors)
 
 
+#: how far apart (relative L2) two prompts' states of one row may be and still be the same row:
+#: a causal encoder gives the same leading tokens the same states, but prompts of other lengths
+#: may take other kernels, which round them apart (Z-Image's Qwen3 template prefix: 1e-6 in
+#: float32); a row of another token differs by the order of the row itself
+SAME_ROW = 1e-2
+
+
 def shared_rows(conditioning: Sequence[torch.Tensor]) -> int:
-    """How many leading rows are the same in every one of these conditionings (at least two
-    unlike prompts): the rows that say nothing about a prompt."""
+    """How many leading rows are the same, up to float noise (`SAME_ROW`), in every one of these
+    conditionings (at least two unlike prompts): the rows that say nothing about a prompt."""
     length = min(c.shape[0] for c in conditioning)
-    first = conditioning[0]
+    first = conditioning[0].float()
     for row in range(length):
-        if not all(torch.equal(c[row], first[row]) for c in conditioning[1:]):
+        limit = SAME_ROW * float(first[row].norm())
+        if not all(float((c[row].float() - first[row]).norm()) <= limit
+                   for c in conditioning[1:]):
             return row
     return length - 1  # every row alike: keep the last one to pool
 
