@@ -269,7 +269,7 @@ def test_workflow_loads_without_missing_nodes(session, object_info, path):
     # Only loaders of model files that this server does not have may show an error.
     errors = {n["type"] for n in got["nodes"] if n["has_errors"]}
     assert errors <= {"CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader", "VAELoader",
-                      "CLIPLoader", "UnHypeLoader"}, errors
+                      "CLIPLoader", "LoraLoaderModelOnly", "UnHypeLoader"}, errors
     # The page's prompt builder agrees with the harness's UI->API converter.
     prompt = session.page.evaluate("async () => (await app.graphToPrompt()).output")
     expected = to_api(workflow, object_info)

@@ -75,7 +75,8 @@ def test_library_metadata(object_info):
 
 def test_workflows_and_script_are_served(comfy_server):
     templates = comfy_server.get_json("/workflow_templates")
-    assert {"flux_unhype", "sd15_unhype", "sdxl_unhype", "qwenimage_unhype"} <= set(
+    assert {"flux_unhype", "sd15_unhype", "sdxl_unhype", "qwenimage_unhype", "zimage_unhype",
+            "flux2_klein_unhype", "wan_unhype"} <= set(
         templates[ch.PACK_DIR_NAME])
     for name in templates[ch.PACK_DIR_NAME]:  # the template browser's thumbnail: <name>.jpg
         status, body = comfy_server.request(
@@ -91,21 +92,31 @@ def test_workflows_and_script_are_served(comfy_server):
     assert status == 200 and b"unhype.report" in body
 
 
+#: the nodes that take the two prompts: KSampler, the experts' KSamplerAdvanced, CFGGuider
+PROMPTED = ("KSampler", "KSamplerAdvanced", "CFGGuider")
+
+
 @pytest.mark.parametrize("name", ["sd15_unhype.json", "sdxl_unhype.json", "flux_unhype.json",
-                                  "qwenimage_unhype.json", "zimage_unhype.json"])
+                                  "flux2_klein_unhype.json", "qwenimage_unhype.json",
+                                  "zimage_unhype.json", "wan_unhype.json"])
 def test_workflow_is_valid_against_object_info(object_info, name):
     workflow = json.loads((WORKFLOWS / name).read_text())
     assert validate(workflow, object_info) == []
     types = [n["type"] for n in workflow["nodes"]]
     assert "Note" in types and types.count("UnHypeConditioner") == 2
     api = to_api(workflow, object_info)
-    sampler = next(n for n in api.values() if n["class_type"] == "KSampler")
     conditioners = {k for k, n in api.items() if n["class_type"] == "UnHypeConditioner"}
-    assert {sampler["inputs"]["positive"][0], sampler["inputs"]["negative"][0]} == conditioners
-    apply = next(n for n in api.values() if n["class_type"] == "UnHypeApplyDynamicLoRA")
-    mode = apply["inputs"]["mode"]
-    # distilled at cfg 1 (Flux.1 dev, Z-Image Turbo): the LoRA on every row
-    assert mode == ("all rows" if name.startswith(("flux", "zimage")) else "conditional only")
+    prompted = [n for n in api.values() if n["class_type"] in PROMPTED]
+    assert prompted
+    for node in prompted:
+        assert {node["inputs"]["positive"][0], node["inputs"]["negative"][0]} == conditioners
+        # every model that samples is patched (Wan 2.2: both experts)
+        model = node["inputs"]["model"][0]
+        assert api[model]["class_type"] == "UnHypeApplyDynamicLoRA", (name, node)
+    # distilled at cfg 1 (Flux.1 dev, Klein, Z-Image Turbo): the LoRA on every row
+    modes = {n["inputs"]["mode"] for n in api.values()
+             if n["class_type"] == "UnHypeApplyDynamicLoRA"}
+    assert modes == {"all rows" if name.startswith(("flux", "zimage")) else "conditional only"}
 
 
 def object_info_fresh(server):
