@@ -3,9 +3,11 @@
 Not a test. Real-size models with random weights, built with ComfyUI's own classes; every ratio
 below is measured in the same run, variants interleaved where they are timed against each other.
 
-  sampling  seconds per step of comfy.sample.sample (cond+uncond batch, euler, CFG 7) on SD1.5
-            (512 px, fp16) and SDXL (1024 px, bf16) for: base model / Apply Dynamic LoRA with a
-            paper-size network "for 1 concept" / the same architecture with other weights
+  sampling  seconds per step of comfy.sample.sample (euler) on SD1.5 (512 px, fp16; CFG 7,
+            cond+uncond batch), SDXL (1024 px, bf16; the same) and Z-Image (1024 px, bf16, 6B;
+            no pooled vector, so a cond-pooled network; Turbo's CFG 1, all rows) for: base
+            model / Apply Dynamic LoRA with a paper-size network "for 1 concept" / the same
+            architecture with other weights
             ("for 100 concepts": a network's size does not depend on its concept count) /
             ComfyUI's hook LoRA (a static rank-6 LoRA on the same layers, positive only). Also
             peak VRAM, and the memory ComfyUI counts as loaded for the run: the UNet, plus the
@@ -14,7 +16,8 @@ below is measured in the same run, variants interleaved where they are timed aga
             x_t cached) against one static ESD-x LoRA step on the same layers, model and x_t,
             with gradient checkpointing (the default) and without: time and peak VRAM. SD1.5
             512 px, SDXL 1024 px, Flux 512 px (bf16, 12B parameters; skipped when it does not
-            fit). The first x_t sampling (ESD, 50-step schedule, CFG) is timed on its own.
+            fit); families the Trainer does not train are skipped, saying so. The first x_t
+            sampling (ESD, 50-step schedule, CFG) is timed on its own.
 The text encoder is a stand-in returning fixed random conditioning of each family's shapes:
 encodings are cached in both sampling and training, so CLIP costs no step time. Sized for
 < 8 minutes on one GPU; `--budget` skips what would start after it.
@@ -67,6 +70,14 @@ FLUX_DIT = {
     "num_heads": 24, "depth": 19, "depth_single_blocks": 38, "axes_dim": [16, 56, 56],
     "theta": 10000, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": [],
 }
+# Z-Image (Turbo and Base: one shape), 6B; Qwen3-4B's 2560-wide rows are its caption
+ZIMAGE_DIT = {
+    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840,
+    "cap_feat_dim": 2560, "n_layers": 30, "qk_norm": True, "n_heads": 30, "n_kv_heads": 30,
+    "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512], "rope_theta": 256.0,
+    "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True, "time_scale": 1000.0,
+    "pad_tokens_multiple": 32,
+}
 # --cpu-smoke: the same classes and module names, tiny
 TINY = {
     "sd15": {**SD15_UNET, "model_channels": 32, "channel_mult": [1, 2, 2, 2], "context_dim": 64,
@@ -76,6 +87,9 @@ TINY = {
              "transformer_depth_middle": 1, "context_dim": 64, "num_head_channels": 16},
     "flux": {**FLUX_DIT, "context_in_dim": 64, "hidden_size": 64, "mlp_ratio": 2.0,
              "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 12, 12]},
+    # dim 256: the least Z-Image's 256-d timestep modulation takes; 8 heads of 32 = 8 + 12 + 12
+    "zimage": {**ZIMAGE_DIT, "dim": 256, "cap_feat_dim": 32, "n_layers": 1, "n_heads": 8,
+               "n_kv_heads": 8, "axes_dims": [8, 12, 12], "axes_lens": [256, 64, 64]},
 }
 
 
@@ -90,29 +104,38 @@ class Family:
     sampled: bool  # timed in the sampling check too (at the family's resolution)
 
     @property
+    def entry(self):
+        """Its unhype/families.py entry."""
+        return family(self.key)
+
+    @property
     def config(self) -> str:
         """The comfy.supported_models class that builds it."""
-        return family(self.key).comfy_configs[0]
+        return self.entry.comfy_configs[0]
 
     @property
     def preset(self) -> str:
-        return family(self.key).target_preset
+        return self.entry.target_preset
 
     @property
     def resolution(self) -> int:
         """Of the training check, and of the sampling check when it is sampled."""
-        return family(self.key).resolution
+        return self.entry.resolution
 
 
 FAMILIES = {
     "sd15": Family("sd1", SD15_UNET, "fp16", 77, sampled=True),
     "sdxl": Family("sdxl", SDXL_UNET, "bf16", 77, sampled=True),
     "flux": Family("flux", FLUX_DIT, "bf16", 256, sampled=False),
+    # a family with no pooled vector (cond-pooled trigger), distilled Turbo at CFG 1
+    "zimage": Family("zimage", ZIMAGE_DIT, "bf16", 64, sampled=True),
 }
 
 
-def widths(unet: dict) -> tuple[int, int]:
-    """(context width, pooled width) the model's conditioning has."""
+def widths(unet: dict) -> tuple[int, int | None]:
+    """(context width, pooled width) the model's conditioning has; None: no pooled vector."""
+    if "cap_feat_dim" in unet:  # Z-Image: the LLM's rows only
+        return unet["cap_feat_dim"], None
     if "context_in_dim" in unet:  # Flux: T5 context, CLIP-L pooled vector
         return unet["context_in_dim"], unet["vec_in_dim"]
     pooled = unet["adm_in_channels"] - 6 * 256 if unet.get("adm_in_channels") else 768
@@ -172,8 +195,10 @@ class RandomClip:
 
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
         gen = torch.Generator().manual_seed(seed)
-        return [[torch.randn(1, self.tokens, self.width, generator=gen),
-                 {"pooled_output": torch.randn(1, self.pooled, generator=gen)}]]
+        rows = torch.randn(1, self.tokens, self.width, generator=gen)
+        if self.pooled is None:
+            return [[rows, {}]]
+        return [[rows, {"pooled_output": torch.randn(1, self.pooled, generator=gen)}]]
 
     def encode(self, text):
         return self.encode_from_tokens_scheduled(self.tokenize(text))
@@ -222,11 +247,18 @@ def sampling_check(name, model, pack, args, clock, out):
     unet = TINY[name] if args.cpu_smoke else family.unet
     clip = RandomClip(unet, family.tokens)
     targets = core.targets_from_preset(model.model.diffusion_model, family.preset)
+    entry = family.entry
+    width, pooled = widths(unet)
+    # cond-pooled: mean and max of the rows (random conditioning: no rows every prompt shares)
+    trigger = {"embed_dim": pooled} if pooled else {"embed_dim": 2 * width,
+                                                    "trigger": "cond-pooled"}
+    mode = "all rows" if entry.distilled else "conditional only"
+    cfg = entry.guidance if entry.distilled else 7.0
 
     def network(seed):
         """Random weights drawn on the device (1.6 B parameters on SDXL), then put on the CPU,
         where a loaded network starts and ComfyUI's memory management picks it up."""
-        config = core.HyperNetConfig(embed_dim=widths(unet)[1], rank=6, hidden=args.hidden)
+        config = core.HyperNetConfig(**trigger, rank=6, hidden=args.hidden)
         with torch.device("meta"):
             module = core.HyperNetwork(config, targets)
         module = module.to_empty(device=clock.device)
@@ -241,7 +273,7 @@ def sampling_check(name, model, pack, args, clock, out):
     variants = {"base": (model, positive, negative)}
     one, hundred = network(1), network(100)
     for label, net in (("unhype-1", one), ("unhype-100", hundred)):
-        patched = apply_node.execute(model, net, 1.0, "conditional only")[0]
+        patched = apply_node.execute(model, net, 1.0, mode)[0]
         variants[label] = (patched, condition(positive, net)[0],
                            condition(negative, net)[0])
     gen = torch.Generator().manual_seed(7)
@@ -255,7 +287,7 @@ def sampling_check(name, model, pack, args, clock, out):
     variants["hook-lora"] = (model, comfy.hooks.set_hooks_for_conditioning(positive, hooks),
                              negative)
     px = 64 if args.cpu_smoke else family.resolution
-    latent = torch.zeros(1, 4, px // 8, px // 8)
+    latent = torch.zeros(1, model.model.latent_format.latent_channels, px // 8, px // 8)
     counted = {}
 
     def run(label, seed):
@@ -270,7 +302,7 @@ def sampling_check(name, model, pack, args, clock, out):
 
         clock.reset_peak()
         comfy.sample.sample(patcher, comfy.sample.prepare_noise(latent, seed), args.steps + 1,
-                            7.0, "euler", "normal", pos, neg, latent, disable_pbar=True,
+                            cfg, "euler", "normal", pos, neg, latent, disable_pbar=True,
                             seed=seed, callback=step)
         return (stamps[-1] - stamps[0]) / (len(stamps) - 1), clock.peak_gib()
 
@@ -289,9 +321,10 @@ def sampling_check(name, model, pack, args, clock, out):
     spread = f"{(max(times['base']) - min(times['base'])) / base * 100:.1f}%" \
         if len(times["base"]) > 1 else "n/a, 1 rep"
     hyper = sum(p.numel() for p in one.module.parameters())
+    batch = "cond+uncond batch" if cfg != 1 else "CFG 1: cond only"
     out(f"\nsampling {name}: {px} px, {args.dtype_name(name)}, {args.steps} steps x "
-        f"{args.reps} interleaved reps, cond+uncond batch; hypernetwork {hyper / 1e6:.1f}M "
-        f"parameters (fp32)")
+        f"{args.reps} interleaved reps, {batch}, Apply Dynamic LoRA {mode}; hypernetwork "
+        f"{hyper / 1e6:.1f}M parameters (fp32, {trigger.get('trigger', 'clip-pooled')})")
     out(f"  {'variant':11s} {'s/step':>9s} {'x base':>7s} {'peak VRAM GiB':>14s} "
         f"{'ComfyUI counts loaded GiB':>26s}")
     for label in names:
@@ -402,7 +435,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny models on the CPU, fp32, 2 steps: checks the code paths")
-    parser.add_argument("--families", default="sd15,sdxl,flux")
+    parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--steps", type=int, default=10, help="sampling steps timed per run")
     parser.add_argument("--reps", type=int, default=3, help="interleaved sampling runs")
     parser.add_argument("--train-steps", type=int, default=6, help="timed training steps")
@@ -450,7 +483,9 @@ def main(argv=None):
                 f"{time.perf_counter() - started:.0f} s")
             if FAMILIES[name].sampled:
                 sampling_check(name, model, pack, args, clock, out)
-            if time.perf_counter() - started > args.budget:
+            if not FAMILIES[name].entry.trains:
+                out(f"training {name}: skipped (the Trainer does not train this family)")
+            elif time.perf_counter() - started > args.budget:
                 out(f"training {name}: skipped (time budget)")
             else:
                 training_check(name, model, pack, args, clock, out)

@@ -22,7 +22,7 @@ def test_gpu_check_cpu_smoke(comfyui_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = result.stdout.split("==== report ====")[-1]
     for section in ("sampling sd15", "sampling sdxl", "training sd15", "training sdxl",
-                    "training flux"):
+                    "training flux", "sampling zimage"):
         assert f"\n{section}:" in report, report
     assert report.count("unhype / esd-x, checkpointing") == 6
     assert not any(word in report for word in ("NO UPDATE", "out of memory", "failed:"))
