@@ -416,7 +416,7 @@ def test_binding_cap_row_ignores_a_longer_companion(tiny, mode):
 
 def managed_patchers(patcher, network):
     ns = host()[0]
-    key = sys.modules[host()[1].__name__ + ".nodes.apply"].ADDITIONAL_MODELS_KEY
+    key = sys.modules[host()[1].__name__ + ".nodes.sampling.patch"].ADDITIONAL_MODELS_KEY
     return [p for p in patcher.get_additional_models_with_key(key)
             if p.model is network.module and isinstance(p, ns.model_patcher.ModelPatcher)]
 
