@@ -80,6 +80,12 @@ class UnHypeTrainer(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: its pooled "
                                               "embedding is what the network reads."),
                 *(_input(setting) for setting in SETTINGS),
+                # optional and last: API prompts written before it stay valid
+                io.Vae.Input("vae", optional=True,
+                             tooltip="The VAE of the same checkpoint: with it, the Trainer "
+                                     "draws a preview beside the network (two erase and two "
+                                     "retain prompts, without and with it) for its page on a "
+                                     "model host."),
             ],
             outputs=[
                 UnHype.Output(display_name="unhype",
@@ -91,7 +97,7 @@ class UnHypeTrainer(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, **inputs) -> io.NodeOutput:
+    def execute(cls, model, clip, vae=None, **inputs) -> io.NodeOutput:
         node, unique_id = "UnHype Trainer", cls.hidden.unique_id
         if inputs.get("resume") == NO_RESUME:
             inputs["resume"] = ""
@@ -114,7 +120,7 @@ class UnHypeTrainer(io.ComfyNode):
             comfy.model_management.throw_exception_if_processing_interrupted()
 
         try:
-            outcome = run_training(model, clip, settings, on_progress=on_progress,
+            outcome = run_training(model, clip, settings, vae=vae, on_progress=on_progress,
                                    log=lambda line: logging.info("UnHype Trainer: %s", line))
         except ConfigError as error:  # user-facing; anything else is a bug
             raise ValueError(f"{node}: {error}") from None

@@ -122,6 +122,42 @@ def test_trainer_node_trains_saves_and_feeds_apply_dynamic_lora(tiny_model, tiny
     print(f"trainer node: 3 steps in {seconds:.1f}s")
 
 
+def test_trainer_draws_a_preview_beside_the_network_when_given_the_vae(folders):
+    """Proving ground (its model, CLIP and pixel-space VAE, as the node gives them): the grid of
+    two erase and two retain prompts without and with the network is written beside it and named
+    by its card; without a VAE, or with one that fails, the network is saved and the report
+    says why there is no preview."""
+    from PIL import Image
+
+    model, clip, vae = ch.run_node(node("UnHypeProvingGround"))
+    world = dict(FAST, resolution=32, templates="a {} circle\na photo of a {} square",
+                 retain_prompts="a blue circle\na green square", steps=4)
+    out = ch.run_node_raw(node("UnHypeTrainer"), model=model, clip=clip, vae=vae,
+                          concepts="red", save_name="red", **world)
+    report = out.ui["text"][0]
+    assert "preview red.preview.png (upload it with the card)" in report, report
+    grid = Image.open(folders["unhype"] / "red.preview.png")
+    preview = sys.modules[host()[1].__name__ + ".nodes.training.preview"]
+    assert grid.format == "PNG" and grid.height > 4 * preview.PREVIEW_CELL
+    card = (folders["unhype"] / "red.md").read_text(encoding="utf-8")
+    assert "](red.preview.png)" in card
+
+    out = ch.run_node_raw(node("UnHypeTrainer"), model=model, clip=clip, concepts="red",
+                          save_name="novae", **world)
+    assert "no preview: connect the checkpoint's VAE" in out.ui["text"][0]
+    assert not (folders["unhype"] / "novae.preview.png").exists()
+
+    class BrokenVAE:  # a VAE whose decode fails: the network must still be saved
+        def decode(self, samples):
+            raise RuntimeError("decoder out of memory")
+
+    out = ch.run_node_raw(node("UnHypeTrainer"), model=model, clip=clip, vae=BrokenVAE(),
+                          concepts="red", save_name="broken", **world)
+    assert "no preview: RuntimeError: decoder out of memory" in out.ui["text"][0]
+    assert (folders["unhype"] / "broken.safetensors").is_file()
+    assert "preview.png" not in (folders["unhype"] / "broken.md").read_text(encoding="utf-8")
+
+
 def test_trainer_rejects_bad_inputs_with_clear_errors(tiny_model, tiny_clip, folders):
     with pytest.raises(ValueError, match="no concepts to erase"):
         run_trainer(tiny_model, tiny_clip, concepts="  \n ")

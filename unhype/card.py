@@ -103,9 +103,10 @@ def summary(info, evaluated: dict) -> list[str]:
 
 
 def model_card(info, *, file_name: str, hash_sha256: str,
-               erasure_check: dict | None = None) -> str:
+               erasure_check: dict | None = None, preview: str | None = None) -> str:
     """A Markdown card to paste into a model host's page: what it erases, for which model, how
-    it was measured, its limits, how to use it, its licence."""
+    it was measured, its limits, how to use it, its licence; `preview`: the file name of the
+    before/after grid drawn beside it."""
     base = family(info.base_arch)
     manifest = concept_manifest(info.training)
     measured = evaluation(info.training, erasure_check)
@@ -120,6 +121,8 @@ def model_card(info, *, file_name: str, hash_sha256: str,
         "and gives the prompts that carry an erased concept a LoRA steering away from it; "
         "every other prompt gets the untouched model.",
         "",
+        *([f"![The same prompts and noise without and with the network]({preview})", ""]
+          if preview else []),
         f"- **Erases:** {erases_line(manifest)}",
         f"- **Base model family:** {base.label} (ModelSpec architecture "
         f"`{base.modelspec_architecture}/unhype`)",

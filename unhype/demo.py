@@ -20,9 +20,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from .fileformat import load_unhype, save_unhype
+from .preview import render_grid
 from .world import load_world
 from .world.erasure import (
     ErasureTask,
@@ -158,34 +158,6 @@ def caption(concept: str, metrics: dict) -> list[str]:
     ]
 
 
-def render_grid(rows: list[tuple[str, str]], before: torch.Tensor, after: torch.Tensor,
-                per_row: int, notes: list[str]) -> Image.Image:
-    font = ImageFont.load_default(size=15)
-    small = ImageFont.load_default(size=13)
-    label_width, header, footer = 300, 30, 22 * len(notes) + 12
-    width = label_width + 2 * per_row * CELL + 12
-    canvas = Image.new("RGB", (width, header + len(rows) * CELL + footer), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((label_width, 6), "before (base model)", fill=(0, 0, 0), font=font)
-    draw.text((label_width + per_row * CELL + 12, 6), "after (UnHype)", fill=(0, 0, 0),
-              font=font)
-    for r, (label, prompt) in enumerate(rows):
-        top = header + r * CELL
-        draw.text((8, top + CELL // 2 - 20), label, font=font,
-                  fill=(150, 0, 0) if "erased" in label else (0, 110, 0))
-        draw.text((8, top + CELL // 2 + 2), f'"{prompt}"', fill=(0, 0, 0), font=small)
-        for k in range(per_row):
-            for column, images in enumerate((before, after)):
-                pixels = (images[r * per_row + k].permute(1, 2, 0) * 255).byte().numpy()
-                tile = Image.fromarray(pixels).resize((CELL, CELL), Image.NEAREST)
-                left = label_width + column * (per_row * CELL + 12) + k * CELL
-                canvas.paste(tile, (left, top))
-    for index, note in enumerate(notes):
-        draw.text((8, header + len(rows) * CELL + 8 + 22 * index), note, fill=(40, 40, 40),
-                  font=small)
-    return canvas
-
-
 def run_demo(concept: str = "red", out: str = "unhype-demo", steps: int = 0, samples: int = 60,
              seed: int = 0, objective: str = "trajectory", cores: int | None = None) -> dict:
     """Train, measure, draw; `steps` 0 = the Trainer's default for the proving ground; `cores`
@@ -297,6 +269,6 @@ def _run(concept: str, out: str, steps: int, samples: int, seed: int, objective:
         "measuring_seconds": round(time.perf_counter() - measuring, 1),
     }
     grid_after = generate(world, prompts, seed + 7, patch)
-    render_grid(rows, grid_before, grid_after, per_row, caption(concept, metrics)).save(
+    render_grid(rows, grid_before, grid_after, per_row, caption(concept, metrics), CELL).save(
         os.path.join(out, "grid.png"))
     return metrics

@@ -30,6 +30,7 @@ from ...unhype.trigger import measure_trigger
 from ..folders import CHECKPOINTS, NETWORKS, first_folder, resolve_resume
 from ..models import model_family
 from .denoiser import ComfyDenoiser
+from .preview import preview_grid
 
 
 class TrainingError(ConfigError):
@@ -109,11 +110,27 @@ def refuse_untrained(family: str) -> None:
             "checkpoints to train.")
 
 
-def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | None = None,
-                 checkpoint_dir: str | None = None,
+def draw_preview(path: str, denoiser, network, vae, config, log) -> str:
+    """Write the preview grid to `path`; returns `path`, or the line saying why it is missing."""
+    log("drawing the preview (the base model and the network on four prompts)")
+    try:
+        grid = preview_grid(denoiser, network, vae, config, config.seed)
+        partial = path + ".partial"
+        grid.save(partial, format="PNG")
+        os.replace(partial, path)
+    except Exception as error:  # the network is saved: a preview is never worth losing it
+        logging.exception("UnHype Trainer: the preview failed")
+        return f"no preview: {type(error).__name__}: {str(error).splitlines()[0]}"
+    return path
+
+
+def run_training(model, clip, settings: TrainingSettings, *, vae=None,
+                 output_dir: str | None = None, checkpoint_dir: str | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  log: Callable[[str], None] = lambda line: None, group=None) -> Outcome:
     """Train, checkpoint, save. Any interruption leaves a resumable checkpoint (and re-raises).
+    With a `vae`, a before/after preview grid is drawn beside the network (nodes/training/
+    preview.py); a preview that fails is reported, and the network is already saved.
 
     With a torch.distributed `group`, every process trains its share and process 0 writes the
     checkpoints and the network (the others' Outcome has an empty `path`)."""
@@ -159,11 +176,15 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
             raise TrainingError(str(error)) from None
         network = result.network.to("cpu")
         path = unique_path(output_dir, stem) if trainer.rank == 0 else ""
-        card = beside(path, ".md")
+        card, preview = beside(path, ".md"), beside(path, ".preview.png")
+        drawn = ""
         if path:
             metadata = save_unhype(path, network)
-            write_text_atomically(card, model_card(network.info, file_name=os.path.basename(path),
-                                                   hash_sha256=metadata[HASH_KEY]))
+            if vae is not None:
+                drawn = draw_preview(preview, denoiser, network, vae, trainer.config, log)
+            write_text_atomically(card, model_card(
+                network.info, file_name=os.path.basename(path), hash_sha256=metadata[HASH_KEY],
+                preview=os.path.basename(preview) if drawn == preview else None))
     name = os.path.basename(path) or f"(written by process 0 of {trainer.world})"
     seconds = time.perf_counter() - started
     last = trainer.history[-1] if trainer.history else {}
@@ -173,6 +194,10 @@ def run_training(model, clip, settings: TrainingSettings, *, output_dir: str | N
         f"folder {os.path.dirname(path)}",
         *([f"model card {os.path.basename(card)} (paste it into a model host's page)"]
           if path else []),
+        *([f"preview {os.path.basename(preview)} (upload it with the card)" if drawn == preview
+           else drawn] if drawn else []),
+        *([] if vae is not None or not path else
+          ["no preview: connect the checkpoint's VAE to the Trainer to draw one"]),
         f"{trainer.step} steps, {seconds:.1f}s, x_t samplings {result.xt_samplings}",
         f"final losses: removal {last.get('removal', float('nan')):.4g}, retention "
         f"{last.get('retention', float('nan')):.4g}, esd {last.get('esd', float('nan')):.4g}",
