@@ -98,23 +98,26 @@ def test_a_family_without_a_pooled_vector_is_named_for_what_it_reads():
     assert pooled_name(4096) == "pooled embeddings"
     assert checkpoint_labels() == ["SD1.x", "SD2.x", "SDXL", "Flux.1", "Flux.2 Klein",
                                    "Wan 2.1/2.2 T2V", "Qwen-Image", "Z-Image"]
-    assert checkpoint_labels(trains_only=True) == ["SD1.x", "SD2.x", "SDXL", "Flux.1"]
+    assert checkpoint_labels(trains_only=True) == ["SD1.x", "SD2.x", "SDXL", "Flux.1",
+                                                   "Qwen-Image"]
     assert "Wan" not in per_family("resolution") + per_family("guidance")
 
 
 def test_qwenimage_reads_its_conditioning_and_its_txt_in_through_txt_norm():
     """Qwen-Image (Qwen2.5-VL-7B, no pooled vector): cond-pooled 3584-d rows, CFG 4 at 1328 in
-    2x2 patches, not trained; its txt_in reads txt_norm(conditioning), so the bake does not
-    bake its cap, where Flux's txt_in reads the conditioning itself."""
+    2x2 patches, trained (the Trainer's tooltips list its values); its txt_in reads
+    txt_norm(conditioning), so the bake does not bake its cap, where Flux's txt_in reads the
+    conditioning itself."""
     qwen = family("qwenimage")
-    assert (qwen.trigger, qwen.clip_pooled, qwen.trains) == ("cond-pooled", False, False)
+    assert (qwen.trigger, qwen.clip_pooled, qwen.trains) == ("cond-pooled", False, True)
     assert "3584-d rows" in qwen.embedding_source
     assert (qwen.resolution, qwen.guidance, qwen.distilled, qwen.latent_patch) == (
         1328, 4.0, False, 2)
     assert re.search(qwen.embedded_prompt_targets, "txt_in")
     assert not family("flux2").embedded_prompt_targets
     assert not family("flux").embedded_prompt_targets
-    assert "Qwen-Image" not in per_family("resolution") + per_family("guidance")
+    assert "1328 Qwen-Image" in per_family("resolution")
+    assert "4 Qwen-Image" in per_family("guidance")
 
 
 def test_zimage_reads_its_conditioning_and_every_target_through_the_model():

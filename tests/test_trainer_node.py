@@ -25,10 +25,6 @@ FAST = dict(preset="custom", objective="trajectory", steps=3, learning_rate=1e-3
             sampling_steps=3, resolution=64, xt_cache_size=2)
 
 
-def folders_module():
-    return sys.modules[host()[1].__name__ + ".nodes.folders"]
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(unhype_pack):
     """A 64-d, 2-layer SD1-style CLIP (ComfyUI classes, SD1 tokenizer, random weights)."""
@@ -50,20 +46,6 @@ def tiny_model(unhype_pack):
     # SD1 module names, 32/64 channels: cheaper than the shared tiny UNet (GroupNorm needs 64
     # channels at the 1x1 bottom of an 8x8 latent)
     return ch.build_tiny_sd1_model(host()[0], seed=0, unet_config={"channel_mult": [1, 2, 2, 2]})
-
-
-@pytest.fixture
-def folders(monkeypatch, tmp_path):
-    """models/unhype and models/unhype_checkpoints in a temporary folder for this test."""
-    fp = host()[0].folder_paths
-    paths = {}
-    for kind in ("unhype", folders_module().CHECKPOINTS):
-        folder = tmp_path / kind
-        folder.mkdir()
-        monkeypatch.setitem(fp.folder_names_and_paths, kind, ([str(folder)], {".safetensors"}))
-        paths[kind] = folder
-    # folder_paths caches file lists by folder mtime; a fresh folder per test keeps it honest
-    return paths
 
 
 def run_trainer(model, clip, concepts="zebra\ntench -> fish", save_name="erased", **overrides):
@@ -131,7 +113,7 @@ def test_trainer_rejects_bad_inputs_with_clear_errors(tiny_model, tiny_clip, fol
     class NotSD:  # a MODEL of a family UnHype does not train on
         model = type("M", (), {"model_config": object()})()
 
-    with pytest.raises(ValueError, match="SD1.x, SD2.x, SDXL and Flux"):
+    with pytest.raises(ValueError, match=r"and trains on SD1\.x, SD2\.x, SDXL, Flux\.1"):
         run_trainer(NotSD(), tiny_clip)
     # a file in the checkpoints folder that is not a training checkpoint
     (folders["unhype_checkpoints"] / "junk.safetensors").write_bytes(b"not a safetensors file")

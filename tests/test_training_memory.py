@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import host
+from _nodes_helpers import host, supported_model
 from test_grad_checkpoint import saved_bytes
 from test_nodes_models import TINY_FLUX, build
 
@@ -62,14 +62,21 @@ def gradients(model, clip, family, preset, checkpointing):
     return value.detach(), kept, [g for f in factors.values() for g in (f.down.grad, f.up.grad)]
 
 
-@pytest.mark.parametrize("family", ["sd1", "flux"])
-def test_checkpointed_prediction_has_the_same_gradients(family):
+def tiny_model(family):
+    """(a tiny model of the family, a stand-in text encoder of its widths, its target preset)."""
     if family == "sd1":
-        model = ch.build_tiny_sd1_model(host()[0], seed=3)
-        clip, preset = RandomClip(77, 64, 64), "sd-cross-kv"
-    else:
-        model = build(host()[0].supported_models.Flux, TINY_FLUX, seed=3)
-        clip, preset = RandomClip(16, 64, 768), "flux-value-out"
+        return ch.build_tiny_sd1_model(host()[0], seed=3), RandomClip(77, 64, 64), "sd-cross-kv"
+    if family == "flux":
+        return (build(host()[0].supported_models.Flux, TINY_FLUX, seed=3),
+                RandomClip(16, 64, 768), "flux-value-out")
+    from test_family_qwenimage import TINY_QWEN, WIDTH
+    return (build(supported_model("QwenImage"), TINY_QWEN, seed=3), RandomClip(16, WIDTH, 1),
+            "qwenimage-text")
+
+
+@pytest.mark.parametrize("family", ["sd1", "flux", "qwenimage"])
+def test_checkpointed_prediction_has_the_same_gradients(family):
+    model, clip, preset = tiny_model(family)
     plain, plain_kept, plain_grads = gradients(model, clip, family, preset, False)
     ckpt, ckpt_kept, ckpt_grads = gradients(model, clip, family, preset, True)
     torch.testing.assert_close(ckpt, plain, rtol=1e-6, atol=0)

@@ -148,12 +148,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # rows. 1328 and CFG 4: ComfyUI's own "Text to Image (Qwen-Image)" blueprint (1328x1328,
     # 20 steps, CFG 4; the model card's true_cfg_scale is 4 too); patches of 2 (process_img).
     # No subclass of it is Qwen-Image: Mage-Flow, derived from it, has a class of its own.
-    # Inference and bake only (README, Qwen-Image)
     Family(name="qwenimage", label="Qwen-Image", comfy_configs=("QwenImage",),
            target_preset="qwenimage-text", resolution=1328, distilled=False, guidance=4.0,
            chunked_clip_cond=False, pooled_encoder="Qwen2.5-VL-7B", pooled_width=3584,
            pooled_projected=False, modelspec_architecture="qwen-image", licence="Apache-2.0",
-           latent_patch=2, trigger="cond-pooled", clip_pooled=False, trains=False,
+           latent_patch=2, trigger="cond-pooled", clip_pooled=False,
            comfy_subclasses=False, embedded_prompt_targets=r"^txt_in$"),
     # Z-Image Turbo and Base load as one ComfyUI class (ZImage, a Lumina2 NextDiT); Qwen3-4B
     # has no pooled vector, and ComfyUI keeps its chat template in the rows the DiT reads: a
