@@ -90,17 +90,18 @@ def test_a_family_without_a_clip_pooled_vector_reads_its_conditioning():
 
 def test_a_family_without_a_pooled_vector_is_named_for_what_it_reads():
     """Wan (umT5, no pooled vector): its networks read the conditioning, no width is called
-    its "pooled embeddings", and the Trainer's lists and tooltips leave it out."""
+    its "pooled embeddings", and the Trainer's lists and tooltips name it (it is trained)."""
     wan = family("wan")
-    assert wan.trigger == "cond-pooled" and not wan.trains and not wan.clip_pooled
+    assert wan.trigger == "cond-pooled" and wan.trains and not wan.clip_pooled
     assert wan.embedding_source == "cond-pooled: mean and max of the text conditioning's " \
                                    "4096-d rows"
     assert pooled_name(4096) == "pooled embeddings"
     assert checkpoint_labels() == ["SD1.x", "SD2.x", "SDXL", "Flux.1", "Flux.2 Klein",
                                    "Wan 2.1/2.2 T2V", "Qwen-Image", "Z-Image"]
     assert checkpoint_labels(trains_only=True) == ["SD1.x", "SD2.x", "SDXL", "Flux.1",
-                                                   "Qwen-Image"]
-    assert "Wan" not in per_family("resolution") + per_family("guidance")
+                                                   "Wan 2.1/2.2 T2V", "Qwen-Image"]
+    assert "480 Wan 2.1/2.2 T2V" in per_family("resolution")
+    assert "5 Wan 2.1/2.2 T2V" in per_family("guidance")
 
 
 def test_qwenimage_reads_its_conditioning_and_its_txt_in_through_txt_norm():

@@ -69,12 +69,16 @@ def tiny_model(family):
     if family == "flux":
         return (build(host()[0].supported_models.Flux, TINY_FLUX, seed=3),
                 RandomClip(16, 64, 768), "flux-value-out")
+    if family == "wan":
+        from test_family_wan import TEXT_WIDTH, TINY_WAN
+        return (build(supported_model("WAN21_T2V"), TINY_WAN, seed=3),
+                RandomClip(16, TEXT_WIDTH, 1), "wan-cross-kv")
     from test_family_qwenimage import TINY_QWEN, WIDTH
     return (build(supported_model("QwenImage"), TINY_QWEN, seed=3), RandomClip(16, WIDTH, 1),
             "qwenimage-text")
 
 
-@pytest.mark.parametrize("family", ["sd1", "flux", "qwenimage"])
+@pytest.mark.parametrize("family", ["sd1", "flux", "qwenimage", "wan"])
 def test_checkpointed_prediction_has_the_same_gradients(family):
     model, clip, preset = tiny_model(family)
     plain, plain_kept, plain_grads = gradients(model, clip, family, preset, False)

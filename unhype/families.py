@@ -135,12 +135,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                               "lr_every": 750}),
     # T2V only: Wan 2.1 1.3B/14B and Wan 2.2 A14B (both experts) load as WAN21_T2V, the 2.2
     # TI2V-5B as WAN22_T2V; umT5 has no pooled vector. 480: the short side of 832x480; CFG 5
-    # and patches of 2 as Wan's own T2V settings. Inference and bake only (docs/families.md, Wan)
+    # and patches of 2 as Wan's own T2V settings
     Family(name="wan", label="Wan 2.1/2.2 T2V", comfy_configs=("WAN21_T2V", "WAN22_T2V"),
            target_preset="wan-cross-kv", resolution=480, distilled=False, guidance=5.0,
            chunked_clip_cond=False, pooled_encoder="umT5-XXL", pooled_width=4096,
            pooled_projected=False, modelspec_architecture="wan-2.1-t2v", licence="Apache-2.0",
-           latent_patch=2, trigger="cond-pooled", clip_pooled=False, trains=False,
+           latent_patch=2, trigger="cond-pooled", clip_pooled=False,
            comfy_subclasses=False, embedded_prompt_targets=r"(^|\.)cross_attn\.[kv]$"),
     # Qwen-Image, its 2512 release and its Edit models load as one ComfyUI class (an edit model
     # is told apart only by the reference latents its conditioning carries); Qwen2.5-VL-7B has
