@@ -99,7 +99,7 @@ def test_a_family_without_a_pooled_vector_is_named_for_what_it_reads():
     assert checkpoint_labels() == ["SD1.x", "SD2.x", "SDXL", "Flux.1", "Flux.2 Klein",
                                    "Wan 2.1/2.2 T2V", "Qwen-Image", "Z-Image"]
     assert checkpoint_labels(trains_only=True) == ["SD1.x", "SD2.x", "SDXL", "Flux.1",
-                                                   "Wan 2.1/2.2 T2V", "Qwen-Image"]
+                                                   "Wan 2.1/2.2 T2V", "Qwen-Image", "Z-Image"]
     assert "480 Wan 2.1/2.2 T2V" in per_family("resolution")
     assert "5 Wan 2.1/2.2 T2V" in per_family("guidance")
 
@@ -123,10 +123,10 @@ def test_qwenimage_reads_its_conditioning_and_its_txt_in_through_txt_norm():
 
 def test_zimage_reads_its_conditioning_and_every_target_through_the_model():
     """Z-Image (Qwen3-4B, no pooled vector): cond-pooled 2560-d rows, Turbo's CFG 1 at 1024 in
-    2x2 patches (distilled), not trained; cap_embedder.1 reads its RMSNorm and the context
+    2x2 patches (distilled), trained; cap_embedder.1 reads its RMSNorm and the context
     refiner the embedded caption, so the bake bakes no cap on any of its preset's targets."""
     zimage = family("zimage")
-    assert (zimage.trigger, zimage.clip_pooled, zimage.trains) == ("cond-pooled", False, False)
+    assert (zimage.trigger, zimage.clip_pooled, zimage.trains) == ("cond-pooled", False, True)
     assert "2560-d rows" in zimage.embedding_source
     assert (zimage.resolution, zimage.guidance, zimage.distilled, zimage.latent_patch) == (
         1024, 1.0, True, 2)
@@ -135,7 +135,7 @@ def test_zimage_reads_its_conditioning_and_every_target_through_the_model():
                  "context_refiner.1.feed_forward.w2"):
         assert re.search(zimage.embedded_prompt_targets, name)
     assert not re.search(zimage.embedded_prompt_targets, "layers.0.attention.qkv")
-    assert "Z-Image" not in per_family("resolution") + per_family("guidance")
+    assert "Z-Image" in per_family("resolution") and "1 Z-Image" in per_family("guidance")
 
 
 def test_an_unknown_family_names_the_known_ones():

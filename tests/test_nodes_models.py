@@ -36,7 +36,7 @@ TINY_FLUX = {
 
 
 #: ComfyUI's model configs UnHype knows, and their families (the others are refused); the
-#: Trainer refuses Flux.2's and Z-Image's itself (tests/test_family_*.py)
+#: Trainer refuses Flux.2's itself (tests/test_family_flux2.py)
 KNOWN = {"SD15": "sd1", "SD15_instructpix2pix": "sd1", "SD20": "sd2", "SD21UnclipL": "sd2",
          "SD21UnclipH": "sd2", "SD_X4Upscaler": "sd2", "LotusD": "sd2", "SDXL": "sdxl",
          "SDXL_instructpix2pix": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl",
@@ -63,7 +63,7 @@ def test_model_family_of_every_comfyui_model_config():
         assert str(refused.value).startswith(
             "UnHype works on SD1.x, SD2.x, SDXL, Flux.1, Flux.2 Klein, Wan 2.1/2.2 T2V, "
             "Qwen-Image and Z-Image models (and trains on SD1.x, SD2.x, SDXL, Flux.1, "
-            "Wan 2.1/2.2 T2V and Qwen-Image); this "
+            "Wan 2.1/2.2 T2V, Qwen-Image and Z-Image); this "
             f"MODEL is {cls.__name__}")
         assert str(refused.value).endswith(
             ". Load an SD1.x / SD2.x / SDXL / Flux.1 / Flux.2 Klein / Wan 2.1/2.2 T2V / "

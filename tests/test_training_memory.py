@@ -69,6 +69,11 @@ def tiny_model(family):
     if family == "flux":
         return (build(host()[0].supported_models.Flux, TINY_FLUX, seed=3),
                 RandomClip(16, 64, 768), "flux-value-out")
+    if family == "zimage":
+        from test_family_zimage import TINY_ZIMAGE
+        from test_family_zimage import WIDTH as ZIMAGE_WIDTH
+        return (build(supported_model("ZImage"), TINY_ZIMAGE, seed=3),
+                RandomClip(16, ZIMAGE_WIDTH, 1), "zimage-text")
     if family == "wan":
         from test_family_wan import TEXT_WIDTH, TINY_WAN
         return (build(supported_model("WAN21_T2V"), TINY_WAN, seed=3),
@@ -78,7 +83,7 @@ def tiny_model(family):
             "qwenimage-text")
 
 
-@pytest.mark.parametrize("family", ["sd1", "flux", "qwenimage", "wan"])
+@pytest.mark.parametrize("family", ["sd1", "flux", "qwenimage", "wan", "zimage"])
 def test_checkpointed_prediction_has_the_same_gradients(family):
     model, clip, preset = tiny_model(family)
     plain, plain_kept, plain_grads = gradients(model, clip, family, preset, False)

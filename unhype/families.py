@@ -162,12 +162,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # CFG 1; Base's: 25 steps at CFG 4); patches of 2. Its one subclass, ZImagePixelSpace,
     # samples RGB patches through a pixel decoder of its own, untested: refused. The preset's
     # targets read the prompt through cap_embedder's RMSNorm (the refiner also through the
-    # layers before it), which the bake does not run. Inference and bake only (README, Z-Image)
+    # layers before it), which the bake does not run
     Family(name="zimage", label="Z-Image", comfy_configs=("ZImage",),
            target_preset="zimage-text", resolution=1024, distilled=True, guidance=1.0,
            chunked_clip_cond=False, pooled_encoder="Qwen3-4B", pooled_width=2560,
            pooled_projected=False, modelspec_architecture="z-image", licence="Apache-2.0",
-           latent_patch=2, trigger="cond-pooled", clip_pooled=False, trains=False,
+           latent_patch=2, trigger="cond-pooled", clip_pooled=False,
            comfy_subclasses=False,
            embedded_prompt_targets=r"^(cap_embedder\.1|context_refiner\.\d+\..+)$"),
 )}

@@ -237,6 +237,13 @@ class ComfyDenoiser:
         return [self.conditioning(prompt)[0][0][0].float().cpu() for prompt in prompts]
 
     def sample_xt(self, prompt: str, count: int, generator: torch.Generator):
+        """ESD's x_t: the frozen model's partial sampling of `prompt`. A distilled family (Flux.1
+        guidance-distilled, Z-Image Turbo and Flux.2 Klein step-distilled) samples at CFG 1
+        with no uncond pass, as its workflows do; the others at the family's CFG against the
+        empty prompt. Either way the ESD target (unhype/objectives.py) still reads the
+        anchor's prediction, the empty prompt's where the anchor leaves the concept out: a
+        distilled model predicts for an empty prompt like any other, it only has no use for
+        that prediction in its own sampling."""
         xs, sigmas = [], []
         for _ in range(count):
             t_enc = int(torch.randint(1, self.sampling_steps, (1,), generator=generator))
