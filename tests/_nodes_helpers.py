@@ -267,16 +267,6 @@ def sample_image(model, positive, negative, channels, cfg=1.0):
                             positive, negative, latent, disable_pbar=True, seed=0)
 
 
-def training_refused(label):
-    """What the Trainer says to a model of a family it does not train (label: Family.label),
-    naming the families the table says it trains."""
-    trained = host()[2].families.checkpoint_labels(trains_only=True)
-    return (f"UnHype Trainer: training on {label} is not built yet: its UnHype networks run "
-            f"(Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains "
-            f"{', '.join(trained[:-1])} and {trained[-1]} models only. Load one of those "
-            "checkpoints to train.")
-
-
 def check_text_encode_reads_as_the_conditioner(clip, network, text):
     """UnHype Text Encode of `text` sees every token and packs the trigger that UnHype
     Conditioner packs for CLIP Text Encode's conditioning; returns that trigger [1, D]."""

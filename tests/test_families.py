@@ -76,14 +76,14 @@ def test_embedding_sources_are_what_network_files_record():
 def test_a_family_without_a_clip_pooled_vector_reads_its_conditioning():
     """Flux.2 Klein (Qwen3, no CLIP): its networks default to the cond-pooled trigger, its files
     name that source, no pooled-vector message names it, and the Trainer's tooltips and
-    family list leave it out (it is not trained)."""
+    family list name it (it is trained)."""
     klein = family("flux2")
-    assert (klein.clip_pooled, klein.trains, klein.trigger) == (False, False, "cond-pooled")
+    assert (klein.clip_pooled, klein.trains, klein.trigger) == (False, True, "cond-pooled")
     assert klein.embedding_source == klein.trigger_source("cond-pooled", 2 * 7680)
     assert "7680-d rows" in klein.embedding_source
     assert pooled_name(7680) == "pooled embeddings"
-    assert "Flux.2" not in per_family("resolution") + per_family("guidance")
-    assert "Flux.2 Klein" not in checkpoint_labels(trains_only=True)
+    assert "1024 SDXL, Flux.2 Klein" in per_family("resolution")
+    assert "Flux.2 Klein" in checkpoint_labels(trains_only=True)
     for entry in FAMILIES.values():
         assert entry.clip_pooled or entry.trigger == "cond-pooled", entry.name
 
@@ -98,8 +98,7 @@ def test_a_family_without_a_pooled_vector_is_named_for_what_it_reads():
     assert pooled_name(4096) == "pooled embeddings"
     assert checkpoint_labels() == ["SD1.x", "SD2.x", "SDXL", "Flux.1", "Flux.2 Klein",
                                    "Wan 2.1/2.2 T2V", "Qwen-Image", "Z-Image"]
-    assert checkpoint_labels(trains_only=True) == ["SD1.x", "SD2.x", "SDXL", "Flux.1",
-                                                   "Wan 2.1/2.2 T2V", "Qwen-Image", "Z-Image"]
+    assert checkpoint_labels(trains_only=True) == checkpoint_labels()
     assert "480 Wan 2.1/2.2 T2V" in per_family("resolution")
     assert "5 Wan 2.1/2.2 T2V" in per_family("guidance")
 
@@ -135,7 +134,8 @@ def test_zimage_reads_its_conditioning_and_every_target_through_the_model():
                  "context_refiner.1.feed_forward.w2"):
         assert re.search(zimage.embedded_prompt_targets, name)
     assert not re.search(zimage.embedded_prompt_targets, "layers.0.attention.qkv")
-    assert "Z-Image" in per_family("resolution") and "1 Z-Image" in per_family("guidance")
+    assert "1024 SDXL, Flux.2 Klein, Z-Image" in per_family("resolution")
+    assert "1 Flux.2 Klein, Z-Image" in per_family("guidance")
 
 
 def test_an_unknown_family_names_the_known_ones():

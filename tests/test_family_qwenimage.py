@@ -1,13 +1,13 @@
-"""Qwen-Image ("qwenimage"), inference and bake: a tiny Qwen-Image built from ComfyUI's own classes
-(QwenImage, its QwenImageTransformer2DModel) with random weights, prompts encoded by CLIP Text
-Encode through ComfyUI's own Qwen-Image text path (QwenImageTokenizer with the real Qwen2.5
-tokenizer and chat template, QwenImageTEModel over a tiny random Qwen2.5-VL: no pooled vector,
-the template stripped) and a cond-pooled network on the qwenimage-text preset. Each row of one
-batched sampling call with CFG and a negative prompt equals an independent float64 merged-weight
+"""Qwen-Image ("qwenimage"), inference, bake and training: a tiny Qwen-Image built from ComfyUI's
+own classes (QwenImage, its QwenImageTransformer2DModel) with random weights, prompts encoded by
+CLIP Text Encode through ComfyUI's own Qwen-Image text path (QwenImageTokenizer with the real
+Qwen2.5 tokenizer and chat template, QwenImageTEModel over a tiny random Qwen2.5-VL: no pooled
+vector, the template stripped) and a cond-pooled network on the qwenimage-text preset. Each row of
+one batched sampling call with CFG and a negative prompt equals an independent float64 merged-weight
 model for that row's prompt; a row under the gate is the base model's bit for bit; a clip-pooled
-network is refused; the Trainer's ESD gradient moves the erase prompt's prediction toward its
-target and a resumed run equals a straight one; a baked file loads through ComfyUI's LoRA loader
-with every key and samples as Apply Dynamic LoRA does."""
+network is refused; the Trainer's ESD gradient moves the erase prompt's prediction toward its target
+and a resumed run equals a straight one; a baked file loads through ComfyUI's LoRA loader with every
+key and samples as Apply Dynamic LoRA does."""
 
 import sys
 

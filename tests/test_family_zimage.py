@@ -1,15 +1,15 @@
-"""Z-Image ("zimage", Turbo and Base), inference and bake: a tiny Z-Image built from ComfyUI's own
-classes (ZImage, its Lumina2 NextDiT with Z-Image's modulation and caption padding) with random
-weights, prompts encoded by CLIP Text Encode through ComfyUI's own Z-Image text path
+"""Z-Image ("zimage", Turbo and Base), inference, bake and training: a tiny Z-Image built from
+ComfyUI's own classes (ZImage, its Lumina2 NextDiT with Z-Image's modulation and caption padding)
+with random weights, prompts encoded by CLIP Text Encode through ComfyUI's own Z-Image text path
 (ZImageTokenizer with the real Qwen tokenizer and chat template, ZImageTEModel over a tiny random
 Qwen3: no pooled vector, the template kept) and a cond-pooled network on the zimage-text preset.
-Each row of one batched sampling call (Turbo: two prompts at CFG 1; Base: positive and negative
-at CFG 4) equals an independent float64 merged-weight model for that row's prompt; a row under
-the gate is the base model's bit for bit; a clip-pooled network, another family's network and
-the pixel-space variant are refused; the Trainer's ESD gradient moves the erase prompt's
-prediction toward its target, its predictions run prompts of other lengths apart, and a resumed
-run equals a straight one; a baked file loads through ComfyUI's LoRA
-loader with every key and samples as Apply Dynamic LoRA does."""
+Each row of one batched sampling call (Turbo: two prompts at CFG 1; Base: positive and negative at
+CFG 4) equals an independent float64 merged-weight model for that row's prompt; a row under the gate
+is the base model's bit for bit; a clip-pooled network, another family's network and the pixel-space
+variant are refused; the Trainer's ESD gradient moves the erase prompt's prediction toward its
+target, its predictions run prompts of other lengths apart, and a resumed run equals a straight one;
+a baked file loads through ComfyUI's LoRA loader with every key and samples as Apply Dynamic LoRA
+does."""
 
 import sys
 from types import SimpleNamespace

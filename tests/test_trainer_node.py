@@ -6,6 +6,7 @@ headless test runs `python -m unhype train` in a subprocess on the generated ran
 checkpoint (full-size CLIP-L), with settings that keep the number of CLIP encodings tiny.
 """
 
+import dataclasses
 import os
 import sys
 import textwrap
@@ -113,7 +114,7 @@ def test_trainer_rejects_bad_inputs_with_clear_errors(tiny_model, tiny_clip, fol
     class NotSD:  # a MODEL of a family UnHype does not train on
         model = type("M", (), {"model_config": object()})()
 
-    with pytest.raises(ValueError, match=r"and trains on SD1\.x, SD2\.x, SDXL, Flux\.1"):
+    with pytest.raises(ValueError, match=r"UnHype works on SD1\.x, SD2\.x, SDXL, Flux\.1"):
         run_trainer(NotSD(), tiny_clip)
     # a file in the checkpoints folder that is not a training checkpoint
     (folders["unhype_checkpoints"] / "junk.safetensors").write_bytes(b"not a safetensors file")
@@ -132,6 +133,24 @@ def test_trainer_rejects_bad_inputs_with_clear_errors(tiny_model, tiny_clip, fol
     run_trainer(tiny_model, tiny_clip, steps=1, save_name="other")
     with pytest.raises(ValueError, match="cannot continue this training.*same model and settings"):
         run_trainer(tiny_model, tiny_clip, steps=2, eta=0.5, resume="other.safetensors")
+
+
+def test_a_family_the_table_does_not_train_is_refused_naming_those_it_trains(tiny_model,
+                                                                           tiny_clip,
+                                                                           monkeypatch):
+    """A family entered for inference and bake only (`Family.trains` False: none is today) stops
+    the Trainer before any work, with the families the table trains."""
+    families = host()[2].families
+    monkeypatch.setitem(families.FAMILIES, "sd1",
+                        dataclasses.replace(families.FAMILIES["sd1"], trains=False))
+    trained = families.checkpoint_labels(trains_only=True)
+    assert "SD1.x" not in trained
+    with pytest.raises(ValueError) as refused:
+        run_trainer(tiny_model, tiny_clip)
+    assert str(refused.value) == (
+        "UnHype Trainer: training on SD1.x is not built yet: its UnHype networks run (Apply "
+        f"Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains {', '.join(trained[:-1])} and "
+        f"{trained[-1]} models only. Load one of those checkpoints to train.")
 
 
 def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run(

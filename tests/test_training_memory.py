@@ -69,6 +69,11 @@ def tiny_model(family):
     if family == "flux":
         return (build(host()[0].supported_models.Flux, TINY_FLUX, seed=3),
                 RandomClip(16, 64, 768), "flux-value-out")
+    if family == "flux2":
+        from test_family_flux2 import TINY_FLUX2
+        from test_family_flux2 import WIDTH as FLUX2_WIDTH
+        return (build(supported_model("Flux2"), TINY_FLUX2, seed=3),
+                RandomClip(16, FLUX2_WIDTH, 1), "flux2-text")
     if family == "zimage":
         from test_family_zimage import TINY_ZIMAGE
         from test_family_zimage import WIDTH as ZIMAGE_WIDTH
@@ -83,7 +88,8 @@ def tiny_model(family):
             "qwenimage-text")
 
 
-@pytest.mark.parametrize("family", ["sd1", "flux", "qwenimage", "wan", "zimage"])
+@pytest.mark.parametrize(
+    "family", ["sd1", "flux", "flux2", "qwenimage", "wan", "zimage"])
 def test_checkpointed_prediction_has_the_same_gradients(family):
     model, clip, preset = tiny_model(family)
     plain, plain_kept, plain_grads = gradients(model, clip, family, preset, False)

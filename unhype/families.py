@@ -120,7 +120,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            pooled_width=7680, pooled_projected=False, modelspec_architecture="flux-2-klein",
            # the stricter of the two: Klein 4B is Apache-2.0
            licence="FLUX Non-Commercial License (Klein 9B; Klein 4B: Apache-2.0)",
-           trigger="cond-pooled", clip_pooled=False, trains=False),
+           trigger="cond-pooled", clip_pooled=False),
     # the CPU world of unhype/world/ (nodes/proving_ground.py): SD layer names, 32x32 pixels, its
     # own tiny CLIP; MIT: the world ships with this pack
     Family(name=PROVING_GROUND, label="proving ground", comfy_configs=(),
