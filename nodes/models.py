@@ -39,8 +39,9 @@ def model_family(model) -> str:
             break
     name = type(config).__name__ if config is not None else type(base).__name__
     labels, trained = families.checkpoint_labels(), families.checkpoint_labels(trains_only=True)
+    trains = "all of them" if trained == labels else \
+        f"{', '.join(trained[:-1])} and {trained[-1]}"
     raise UnsupportedModelError(
         f"UnHype works on {', '.join(labels[:-1])} and {labels[-1]} models (and trains on "
-        f"{', '.join(trained[:-1])} and {trained[-1]}); this MODEL is {name}{variant_of}. "
-        f"Load an {' / '.join(labels)} checkpoint."
+        f"{trains}); this MODEL is {name}{variant_of}. Load an {' / '.join(labels)} checkpoint."
     )

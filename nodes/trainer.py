@@ -77,8 +77,9 @@ class UnHypeTrainer(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Model.Input("model"),
-                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: its pooled "
-                                              "embedding is what the network reads."),
+                io.Clip.Input("clip", tooltip="The text encoder of the same checkpoint: the "
+                                              "network reads its CLIP pooled embedding, or on "
+                                              "a family without one its conditioning."),
                 *(_input(setting) for setting in SETTINGS),
                 # optional and last: API prompts written before it stay valid
                 io.Vae.Input("vae", optional=True,

@@ -267,13 +267,6 @@ def sample_image(model, positive, negative, channels, cfg=1.0):
                             positive, negative, latent, disable_pbar=True, seed=0)
 
 
-def training_refused(label):
-    """What the Trainer says to a model of a family it does not train (label: Family.label)."""
-    return (f"UnHype Trainer: training on {label} is not built yet: its UnHype networks run "
-            "(Apply Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains SD1.x, SD2.x, SDXL "
-            "and Flux.1 models only. Load one of those checkpoints to train.")
-
-
 def check_text_encode_reads_as_the_conditioner(clip, network, text):
     """UnHype Text Encode of `text` sees every token and packs the trigger that UnHype
     Conditioner packs for CLIP Text Encode's conditioning; returns that trigger [1, D]."""
@@ -308,3 +301,88 @@ def check_prompts_of_two_lengths_run_apart(model, network, conds, latent, refere
         expected = run_rows(merged_reference(model.model, network, trigger, 0.8), call,
                             slice(0, 1))
         torch.testing.assert_close(out, expected, **ROW_TOLERANCE)
+
+
+def training_denoiser(model, clip, **options):
+    """The Trainer's view of a tiny model (nodes/training/denoiser.py) at 64 pixels."""
+    denoiser = sys.modules[host()[1].__name__ + ".nodes.training.denoiser"]
+    return denoiser.ComfyDenoiser(model, clip, resolution=64, **options)
+
+
+def check_unlike_lengths_predict_apart(model, clip, prompts):
+    """`prompts` whose conditionings differ in length (a family whose text rows are not padded)
+    cannot share a model call: ComfyDenoiser.predict runs them as one call each, as sampling
+    does, and each row equals that prompt predicted alone. A prediction that trains refuses
+    them, naming why: a row LoRA names rows of one batch."""
+    import pytest
+
+    with torch.inference_mode(False):
+        denoiser = training_denoiser(model, clip, sampling_steps=3)
+        assert len({denoiser.conditioning(p)[0][0].shape for p in prompts}) == len(prompts)
+        gen = torch.Generator().manual_seed(0)
+        x_t = torch.randn(len(prompts), *denoiser.latent_shape, generator=gen)
+        sigma = denoiser.sigmas[1:2].expand(len(prompts)).clone()
+        with torch.no_grad():
+            together = denoiser.predict(x_t, sigma, prompts)
+            alone = [denoiser.predict(x_t[i:i + 1], sigma[i:i + 1], [p])
+                     for i, p in enumerate(prompts)]
+        assert torch.equal(together, torch.cat(alone))
+        with torch.enable_grad(), pytest.raises(ValueError, match="cannot share one model call"):
+            denoiser.predict(x_t, sigma, prompts)
+
+
+def check_esd_gradient_erases(model, clip, steps=6, **settings):
+    """The Trainer on this tiny model with the ESD gradient alone (the "direct" objective), one
+    concept whose anchor is the empty prompt and one x_t, drawn once and cached: the ESD loss
+    falls over `steps` steps, and at that x_t the erase prompt's prediction moves toward the
+    ESD target, eps(empty) - eta·(eps(concept) - eps(empty)). Returns the denoiser."""
+    from test_trainer_node import FAST
+
+    core, pack = host()[2], host()[1]
+    run = sys.modules[pack.__name__ + ".nodes.training.run"]
+    chosen = core.settings.TrainingSettings(**{
+        **FAST, "concepts": "tench", "save_name": "esd", "objective": "direct", "steps": steps,
+        "templates": "{}", "retain_prompts": "", "xt_cache_size": 1, **settings}).validate()
+    family = sys.modules[pack.__name__ + ".nodes.models"].model_family(model)
+    with torch.inference_mode(False), torch.enable_grad():
+        denoiser = training_denoiser(model, clip, sampling_steps=chosen.sampling_steps)
+        trainer = run.build_trainer(denoiser, chosen, run.make_plan(chosen, family))
+        untrained = copy.deepcopy(trainer.module.state_dict())
+        trainer.run()
+        (x_t, t, _), = trainer.xt_cache["0"]
+        with torch.no_grad():
+            target = trainer._esd_target(x_t, t, "tench", "")
+
+            def prediction():
+                factors = trainer.module(trainer._embed(["tench"]))
+                with core.row_lora(denoiser.lora_root, trainer.module.targets, factors,
+                                   norm_cap=trainer.module.config.norm_cap):
+                    return denoiser.predict(x_t, t, ["tench"])
+
+            trained = prediction()
+            trainer.module.load_state_dict(untrained)
+            before = prediction()
+    losses = [record["esd"] for record in trainer.history]
+    assert losses[-1] < losses[0], losses
+    moved, wanted = (trained - before).flatten(), (target - before).flatten()
+    assert (trained - target).norm() < (before - target).norm()
+    assert float(moved @ wanted) > 0.5 * float(moved.norm() * wanted.norm())  # toward it
+    return denoiser
+
+
+def check_trainer_resumes_exactly(model, clip, steps=4, **settings):
+    """The Trainer node on this tiny model: `steps` steps straight through equal `steps // 2`,
+    then a resume of that checkpoint to `steps`, bit for bit (one process: the same operations
+    in the same order on the same numbers). Returns the straight run's network."""
+    from test_trainer_node import run_trainer
+
+    straight = run_trainer(model, clip, save_name="straight", steps=steps, **settings)[0]
+    run_trainer(model, clip, save_name="halves", steps=steps // 2, **settings)
+    resumed = run_trainer(model, clip, save_name="halves", steps=steps,
+                          resume="halves.safetensors", **settings)[0]
+    assert resumed.info.training["steps"] == steps
+    reference = straight.module.state_dict()
+    changed = [name for name, value in resumed.module.state_dict().items()
+               if not torch.equal(value, reference[name])]
+    assert changed == []
+    return straight

@@ -27,6 +27,7 @@ Tests marked ``host`` skip when no ComfyUI checkout is found.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -132,6 +133,22 @@ def loras(comfy, monkeypatch, tmp_path):
     monkeypatch.setitem(comfy.folder_paths.folder_names_and_paths, "loras",
                         ([str(folder)], {".safetensors"}))
     return folder
+
+
+@pytest.fixture
+def folders(comfy, unhype_pack, monkeypatch, tmp_path):
+    """models/unhype and models/unhype_checkpoints in a temporary folder for this test: where
+    the UnHype Trainer writes networks and checkpoints and finds what to resume."""
+    pack_folders = sys.modules[unhype_pack.__name__ + ".nodes.folders"]
+    paths = {}
+    for kind in (pack_folders.NETWORKS, pack_folders.CHECKPOINTS):
+        folder = tmp_path / kind
+        folder.mkdir()
+        monkeypatch.setitem(comfy.folder_paths.folder_names_and_paths, kind,
+                            ([str(folder)], {".safetensors"}))
+        paths[kind] = folder
+    # folder_paths caches file lists by folder mtime; a fresh folder per test keeps it honest
+    return paths
 
 
 @pytest.fixture(scope="session")

@@ -76,53 +76,56 @@ def test_embedding_sources_are_what_network_files_record():
 def test_a_family_without_a_clip_pooled_vector_reads_its_conditioning():
     """Flux.2 Klein (Qwen3, no CLIP): its networks default to the cond-pooled trigger, its files
     name that source, no pooled-vector message names it, and the Trainer's tooltips and
-    family list leave it out (it is not trained)."""
+    family list name it (it is trained)."""
     klein = family("flux2")
-    assert (klein.clip_pooled, klein.trains, klein.trigger) == (False, False, "cond-pooled")
+    assert (klein.clip_pooled, klein.trains, klein.trigger) == (False, True, "cond-pooled")
     assert klein.embedding_source == klein.trigger_source("cond-pooled", 2 * 7680)
     assert "7680-d rows" in klein.embedding_source
     assert pooled_name(7680) == "pooled embeddings"
-    assert "Flux.2" not in per_family("resolution") + per_family("guidance")
-    assert "Flux.2 Klein" not in checkpoint_labels(trains_only=True)
+    assert "1024 SDXL, Flux.2 Klein" in per_family("resolution")
+    assert "Flux.2 Klein" in checkpoint_labels(trains_only=True)
     for entry in FAMILIES.values():
         assert entry.clip_pooled or entry.trigger == "cond-pooled", entry.name
 
 
 def test_a_family_without_a_pooled_vector_is_named_for_what_it_reads():
     """Wan (umT5, no pooled vector): its networks read the conditioning, no width is called
-    its "pooled embeddings", and the Trainer's lists and tooltips leave it out."""
+    its "pooled embeddings", and the Trainer's lists and tooltips name it (it is trained)."""
     wan = family("wan")
-    assert wan.trigger == "cond-pooled" and not wan.trains and not wan.clip_pooled
+    assert wan.trigger == "cond-pooled" and wan.trains and not wan.clip_pooled
     assert wan.embedding_source == "cond-pooled: mean and max of the text conditioning's " \
                                    "4096-d rows"
     assert pooled_name(4096) == "pooled embeddings"
     assert checkpoint_labels() == ["SD1.x", "SD2.x", "SDXL", "Flux.1", "Flux.2 Klein",
                                    "Wan 2.1/2.2 T2V", "Qwen-Image", "Z-Image"]
-    assert checkpoint_labels(trains_only=True) == ["SD1.x", "SD2.x", "SDXL", "Flux.1"]
-    assert "Wan" not in per_family("resolution") + per_family("guidance")
+    assert checkpoint_labels(trains_only=True) == checkpoint_labels()
+    assert "480 Wan 2.1/2.2 T2V" in per_family("resolution")
+    assert "5 Wan 2.1/2.2 T2V" in per_family("guidance")
 
 
 def test_qwenimage_reads_its_conditioning_and_its_txt_in_through_txt_norm():
     """Qwen-Image (Qwen2.5-VL-7B, no pooled vector): cond-pooled 3584-d rows, CFG 4 at 1328 in
-    2x2 patches, not trained; its txt_in reads txt_norm(conditioning), so the bake does not
-    bake its cap, where Flux's txt_in reads the conditioning itself."""
+    2x2 patches, trained (the Trainer's tooltips list its values); its txt_in reads
+    txt_norm(conditioning), so the bake does not bake its cap, where Flux's txt_in reads the
+    conditioning itself."""
     qwen = family("qwenimage")
-    assert (qwen.trigger, qwen.clip_pooled, qwen.trains) == ("cond-pooled", False, False)
+    assert (qwen.trigger, qwen.clip_pooled, qwen.trains) == ("cond-pooled", False, True)
     assert "3584-d rows" in qwen.embedding_source
     assert (qwen.resolution, qwen.guidance, qwen.distilled, qwen.latent_patch) == (
         1328, 4.0, False, 2)
     assert re.search(qwen.embedded_prompt_targets, "txt_in")
     assert not family("flux2").embedded_prompt_targets
     assert not family("flux").embedded_prompt_targets
-    assert "Qwen-Image" not in per_family("resolution") + per_family("guidance")
+    assert "1328 Qwen-Image" in per_family("resolution")
+    assert "4 Qwen-Image" in per_family("guidance")
 
 
 def test_zimage_reads_its_conditioning_and_every_target_through_the_model():
     """Z-Image (Qwen3-4B, no pooled vector): cond-pooled 2560-d rows, Turbo's CFG 1 at 1024 in
-    2x2 patches (distilled), not trained; cap_embedder.1 reads its RMSNorm and the context
+    2x2 patches (distilled), trained; cap_embedder.1 reads its RMSNorm and the context
     refiner the embedded caption, so the bake bakes no cap on any of its preset's targets."""
     zimage = family("zimage")
-    assert (zimage.trigger, zimage.clip_pooled, zimage.trains) == ("cond-pooled", False, False)
+    assert (zimage.trigger, zimage.clip_pooled, zimage.trains) == ("cond-pooled", False, True)
     assert "2560-d rows" in zimage.embedding_source
     assert (zimage.resolution, zimage.guidance, zimage.distilled, zimage.latent_patch) == (
         1024, 1.0, True, 2)
@@ -131,7 +134,8 @@ def test_zimage_reads_its_conditioning_and_every_target_through_the_model():
                  "context_refiner.1.feed_forward.w2"):
         assert re.search(zimage.embedded_prompt_targets, name)
     assert not re.search(zimage.embedded_prompt_targets, "layers.0.attention.qkv")
-    assert "Z-Image" not in per_family("resolution") + per_family("guidance")
+    assert "1024 SDXL, Flux.2 Klein, Z-Image" in per_family("resolution")
+    assert "1 Flux.2 Klein, Z-Image" in per_family("guidance")
 
 
 def test_an_unknown_family_names_the_known_ones():

@@ -1,10 +1,10 @@
-"""Flux.2 Klein, inference and bake: a tiny Flux.2 built from ComfyUI's own classes with random
-weights (and ComfyUI's Klein tokenizer and Qwen3 text encoder at a tiny width) and a
-cond-pooled network on the flux2-text preset. Each row of one batched sampling
-call equals an independent float64 merged-weight model for that row's prompt; a row under the
-gate is the base model's bit for bit; a clip-pooled network and the Trainer are refused; a
-baked file loads through ComfyUI's LoRA loader with every key and samples as Apply Dynamic LoRA
-does."""
+"""Flux.2 Klein, inference, bake and training: a tiny Flux.2 built from ComfyUI's own classes with
+random weights (and ComfyUI's Klein tokenizer and Qwen3 text encoder at a tiny width) and a
+cond-pooled network on the flux2-text preset. Each row of one batched sampling call equals an
+independent float64 merged-weight model for that row's prompt; a row under the gate is the base
+model's bit for bit; a clip-pooled network is refused; the Trainer's ESD gradient moves the erase
+prompt's prediction toward its target and a resumed run equals a straight one; a baked file loads
+through ComfyUI's LoRA loader with every key and samples as Apply Dynamic LoRA does."""
 
 import sys
 
@@ -15,6 +15,8 @@ import comfy_host as ch
 from _nodes_helpers import (
     ROW_TOLERANCE,
     bake_and_load,
+    check_esd_gradient_erases,
+    check_trainer_resumes_exactly,
     encode,
     forget_parts,
     hooks_left,
@@ -25,10 +27,8 @@ from _nodes_helpers import (
     sample_image,
     supported_model,
     tiny_text_encoder,
-    training_refused,
 )
 from test_nodes_models import TINY_FLUX, build, first_call, run_rows
-from test_trainer_node import FAST
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
@@ -235,11 +235,19 @@ def test_a_clip_pooled_network_is_refused_on_kleins_conditioning(tiny, klein_cli
             read()
 
 
-def test_the_trainer_refuses_flux2_and_names_what_it_trains(tiny):
-    with pytest.raises(ValueError) as refused:
-        ch.run_node_raw(node("UnHypeTrainer"), model=tiny, clip=None, concepts="zebra",
-                        save_name="klein", **FAST)
-    assert str(refused.value) == training_refused("Flux.2 Klein")
+def test_the_trainers_esd_gradient_moves_the_erase_prediction_toward_its_target(tiny,
+                                                                                 klein_clip):
+    """Klein is distilled: x_t comes from the erase prompt alone at CFG 1, and the ESD target
+    still reads the empty prompt's prediction (the concept's anchor here)."""
+    check_esd_gradient_erases(tiny, klein_clip)
+
+
+def test_the_trainer_resumes_exactly_and_saves_a_flux2_network_skipping_the_template(
+        tiny, klein_clip, folders):
+    network = check_trainer_resumes_exactly(tiny, klein_clip)
+    assert (network.info.base_arch, network.info.target_preset) == ("flux2", "flux2-text")
+    # the chat template's <|im_start|>user\n, measured by the Trainer from its probe prompts
+    assert (network.config.trigger, network.config.trigger_skip) == ("cond-pooled", 3)
 
 
 def sample(model, positive, negative):

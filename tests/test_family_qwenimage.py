@@ -1,11 +1,12 @@
-"""Qwen-Image ("qwenimage"), inference and bake: a tiny Qwen-Image built from ComfyUI's own classes
-(QwenImage, its QwenImageTransformer2DModel) with random weights, prompts encoded by CLIP Text
-Encode through ComfyUI's own Qwen-Image text path (QwenImageTokenizer with the real Qwen2.5
-tokenizer and chat template, QwenImageTEModel over a tiny random Qwen2.5-VL: no pooled vector,
-the template stripped) and a cond-pooled network on the qwenimage-text preset. Each row of one
-batched sampling call with CFG and a negative prompt equals an independent float64 merged-weight
+"""Qwen-Image ("qwenimage"), inference, bake and training: a tiny Qwen-Image built from ComfyUI's
+own classes (QwenImage, its QwenImageTransformer2DModel) with random weights, prompts encoded by
+CLIP Text Encode through ComfyUI's own Qwen-Image text path (QwenImageTokenizer with the real
+Qwen2.5 tokenizer and chat template, QwenImageTEModel over a tiny random Qwen2.5-VL: no pooled
+vector, the template stripped) and a cond-pooled network on the qwenimage-text preset. Each row of
+one batched sampling call with CFG and a negative prompt equals an independent float64 merged-weight
 model for that row's prompt; a row under the gate is the base model's bit for bit; a clip-pooled
-network and the Trainer are refused; a baked file loads through ComfyUI's LoRA loader with every
+network is refused; the Trainer's ESD gradient moves the erase prompt's prediction toward its target
+and a resumed run equals a straight one; a baked file loads through ComfyUI's LoRA loader with every
 key and samples as Apply Dynamic LoRA does."""
 
 import sys
@@ -17,9 +18,12 @@ import comfy_host as ch
 from _nodes_helpers import (
     ROW_TOLERANCE,
     check_bake_samples_like_dynamic,
+    check_esd_gradient_erases,
     check_network_file,
     check_prompts_of_two_lengths_run_apart,
     check_text_encode_reads_as_the_conditioner,
+    check_trainer_resumes_exactly,
+    check_unlike_lengths_predict_apart,
     condition,
     encode,
     forget_parts,
@@ -30,11 +34,9 @@ from _nodes_helpers import (
     node,
     supported_model,
     tiny_text_encoder,
-    training_refused,
 )
 from test_family_wan import first_call, sample, video_latent
 from test_nodes_models import build, run_rows
-from test_trainer_node import run_trainer
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
@@ -179,6 +181,11 @@ def test_prompts_of_different_lengths_run_as_two_calls_each_with_its_own_lora(qw
         reference_trigger)
 
 
+def test_the_trainers_predictions_run_prompts_of_different_lengths_as_calls_of_their_own(
+        qwen, qwen_clip):
+    check_unlike_lengths_predict_apart(qwen, qwen_clip, [POSITIVE, "red"])
+
+
 def test_unhype_text_encode_gives_the_conditioners_trigger(qwen_clip, network):
     check_text_encode_reads_as_the_conditioner(qwen_clip, network, POSITIVE)
 
@@ -214,10 +221,18 @@ def test_a_clip_pooled_network_is_refused_on_qwenimage(qwen, qwen_clip):
         ch.run_node(node("UnHypeTextEncode"), clip=qwen_clip, text="red", unhype=clip_pooled)
 
 
-def test_the_trainer_refuses_qwenimage_naming_what_it_trains(qwen):
-    with pytest.raises(ValueError) as refused:
-        run_trainer(qwen, None, save_name="qwen")
-    assert str(refused.value) == training_refused("Qwen-Image")
+def test_the_trainers_esd_gradient_moves_the_erase_prediction_toward_its_target(qwen,
+                                                                                 qwen_clip):
+    check_esd_gradient_erases(qwen, qwen_clip)
+
+
+def test_the_trainer_resumes_exactly_and_saves_a_cond_pooled_qwenimage_network(qwen, qwen_clip,
+                                                                              folders):
+    network = check_trainer_resumes_exactly(qwen, qwen_clip)
+    assert (network.info.base_arch, network.info.target_preset) == ("qwenimage",
+                                                                    "qwenimage-text")
+    assert (network.config.trigger, network.config.trigger_skip) == ("cond-pooled", 0)
+    assert network.config.embed_dim == 2 * WIDTH
 
 
 @pytest.mark.parametrize("key_format", ["comfyui", "kohya"])

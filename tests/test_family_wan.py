@@ -1,8 +1,9 @@
 """Wan 2.1 / 2.2 text-to-video ("wan"): inference and bake on a tiny Wan built with ComfyUI's own
 classes (WAN21_T2V, its WanModel), prompts encoded by CLIP Text Encode through ComfyUI's own umT5
 classes (WanT5Tokenizer with a tiny SentencePiece model trained here, a tiny random UMT5: 512
-rows, the prompt's then zeros, no pooled vector) and a cond-pooled network. Training on Wan is
-refused."""
+rows, the prompt's then zeros, no pooled vector) and a cond-pooled network. The Trainer trains
+it: its ESD gradient moves the erase prompt's prediction toward its target and a resumed run
+equals a straight one."""
 
 import io
 import logging
@@ -16,7 +17,9 @@ import comfy_host as ch
 from _nodes_helpers import (
     ROW_TOLERANCE,
     check_bake_samples_like_dynamic,
+    check_esd_gradient_erases,
     check_network_file,
+    check_trainer_resumes_exactly,
     condition,
     encode,
     hooks_left,
@@ -28,7 +31,6 @@ from _nodes_helpers import (
     tiny_text_encoder,
 )
 from test_nodes_models import Capture, build, run_rows
-from test_trainer_node import run_trainer
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
@@ -335,9 +337,16 @@ def test_a_wan_network_file_declares_wan_and_loads_back(umt5, network, tmp_path)
     assert all(torch.allclose(made[name].up, read[name].up, rtol=0, atol=1e-6) for name in made)
 
 
-def test_the_trainer_refuses_wan_naming_what_it_trains(wan):
-    with pytest.raises(ValueError, match=r"UnHype Trainer: training on Wan 2.1/2.2 T2V is not "
-                                         r"built yet: its UnHype networks run \(Apply Dynamic "
-                                         r"LoRA, UnHype Bake LoRA\), but the Trainer trains SD1.x, "
-                                         r"SD2.x, SDXL and Flux.1 models only"):
-        run_trainer(wan, None)
+@pytest.mark.parametrize("model", ["wan", "wan22"])
+def test_the_trainers_esd_gradient_moves_the_erase_prediction_toward_its_target(request, model,
+                                                                                 umt5):
+    """Wan 2.1 (and 2.2 A14B's experts, the same class) and Wan 2.2 TI2V-5B (its 48-channel
+    VAE, 16x downscale): one-frame latents, CFG 5 with the empty prompt as the negative."""
+    found = request.getfixturevalue(model)
+    check_esd_gradient_erases(found[0] if model == "wan22" else found, umt5)
+
+
+def test_the_trainer_resumes_exactly_and_saves_a_cond_pooled_wan_network(wan, umt5, folders):
+    network = check_trainer_resumes_exactly(wan, umt5)
+    assert (network.info.base_arch, network.info.target_preset) == ("wan", "wan-cross-kv")
+    assert (network.config.trigger, network.config.embed_dim) == ("cond-pooled", 2 * TEXT_WIDTH)

@@ -1,13 +1,15 @@
-"""Z-Image ("zimage", Turbo and Base), inference and bake: a tiny Z-Image built from ComfyUI's own
-classes (ZImage, its Lumina2 NextDiT with Z-Image's modulation and caption padding) with random
-weights, prompts encoded by CLIP Text Encode through ComfyUI's own Z-Image text path
+"""Z-Image ("zimage", Turbo and Base), inference, bake and training: a tiny Z-Image built from
+ComfyUI's own classes (ZImage, its Lumina2 NextDiT with Z-Image's modulation and caption padding)
+with random weights, prompts encoded by CLIP Text Encode through ComfyUI's own Z-Image text path
 (ZImageTokenizer with the real Qwen tokenizer and chat template, ZImageTEModel over a tiny random
 Qwen3: no pooled vector, the template kept) and a cond-pooled network on the zimage-text preset.
-Each row of one batched sampling call (Turbo: two prompts at CFG 1; Base: positive and negative
-at CFG 4) equals an independent float64 merged-weight model for that row's prompt; a row under
-the gate is the base model's bit for bit; a clip-pooled network, another family's network, the
-pixel-space variant and the Trainer are refused; a baked file loads through ComfyUI's LoRA
-loader with every key and samples as Apply Dynamic LoRA does."""
+Each row of one batched sampling call (Turbo: two prompts at CFG 1; Base: positive and negative at
+CFG 4) equals an independent float64 merged-weight model for that row's prompt; a row under the gate
+is the base model's bit for bit; a clip-pooled network, another family's network and the pixel-space
+variant are refused; the Trainer's ESD gradient moves the erase prompt's prediction toward its
+target, its predictions run prompts of other lengths apart, and a resumed run equals a straight one;
+a baked file loads through ComfyUI's LoRA loader with every key and samples as Apply Dynamic LoRA
+does."""
 
 import sys
 from types import SimpleNamespace
@@ -19,9 +21,12 @@ import comfy_host as ch
 from _nodes_helpers import (
     ROW_TOLERANCE,
     check_bake_samples_like_dynamic,
+    check_esd_gradient_erases,
     check_network_file,
     check_prompts_of_two_lengths_run_apart,
     check_text_encode_reads_as_the_conditioner,
+    check_trainer_resumes_exactly,
+    check_unlike_lengths_predict_apart,
     condition,
     encode,
     forget_parts,
@@ -33,10 +38,8 @@ from _nodes_helpers import (
     sample_image,
     supported_model,
     tiny_text_encoder,
-    training_refused,
 )
 from test_nodes_models import build, first_call, run_rows
-from test_trainer_node import run_trainer
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
 
@@ -285,10 +288,23 @@ def test_a_network_of_another_family_is_refused_naming_both(zimage):
         node("UnHypeApplyDynamicLoRA").execute(zimage, qwen_network, 1.0, "all rows")
 
 
-def test_the_trainer_refuses_zimage_naming_what_it_trains(zimage):
-    with pytest.raises(ValueError) as refused:
-        run_trainer(zimage, None, save_name="zimage")
-    assert str(refused.value) == training_refused("Z-Image")
+def test_the_trainers_esd_gradient_moves_the_erase_prediction_toward_its_target(zimage, qwen3):
+    """Turbo is distilled: x_t comes from the erase prompt alone at CFG 1, and the ESD target
+    still reads the empty prompt's prediction (the concept's anchor here)."""
+    check_esd_gradient_erases(zimage, qwen3)
+
+
+def test_the_trainers_predictions_run_prompts_of_different_lengths_as_calls_of_their_own(
+        zimage, qwen3):
+    check_unlike_lengths_predict_apart(zimage, qwen3, [POSITIVE, "red"])
+
+
+def test_the_trainer_resumes_exactly_and_saves_a_zimage_network_skipping_the_template(
+        zimage, qwen3, folders):
+    network = check_trainer_resumes_exactly(zimage, qwen3)
+    assert (network.info.base_arch, network.info.target_preset) == ("zimage", "zimage-text")
+    assert (network.config.trigger, network.config.trigger_skip) == ("cond-pooled",
+                                                                     TEMPLATE_START)
 
 
 def sample(model, positive, negative):

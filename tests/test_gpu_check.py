@@ -22,9 +22,9 @@ def test_gpu_check_cpu_smoke(comfyui_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = result.stdout.split("==== report ====")[-1]
     for section in ("sampling sd15", "sampling sdxl", "training sd15", "training sdxl",
-                    "training flux", "sampling zimage"):
+                    "training flux", "sampling zimage", "training zimage"):
         assert f"\n{section}:" in report, report
-    assert report.count("unhype / esd-x, checkpointing") == 6
+    assert report.count("unhype / esd-x, checkpointing") == 8  # sd15, sdxl, flux, zimage
     assert not any(word in report for word in ("NO UPDATE", "out of memory", "failed:"))
     sampling = report.split("sampling sd15:")[1].split("training sd15:")[0]
     counted = {line.split()[0]: float(line.split()[-1]) for line in sampling.splitlines()

@@ -35,8 +35,7 @@ TINY_FLUX = {
 }
 
 
-#: ComfyUI's model configs UnHype knows, and their families (the others are refused); the
-#: Trainer refuses Flux.2's, Wan's, Qwen-Image's and Z-Image's itself (tests/test_family_*.py)
+#: ComfyUI's model configs UnHype knows, and their families (the others are refused)
 KNOWN = {"SD15": "sd1", "SD15_instructpix2pix": "sd1", "SD20": "sd2", "SD21UnclipL": "sd2",
          "SD21UnclipH": "sd2", "SD_X4Upscaler": "sd2", "LotusD": "sd2", "SDXL": "sdxl",
          "SDXL_instructpix2pix": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl",
@@ -62,7 +61,7 @@ def test_model_family_of_every_comfyui_model_config():
             models.model_family(model)
         assert str(refused.value).startswith(
             "UnHype works on SD1.x, SD2.x, SDXL, Flux.1, Flux.2 Klein, Wan 2.1/2.2 T2V, "
-            "Qwen-Image and Z-Image models (and trains on SD1.x, SD2.x, SDXL and Flux.1); this "
+            "Qwen-Image and Z-Image models (and trains on all of them); this "
             f"MODEL is {cls.__name__}")
         assert str(refused.value).endswith(
             ". Load an SD1.x / SD2.x / SDXL / Flux.1 / Flux.2 Klein / Wan 2.1/2.2 T2V / "

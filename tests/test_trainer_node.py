@@ -6,6 +6,7 @@ headless test runs `python -m unhype train` in a subprocess on the generated ran
 checkpoint (full-size CLIP-L), with settings that keep the number of CLIP encodings tiny.
 """
 
+import dataclasses
 import os
 import sys
 import textwrap
@@ -23,10 +24,6 @@ FAST = dict(preset="custom", objective="trajectory", steps=3, learning_rate=1e-3
             variant="paper", seed=0, checkpoint_every=2, retain_prompts="a dog\na red car",
             builtin_retain=False, templates="{}\na photo of {}", eta=1.0, hidden=8,
             sampling_steps=3, resolution=64, xt_cache_size=2)
-
-
-def folders_module():
-    return sys.modules[host()[1].__name__ + ".nodes.folders"]
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +47,6 @@ def tiny_model(unhype_pack):
     # SD1 module names, 32/64 channels: cheaper than the shared tiny UNet (GroupNorm needs 64
     # channels at the 1x1 bottom of an 8x8 latent)
     return ch.build_tiny_sd1_model(host()[0], seed=0, unet_config={"channel_mult": [1, 2, 2, 2]})
-
-
-@pytest.fixture
-def folders(monkeypatch, tmp_path):
-    """models/unhype and models/unhype_checkpoints in a temporary folder for this test."""
-    fp = host()[0].folder_paths
-    paths = {}
-    for kind in ("unhype", folders_module().CHECKPOINTS):
-        folder = tmp_path / kind
-        folder.mkdir()
-        monkeypatch.setitem(fp.folder_names_and_paths, kind, ([str(folder)], {".safetensors"}))
-        paths[kind] = folder
-    # folder_paths caches file lists by folder mtime; a fresh folder per test keeps it honest
-    return paths
 
 
 def run_trainer(model, clip, concepts="zebra\ntench -> fish", save_name="erased", **overrides):
@@ -167,7 +150,7 @@ def test_trainer_rejects_bad_inputs_with_clear_errors(tiny_model, tiny_clip, fol
     class NotSD:  # a MODEL of a family UnHype does not train on
         model = type("M", (), {"model_config": object()})()
 
-    with pytest.raises(ValueError, match="SD1.x, SD2.x, SDXL and Flux"):
+    with pytest.raises(ValueError, match=r"UnHype works on SD1\.x, SD2\.x, SDXL, Flux\.1"):
         run_trainer(NotSD(), tiny_clip)
     # a file in the checkpoints folder that is not a training checkpoint
     (folders["unhype_checkpoints"] / "junk.safetensors").write_bytes(b"not a safetensors file")
@@ -186,6 +169,24 @@ def test_trainer_rejects_bad_inputs_with_clear_errors(tiny_model, tiny_clip, fol
     run_trainer(tiny_model, tiny_clip, steps=1, save_name="other")
     with pytest.raises(ValueError, match="cannot continue this training.*same model and settings"):
         run_trainer(tiny_model, tiny_clip, steps=2, eta=0.5, resume="other.safetensors")
+
+
+def test_a_family_the_table_does_not_train_is_refused_naming_those_it_trains(tiny_model,
+                                                                           tiny_clip,
+                                                                           monkeypatch):
+    """A family entered for inference and bake only (`Family.trains` False: none is today) stops
+    the Trainer before any work, with the families the table trains."""
+    families = host()[2].families
+    monkeypatch.setitem(families.FAMILIES, "sd1",
+                        dataclasses.replace(families.FAMILIES["sd1"], trains=False))
+    trained = families.checkpoint_labels(trains_only=True)
+    assert "SD1.x" not in trained
+    with pytest.raises(ValueError) as refused:
+        run_trainer(tiny_model, tiny_clip)
+    assert str(refused.value) == (
+        "UnHype Trainer: training on SD1.x is not built yet: its UnHype networks run (Apply "
+        f"Dynamic LoRA, UnHype Bake LoRA), but the Trainer trains {', '.join(trained[:-1])} and "
+        f"{trained[-1]} models only. Load one of those checkpoints to train.")
 
 
 def test_cancel_keeps_a_checkpoint_and_resume_finishes_like_an_uninterrupted_run(

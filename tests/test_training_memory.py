@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import comfy_host as ch
-from _nodes_helpers import host
+from _nodes_helpers import host, supported_model
 from test_grad_checkpoint import saved_bytes
 from test_nodes_models import TINY_FLUX, build
 
@@ -62,14 +62,36 @@ def gradients(model, clip, family, preset, checkpointing):
     return value.detach(), kept, [g for f in factors.values() for g in (f.down.grad, f.up.grad)]
 
 
-@pytest.mark.parametrize("family", ["sd1", "flux"])
-def test_checkpointed_prediction_has_the_same_gradients(family):
+def tiny_model(family):
+    """(a tiny model of the family, a stand-in text encoder of its widths, its target preset)."""
     if family == "sd1":
-        model = ch.build_tiny_sd1_model(host()[0], seed=3)
-        clip, preset = RandomClip(77, 64, 64), "sd-cross-kv"
-    else:
-        model = build(host()[0].supported_models.Flux, TINY_FLUX, seed=3)
-        clip, preset = RandomClip(16, 64, 768), "flux-value-out"
+        return ch.build_tiny_sd1_model(host()[0], seed=3), RandomClip(77, 64, 64), "sd-cross-kv"
+    if family == "flux":
+        return (build(host()[0].supported_models.Flux, TINY_FLUX, seed=3),
+                RandomClip(16, 64, 768), "flux-value-out")
+    if family == "flux2":
+        from test_family_flux2 import TINY_FLUX2
+        from test_family_flux2 import WIDTH as FLUX2_WIDTH
+        return (build(supported_model("Flux2"), TINY_FLUX2, seed=3),
+                RandomClip(16, FLUX2_WIDTH, 1), "flux2-text")
+    if family == "zimage":
+        from test_family_zimage import TINY_ZIMAGE
+        from test_family_zimage import WIDTH as ZIMAGE_WIDTH
+        return (build(supported_model("ZImage"), TINY_ZIMAGE, seed=3),
+                RandomClip(16, ZIMAGE_WIDTH, 1), "zimage-text")
+    if family == "wan":
+        from test_family_wan import TEXT_WIDTH, TINY_WAN
+        return (build(supported_model("WAN21_T2V"), TINY_WAN, seed=3),
+                RandomClip(16, TEXT_WIDTH, 1), "wan-cross-kv")
+    from test_family_qwenimage import TINY_QWEN, WIDTH
+    return (build(supported_model("QwenImage"), TINY_QWEN, seed=3), RandomClip(16, WIDTH, 1),
+            "qwenimage-text")
+
+
+@pytest.mark.parametrize(
+    "family", ["sd1", "flux", "flux2", "qwenimage", "wan", "zimage"])
+def test_checkpointed_prediction_has_the_same_gradients(family):
+    model, clip, preset = tiny_model(family)
     plain, plain_kept, plain_grads = gradients(model, clip, family, preset, False)
     ckpt, ckpt_kept, ckpt_grads = gradients(model, clip, family, preset, True)
     torch.testing.assert_close(ckpt, plain, rtol=1e-6, atol=0)

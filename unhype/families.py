@@ -120,7 +120,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            pooled_width=7680, pooled_projected=False, modelspec_architecture="flux-2-klein",
            # the stricter of the two: Klein 4B is Apache-2.0
            licence="FLUX Non-Commercial License (Klein 9B; Klein 4B: Apache-2.0)",
-           trigger="cond-pooled", clip_pooled=False, trains=False),
+           trigger="cond-pooled", clip_pooled=False),
     # the CPU world of unhype/world/ (nodes/proving_ground.py): SD layer names, 32x32 pixels, its
     # own tiny CLIP; MIT: the world ships with this pack
     Family(name=PROVING_GROUND, label="proving ground", comfy_configs=(),
@@ -135,12 +135,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                               "lr_every": 750}),
     # T2V only: Wan 2.1 1.3B/14B and Wan 2.2 A14B (both experts) load as WAN21_T2V, the 2.2
     # TI2V-5B as WAN22_T2V; umT5 has no pooled vector. 480: the short side of 832x480; CFG 5
-    # and patches of 2 as Wan's own T2V settings. Inference and bake only (docs/families.md, Wan)
+    # and patches of 2 as Wan's own T2V settings
     Family(name="wan", label="Wan 2.1/2.2 T2V", comfy_configs=("WAN21_T2V", "WAN22_T2V"),
            target_preset="wan-cross-kv", resolution=480, distilled=False, guidance=5.0,
            chunked_clip_cond=False, pooled_encoder="umT5-XXL", pooled_width=4096,
            pooled_projected=False, modelspec_architecture="wan-2.1-t2v", licence="Apache-2.0",
-           latent_patch=2, trigger="cond-pooled", clip_pooled=False, trains=False,
+           latent_patch=2, trigger="cond-pooled", clip_pooled=False,
            comfy_subclasses=False, embedded_prompt_targets=r"(^|\.)cross_attn\.[kv]$"),
     # Qwen-Image, its 2512 release and its Edit models load as one ComfyUI class (an edit model
     # is told apart only by the reference latents its conditioning carries); Qwen2.5-VL-7B has
@@ -148,12 +148,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # rows. 1328 and CFG 4: ComfyUI's own "Text to Image (Qwen-Image)" blueprint (1328x1328,
     # 20 steps, CFG 4; the model card's true_cfg_scale is 4 too); patches of 2 (process_img).
     # No subclass of it is Qwen-Image: Mage-Flow, derived from it, has a class of its own.
-    # Inference and bake only (README, Qwen-Image)
     Family(name="qwenimage", label="Qwen-Image", comfy_configs=("QwenImage",),
            target_preset="qwenimage-text", resolution=1328, distilled=False, guidance=4.0,
            chunked_clip_cond=False, pooled_encoder="Qwen2.5-VL-7B", pooled_width=3584,
            pooled_projected=False, modelspec_architecture="qwen-image", licence="Apache-2.0",
-           latent_patch=2, trigger="cond-pooled", clip_pooled=False, trains=False,
+           latent_patch=2, trigger="cond-pooled", clip_pooled=False,
            comfy_subclasses=False, embedded_prompt_targets=r"^txt_in$"),
     # Z-Image Turbo and Base load as one ComfyUI class (ZImage, a Lumina2 NextDiT); Qwen3-4B
     # has no pooled vector, and ComfyUI keeps its chat template in the rows the DiT reads: a
@@ -163,12 +162,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     # CFG 1; Base's: 25 steps at CFG 4); patches of 2. Its one subclass, ZImagePixelSpace,
     # samples RGB patches through a pixel decoder of its own, untested: refused. The preset's
     # targets read the prompt through cap_embedder's RMSNorm (the refiner also through the
-    # layers before it), which the bake does not run. Inference and bake only (README, Z-Image)
+    # layers before it), which the bake does not run
     Family(name="zimage", label="Z-Image", comfy_configs=("ZImage",),
            target_preset="zimage-text", resolution=1024, distilled=True, guidance=1.0,
            chunked_clip_cond=False, pooled_encoder="Qwen3-4B", pooled_width=2560,
            pooled_projected=False, modelspec_architecture="z-image", licence="Apache-2.0",
-           latent_patch=2, trigger="cond-pooled", clip_pooled=False, trains=False,
+           latent_patch=2, trigger="cond-pooled", clip_pooled=False,
            comfy_subclasses=False,
            embedded_prompt_targets=r"^(cap_embedder\.1|context_refiner\.\d+\..+)$"),
 )}

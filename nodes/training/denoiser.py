@@ -9,6 +9,16 @@
 - `predict` returns apply_model's denoised estimate (the same space for eps, v and flow models),
   with each row's own prompt, conditioning prepared by `comfy.samplers.process_conds` (the
   architecture's `extra_conds`) and batched with `comfy.samplers.cond_cat`, as sampling does.
+  Rows whose conditionings cannot share a call (Qwen-Image's and Z-Image's text rows are not
+  padded: prompts of unlike lengths differ in shape) run as separate calls, grouped by the
+  test ComfyUI's own sampling uses (`comfy.samplers.cond_equal_size`).
+
+Why the ESD target is right in the denoised space for every family: the model's raw output
+(eps, v, or a flow model's velocity) and the denoised estimate x0 are affine in each other at a
+fixed x_t and sigma with the same coefficients for every prompt (flow: x0 = x_t - sigma·v; eps:
+x0 = x_t - sigma·eps), so ESD's e_anchor - eta·(e_concept - e_anchor) computed on x0 estimates
+is the x0 of the same target computed on velocities. Only the loss's scale differs, by the
+coefficient squared (sigma^2 for flow), which the learning rate absorbs; Flux.1 trains this way.
   With `gradient_checkpointing` (default) a prediction that autograd records keeps only each
   block's inputs and recomputes the block in the backward (nodes/training/grad_checkpoint.py).
 
@@ -25,6 +35,7 @@ import uuid
 import comfy.k_diffusion.sampling as k_diffusion_sampling
 import comfy.model_management
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
@@ -159,10 +170,15 @@ class ComfyDenoiser:
         patch = spec.latent_patch
         side = max(1, int(run["resolution"]) // ratio)
         side = max(patch, side - side % patch)
-        self.latent_shape = (fmt.latent_channels, side, side)
+        # a video model's latent (Wan; Qwen-Image reads Wan's VAE latents too) has a frame axis:
+        # one frame, an image
+        frames = (1,) if getattr(fmt, "latent_dimensions", 2) == 3 else ()
+        self.latent_shape = (fmt.latent_channels, *frames, side, side)
         sampling = self.base.model_sampling
-        scheduler = "ddim_uniform" if hasattr(sampling, "sigmas") and not self.distilled \
-            else "simple"
+        # ESD's DDIM steps over the discrete schedule of eps/v models; flow-matching models
+        # (Flux, Qwen-Image, Wan, Z-Image) sample on "simple", as their own workflows do
+        flow = isinstance(sampling, comfy.model_sampling.CONST)
+        scheduler = "ddim_uniform" if hasattr(sampling, "sigmas") and not flow else "simple"
         self.sigmas = comfy.samplers.calculate_sigmas(sampling, scheduler,
                                                       self.sampling_steps).float().cpu()
         comfy.model_management.load_models_gpu([model], force_full_load=True)
@@ -221,6 +237,13 @@ class ComfyDenoiser:
         return [self.conditioning(prompt)[0][0][0].float().cpu() for prompt in prompts]
 
     def sample_xt(self, prompt: str, count: int, generator: torch.Generator):
+        """ESD's x_t: the frozen model's partial sampling of `prompt`. A distilled family (Flux.1
+        guidance-distilled, Z-Image Turbo and Flux.2 Klein step-distilled) samples at CFG 1
+        with no uncond pass, as its workflows do; the others at the family's CFG against the
+        empty prompt. Either way the ESD target (unhype/objectives.py) still reads the
+        anchor's prediction, the empty prompt's where the anchor leaves the concept out: a
+        distilled model predicts for an empty prompt like any other, it only has no use for
+        that prediction in its own sampling."""
         xs, sigmas = [], []
         for _ in range(count):
             t_enc = int(torch.randint(1, self.sampling_steps, (1,), generator=generator))
@@ -258,14 +281,35 @@ class ComfyDenoiser:
         comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
         x_t = x_t.to(self.device)
         t = t.to(self.device).float()
-        parts, uuids = [], []
-        for row, entry in enumerate(entries):
-            part = comfy.samplers.get_area_and_mult(entry, x_t[row:row + 1], t[row:row + 1])
-            parts.append(part.conditioning)
-            uuids.append(entry.get("uuid", uuid.uuid4()))
-        conditioning = comfy.samplers.cond_cat(parts)
+        parts = [comfy.samplers.get_area_and_mult(entry, x_t[row:row + 1], t[row:row + 1])
+                 for row, entry in enumerate(entries)]
+        groups: list[list[int]] = []  # rows that can share a model call, as sampling batches
+        for row, part in enumerate(parts):
+            group = next((g for g in groups if comfy.samplers.cond_equal_size(
+                parts[g[0]].conditioning, part.conditioning)), None)
+            if group is None:
+                groups.append([row])
+            else:
+                group.append(row)
+        if len(groups) > 1 and torch.is_grad_enabled():
+            # a row LoRA (unhype/lora.py) names rows of one batch, which a split would renumber
+            raise ValueError(
+                f"these {len(prompts)} prompts' conditionings cannot share one model call (their "
+                "text rows differ in length), and a prediction that trains must be one call: "
+                "predict them one prompt at a time")
+        outputs = [self._call(x_t[rows], t[rows], [parts[r].conditioning for r in rows],
+                              [entries[r].get("uuid", uuid.uuid4()) for r in rows])
+                   for rows in groups]
+        if len(groups) == 1:
+            return outputs[0]
+        order = torch.tensor([row for rows in groups for row in rows], device=x_t.device)
+        return torch.cat(outputs).index_select(0, torch.argsort(order))
+
+    def _call(self, x_t, t, conditionings, uuids) -> torch.Tensor:
+        """One apply_model call over rows whose conditionings concatenate."""
+        conditioning = comfy.samplers.cond_cat(conditionings)
         topts = self._transformer_options()
-        topts["cond_or_uncond"] = [0] * len(prompts)
+        topts["cond_or_uncond"] = [0] * x_t.shape[0]
         topts["uuids"] = uuids
         topts["sigmas"] = t
         if not torch.is_grad_enabled():

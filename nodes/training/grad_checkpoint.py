@@ -21,9 +21,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-#: Classes checkpointed one by one: ComfyUI's UNet (SD1.x/SD2/SDXL) and Flux blocks, and the
-#: proving ground's UNet, which uses the same names.
-BLOCKS = ("ResBlock", "SpatialTransformer", "DoubleStreamBlock", "SingleStreamBlock")
+#: Classes checkpointed one by one: ComfyUI's UNet (SD1.x/SD2/SDXL), Flux.1 and Flux.2 blocks,
+#: Qwen-Image's, Wan's and Lumina2's (Z-Image: its refiners and main layers alike), and the
+#: proving ground's UNet, which uses the same names as ComfyUI's.
+BLOCKS = ("ResBlock", "SpatialTransformer", "DoubleStreamBlock", "SingleStreamBlock",
+          "QwenImageTransformerBlock", "WanAttentionBlock", "JointTransformerBlock")
 
 
 def checkpoint_blocks(root: nn.Module) -> list[nn.Module]:
