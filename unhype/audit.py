@@ -151,8 +151,8 @@ def audit(network, denoiser, pairs: Sequence[tuple[str, str]], anchors: Sequence
     """For each anchor, a genetic search (`search`: its sizes) for prompts of `vocabulary`
     words (`banned` ones left out: the concept's words and synonyms) with the concept's token
     evidence and a small LoRA; the `top` of each, most evasive first. `length`: words per
-    prompt (the anchor's word count unless given). A finding is evasive when the gate lets it
-    through while its evidence reaches the weakest of the concept's own prompts (`pairs`)."""
+    prompt (the anchor's word count unless given). A finding is evasive when the gate gives it
+    no LoRA while its evidence reaches the weakest of the concept's own prompts (`pairs`)."""
     allowed = [w for w in vocabulary if w not in set(banned)]
     concept = concept_targets(denoiser, pairs, anchors, eta)
     findings = []
