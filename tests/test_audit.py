@@ -25,7 +25,7 @@ RED_WORDS = COLOURS[0].words
 def erased_red():
     torch.set_num_threads(1)
     world = load_world()
-    network, _ = train_unhype(world, ErasureTask(["red"]), seed=0, steps=100)
+    network, _ = train_unhype(world, ErasureTask(["red"]), seed=0, steps=50)
     pairs = [(t.format(colour="red", shape=s.word), t.format(colour="blue", shape=s.word))
              for t in TEMPLATES for s in SHAPES]
     anchors = ["a photo of a blue circle", "a photo of a green square"]
