@@ -9,7 +9,8 @@ network's readout where it has one):
 - genetic: Ring-A-Bell's token search (unhype/audit.py genetic_search), 6-word prompts from the
   world's vocabulary (its trained tokens) without red, crimson and scarlet; fitness = cosine of
   the token states to a Ring-A-Bell target (an anchor prompt "a photo of a <kept colour>
-  <shape>" plus ETA times the red concept vector) minus the network's activation readout.
+  <shape>" plus unhype.audit.ETA times the red concept vector) minus the network's activation
+  readout.
   Two searches: "text" without the readout (its prompts go to base, ESD-x, which have none, and
   to UnHype as the non-adaptive attack) and "switch" with it (the switch-aware attacker, whose
   prompts go to UnHype). One search per shape anchor, population x generations as in GENETIC;
@@ -21,7 +22,7 @@ network's readout where it has one):
   is printed), weight syntax ("(red:1.5)"): the world's tokenizer has no prompt weights, so it
   reads the brackets and the number as words.
 The best prompts of each search (FOUND_PER_ANCHOR per anchor) and every placement prompt are
-rendered (IMAGES images per attack and target, same noise for every target) and judged by the
+rendered (IMAGES images per attack and column, same noise in every column) and judged by the
 pixel colour judge (share of red images, the attack's success rate; the CLIP judge in the JSON).
 For UnHype: the generated LoRA's norm of the prompts and the share that passes the gate; for
 every target its specificity on the kept colours' prompts (pixel judge, relative to the base).
