@@ -15,12 +15,9 @@ images, pixel judge: the share of red), with the LoRA norm UnHype generates for 
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from bench_attacks import IMAGES, judged, lora_norms  # noqa: E402
+from bench_attacks import IMAGES, judged, lora_norms  # the script's folder is on the path
 
 #: the new word: one BPE token the world's CLIP never trained (its embedding is the seeded init)
 WORD = "sks"
