@@ -7,6 +7,7 @@ checkpoint (full-size CLIP-L), with settings that keep the number of CLIP encodi
 """
 
 import dataclasses
+import logging
 import os
 import sys
 import textwrap
@@ -105,7 +106,7 @@ def test_trainer_node_trains_saves_and_feeds_apply_dynamic_lora(tiny_model, tiny
     print(f"trainer node: 3 steps in {seconds:.1f}s")
 
 
-def test_trainer_draws_a_preview_beside_the_network_when_given_the_vae(folders):
+def test_trainer_draws_a_preview_beside_the_network_when_given_the_vae(folders, caplog):
     """Proving ground (its model, CLIP and pixel-space VAE, as the node gives them): the grid of
     two erase and two retain prompts without and with the network is written beside it and named
     by its card; without a VAE, or with one that fails, the network is saved and the report
@@ -124,6 +125,13 @@ def test_trainer_draws_a_preview_beside_the_network_when_given_the_vae(folders):
     assert grid.format == "PNG" and grid.height > 4 * preview.PREVIEW_CELL
     card = (folders["unhype"] / "red.md").read_text(encoding="utf-8")
     assert "](red.preview.png)" in card
+    # a long-running server stays clean: the preview's patched MODEL leaves no dead entry
+    from test_nodes_lifetime import dead_entries
+
+    assert dead_entries() == []
+    with caplog.at_level(logging.INFO):
+        host()[0].model_management.load_models_gpu([model.clone()])  # a later model load
+    assert not [r for r in caplog.records if "memory leak" in r.getMessage()]
 
     out = ch.run_node_raw(node("UnHypeTrainer"), model=model, clip=clip, concepts="red",
                           save_name="novae", **world)
@@ -139,6 +147,14 @@ def test_trainer_draws_a_preview_beside_the_network_when_given_the_vae(folders):
     assert "no preview: RuntimeError: decoder out of memory" in out.ui["text"][0]
     assert (folders["unhype"] / "broken.safetensors").is_file()
     assert "preview.png" not in (folders["unhype"] / "broken.md").read_text(encoding="utf-8")
+
+    # hidden concepts: the preview would show them, so none is drawn
+    out = ch.run_node_raw(node("UnHypeTrainer"), model=model, clip=clip, vae=vae,
+                          concepts="red", save_name="hidden", hide_concepts=True, **world)
+    assert "no preview: hide_concepts is on" in out.ui["text"][0]
+    assert not (folders["unhype"] / "hidden.preview.png").exists()
+    assert "**Erases:** hidden concepts (1;" in (folders["unhype"] / "hidden.md").read_text(
+        encoding="utf-8")
 
 
 def test_trainer_rejects_bad_inputs_with_clear_errors(tiny_model, tiny_clip, folders):

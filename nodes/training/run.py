@@ -129,8 +129,9 @@ def run_training(model, clip, settings: TrainingSettings, *, vae=None,
                  on_progress: Callable[[Progress], None] | None = None,
                  log: Callable[[str], None] = lambda line: None, group=None) -> Outcome:
     """Train, checkpoint, save. Any interruption leaves a resumable checkpoint (and re-raises).
-    With a `vae`, a before/after preview grid is drawn beside the network (nodes/training/
-    preview.py); a preview that fails is reported, and the network is already saved.
+    With a `vae` (and the concepts not hidden), a before/after preview grid is drawn beside
+    the network (nodes/training/preview.py); a preview that fails is reported, and the network
+    is already saved.
 
     With a torch.distributed `group`, every process trains its share and process 0 writes the
     checkpoints and the network (the others' Outcome has an empty `path`)."""
@@ -180,7 +181,10 @@ def run_training(model, clip, settings: TrainingSettings, *, vae=None,
         drawn = ""
         if path:
             metadata = save_unhype(path, network)
-            if vae is not None:
+            if vae is not None and settings.hide_concepts:
+                drawn = ("no preview: hide_concepts is on, and the preview would show the erase "
+                         "prompts and what the base model draws for them")
+            elif vae is not None:
                 drawn = draw_preview(preview, denoiser, network, vae, trainer.config, log)
             write_text_atomically(card, model_card(
                 network.info, file_name=os.path.basename(path), hash_sha256=metadata[HASH_KEY],
