@@ -70,7 +70,8 @@ FLUX_DIT = {
     "num_heads": 24, "depth": 19, "depth_single_blocks": 38, "axes_dim": [16, 56, 56],
     "theta": 10000, "qkv_bias": True, "guidance_embed": True, "txt_ids_dims": [],
 }
-# Z-Image (Turbo and Base: one shape), 6B; Qwen3-4B's 2560-wide rows are its caption
+# Z-Image (Turbo and Base: one shape, 6B) as model_detection reads it from the released checkpoints;
+# Qwen3-4B's 2560-wide rows are its caption (tests/test_family_zimage.py checks its preset on it)
 ZIMAGE_DIT = {
     "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840,
     "cap_feat_dim": 2560, "n_layers": 30, "qk_norm": True, "n_heads": 30, "n_kv_heads": 30,
@@ -253,7 +254,7 @@ def sampling_check(name, model, pack, args, clock, out):
     trigger = {"embed_dim": pooled} if pooled else {"embed_dim": 2 * width,
                                                     "trigger": "cond-pooled"}
     mode = "all rows" if entry.distilled else "conditional only"
-    cfg = entry.guidance if entry.distilled else 7.0
+    cfg = 1.0 if entry.distilled else 7.0  # distilled: guidance, if any, rides in the cond
 
     def network(seed):
         """Random weights drawn on the device (1.6 B parameters on SDXL), then put on the CPU,

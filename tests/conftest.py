@@ -208,6 +208,17 @@ def unhype_host(comfy, unhype_pack, pack_nodes):
 # ------------------------------------------------------------------------------------------
 # random SD1.5 checkpoint
 # ------------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_parts(unhype_host):
+    """What UnHype nodes remember of the texts they saw is process-wide (nodes/sampling/
+    parts.py): empty before and after the test."""
+    from _nodes_helpers import forget_parts
+
+    forget_parts()
+    yield
+    forget_parts()
+
+
 @pytest.fixture(scope="session")
 def sd15_checkpoint(comfy) -> Path:
     t0 = time.monotonic()

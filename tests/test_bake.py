@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 import comfy_host as ch
-from _nodes_helpers import forget_parts, host, make_network, node
+from _nodes_helpers import forget_parts, host, make_network, node, sample_image
 from test_nodes_models import TINY_FLUX, build
 
 pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
@@ -37,13 +37,6 @@ def dynamic(model, network, strength=1.0):
     return node("UnHypeApplyDynamicLoRA").execute(model, network, strength, "all rows")[0]
 
 
-def sample(model, positive, negative, channels, cfg=1.0):
-    ns = host()[0]
-    latent = torch.zeros(1, channels, 8, 8)
-    return ns.sample.sample(model, ns.sample.prepare_noise(latent, 0), 2, cfg, "euler", "normal",
-                            positive, negative, latent, disable_pbar=True, seed=0)
-
-
 def uncapped_output_norms(network, cond, strength):
     """Each cross-attention target's LoRA output norm on the prompt's tokens, without a cap."""
     core = host()[2]
@@ -63,18 +56,19 @@ def test_sd1_baked_file_samples_like_apply_dynamic_lora_with_a_binding_cap(tiny_
     baked = with_lora(tiny_sd1_model, name)
     assert set(baked.patches) == {f"diffusion_model.{t.name}.weight" for t in network.targets}
     # cfg 1: only the positive runs, so the static LoRA meets exactly the rows it was baked for
-    expected = sample(dynamic(tiny_sd1_model, network, 0.8), positive, negative, 4)
-    got = sample(baked, positive, negative, 4)
-    base = sample(tiny_sd1_model, positive, negative, 4)
+    expected = sample_image(dynamic(tiny_sd1_model, network, 0.8), positive, negative, 4)
+    got = sample_image(baked, positive, negative, 4)
+    base = sample_image(tiny_sd1_model, positive, negative, 4)
     torch.testing.assert_close(got, expected, **TOLERANCE)
     assert (got - base).abs().max() > 100 * (got - expected).abs().max()
     # cfg 5 with the same prompt on both branches: every row is the baked prompt's
-    torch.testing.assert_close(sample(baked, positive, positive, 4, cfg=5.0),
-                               sample(dynamic(tiny_sd1_model, network, 0.8), positive, positive,
-                                      4, cfg=5.0), **TOLERANCE)
+    torch.testing.assert_close(
+        sample_image(baked, positive, positive, 4, cfg=5.0),
+        sample_image(dynamic(tiny_sd1_model, network, 0.8), positive, positive, 4, cfg=5.0),
+        **TOLERANCE)
     # without the cap folded in, the file would differ: the cap really binds
     network.config.norm_cap = None
-    uncapped = sample(dynamic(tiny_sd1_model, network, 0.8), positive, negative, 4)
+    uncapped = sample_image(dynamic(tiny_sd1_model, network, 0.8), positive, negative, 4)
     assert (uncapped - expected).abs().max() > 100 * (got - expected).abs().max()
 
 
@@ -114,10 +108,10 @@ def test_flux_sliced_targets_touch_only_the_value_slice(loras):
         low, high = target.out_slice
         assert torch.equal(after[:low], before[:low]) and torch.equal(after[high:], before[high:])
         assert (after[low:high] - before[low:high]).abs().max() > 1e-3
-    expected = sample(dynamic(model, network), positive, negative, 16)
-    got = sample(baked, positive, negative, 16)
+    expected = sample_image(dynamic(model, network), positive, negative, 16)
+    got = sample_image(baked, positive, negative, 16)
     torch.testing.assert_close(got, expected, **TOLERANCE)
-    assert (got - sample(model, positive, negative, 16)).abs().max() > 1e-3
+    assert (got - sample_image(model, positive, negative, 16)).abs().max() > 1e-3
 
 
 def test_flux_cap_is_not_baked_and_the_report_says_so(loras):
@@ -128,9 +122,9 @@ def test_flux_cap_is_not_baked_and_the_report_says_so(loras):
     positive = condition(network, ch.make_cond(64, seed=1, pooled_dim=768))
     name, report = bake(network, positive)
     assert "read the image" in report and "not baked" in report
-    expected = sample(dynamic(model, network), positive, positive, 16)
-    torch.testing.assert_close(sample(with_lora(model, name), positive, positive, 16), expected,
-                               **TOLERANCE)
+    expected = sample_image(dynamic(model, network), positive, positive, 16)
+    torch.testing.assert_close(sample_image(with_lora(model, name), positive, positive, 16),
+                               expected, **TOLERANCE)
 
 
 def test_metadata_names_network_and_prompt_or_its_hash(tiny_sd1_model, loras):
@@ -248,11 +242,9 @@ def test_a_gated_prompt_bakes_to_a_lora_that_changes_nothing(tiny_sd1_model, lor
         meta = handle.metadata()
     assert len(ups) == len(network.targets) and all(not up.any() for up in ups)
     assert json.loads(meta["unhype.baked_from"])["gated"] is True
-    base = sample(tiny_sd1_model, positive, negative, 4, cfg=5.0)
-    assert torch.equal(sample(with_lora(tiny_sd1_model, name), positive, negative, 4, cfg=5.0),
-                       base)
-    assert torch.equal(sample(dynamic(tiny_sd1_model, network), positive, negative, 4, cfg=5.0),
-                       base)
+    base = sample_image(tiny_sd1_model, positive, negative, 4, cfg=5.0)
+    for patched in (with_lora(tiny_sd1_model, name), dynamic(tiny_sd1_model, network)):
+        assert torch.equal(sample_image(patched, positive, negative, 4, cfg=5.0), base)
     network.info.gate_threshold = norm / 2  # over the gate: an ordinary, non-zero bake
     name, report = bake(network, positive)
     with safe_open(str(loras / name), "pt") as handle:

@@ -18,7 +18,6 @@ from _nodes_helpers import (
     check_esd_gradient_erases,
     check_trainer_resumes_exactly,
     encode,
-    forget_parts,
     hooks_left,
     host,
     make_network,
@@ -30,7 +29,7 @@ from _nodes_helpers import (
 )
 from test_nodes_models import TINY_FLUX, build, first_call, run_rows
 
-pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host", "fresh_parts")]
 
 WIDTH = 96  # the tiny text encoder's cond width (Klein 4B: 7680)
 SHARED = 2  # leading rows every prompt shares, as Klein's chat template prefix
@@ -49,9 +48,6 @@ CHANNELS = 128
 @pytest.fixture(autouse=True)
 def _needs_flux2():
     supported_model("Flux2")
-    forget_parts()
-    yield
-    forget_parts()
 
 
 @pytest.fixture

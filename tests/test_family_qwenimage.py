@@ -26,7 +26,6 @@ from _nodes_helpers import (
     check_unlike_lengths_predict_apart,
     condition,
     encode,
-    forget_parts,
     hooks_left,
     host,
     make_network,
@@ -38,7 +37,7 @@ from _nodes_helpers import (
 from test_family_wan import first_call, sample, video_latent
 from test_nodes_models import build, run_rows
 
-pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host", "fresh_parts")]
 
 WIDTH = 32  # the tiny text encoder's width, the DiT's joint_attention_dim (Qwen2.5-VL-7B: 3584)
 BLOCKS = 2  # transformer blocks (Qwen-Image: 60)
@@ -53,13 +52,6 @@ TEMPLATE_END = 5  # "<|im_end|>\n<|im_start|>assistant\n": the template's rows a
 #: two prompts of the same length (12 rows): QwenImage wraps c_crossattn in a CONDRegular, so
 #: only conditionings of one shape share a model call
 POSITIVE, NEGATIVE = "a tench fish in a pond", "a red brick house by a lake"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_parts():
-    forget_parts()
-    yield
-    forget_parts()
 
 
 @pytest.fixture(scope="module")

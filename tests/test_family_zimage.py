@@ -11,7 +11,9 @@ target, its predictions run prompts of other lengths apart, and a resumed run eq
 a baked file loads through ComfyUI's LoRA loader with every key and samples as Apply Dynamic LoRA
 does."""
 
+import importlib.util
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -29,7 +31,6 @@ from _nodes_helpers import (
     check_unlike_lengths_predict_apart,
     condition,
     encode,
-    forget_parts,
     hooks_left,
     host,
     make_network,
@@ -41,7 +42,7 @@ from _nodes_helpers import (
 )
 from test_nodes_models import build, first_call, run_rows
 
-pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host", "fresh_parts")]
 
 WIDTH = 32  # the tiny Qwen3's width, the DiT's cap_feat_dim (Qwen3-4B: 2560)
 DIM = 256  # the DiT's width, the least Z-Image's 256-d timestep modulation takes (3840)
@@ -61,13 +62,6 @@ TEMPLATE_END = 5  # "<|im_end|>\n<|im_start|>assistant\n": the template's rows a
 #: two prompts of the same length: ZImage wraps c_crossattn in a CONDRegular and its token
 #: count in a CONDConstant, so only conditionings of one length share a model call
 POSITIVE, NEGATIVE = "a tench fish in a pond", "a red brick house by a lake"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_parts():
-    forget_parts()
-    yield
-    forget_parts()
 
 
 @pytest.fixture(scope="module")
@@ -136,21 +130,21 @@ def test_the_preset_takes_the_caption_embedder_and_the_context_refiner(zimage, n
     assert not any(name.startswith("layers.") for name in map(lambda t: t.name, network.targets))
 
 
-#: Z-Image's unet_config as ComfyUI's model_detection reads it from the released checkpoints
-ZIMAGE_6B = {
-    "image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840,
-    "cap_feat_dim": 2560, "n_layers": 30, "qk_norm": True, "n_heads": 30, "n_kv_heads": 30,
-    "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512], "rope_theta": 256.0,
-    "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True, "time_scale": 1000.0,
-    "pad_tokens_multiple": 32,
-}
+def released_zimage() -> dict:
+    """Z-Image's unet_config as ComfyUI's model_detection reads it from the released
+    checkpoints: the one copy, the GPU check's."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    return gpu_check.ZIMAGE_DIT
 
 
 def test_the_preset_on_the_real_size_model_is_eleven_layers_reading_qwen3_4b():
     """The released Z-Image's shapes (built on the meta device: no weights): what the docs say
     of its preset (11 layers, cap_embedder.1 2560 -> 3840)."""
     core = host()[2]
-    config = supported_model("ZImage")(dict(ZIMAGE_6B))
+    config = supported_model("ZImage")(dict(released_zimage()))
     config.set_inference_dtype(torch.bfloat16, None)
     root = config.get_model({}, device=torch.device("meta")).diffusion_model
     targets = {t.name: (t.in_features, t.out_features)

@@ -14,7 +14,6 @@ from _nodes_helpers import (
     TINY_CLIP,
     chunk_length,
     concept_detector,
-    forget_parts,
     host,
     make_tiny_clip,
     merged_reference,
@@ -22,17 +21,9 @@ from _nodes_helpers import (
     pooled_of,
 )
 
-pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host")]
+pytestmark = [pytest.mark.host, pytest.mark.usefixtures("unhype_host", "fresh_parts")]
 
 ORDINARY = "a red brick house under a clear sky"
-
-
-@pytest.fixture(autouse=True)
-def _forget():
-    """What UnHype nodes remember of the texts they saw is process-wide: start each test empty."""
-    forget_parts()
-    yield
-    forget_parts()
 
 
 @pytest.fixture(scope="module")
