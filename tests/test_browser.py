@@ -48,8 +48,6 @@ OUR_NEEDLES = (f"/extensions/{ch.PACK_DIR_NAME}/", EXTENSION_NAME)
 NOTICE = "[ComfyUI Notice]"
 SCREENSHOT_DIR = Path(tempfile.gettempdir()) / "unhype-browser"
 DOCS_SCREENSHOT = REPO / "docs" / "screenshot-sd15-workflow.png"
-# workflows whose template thumbnail is a picture the graph made, not a screenshot of the graph
-RENDERED_THUMBNAILS = {"proving_ground_erase"}
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -277,8 +275,7 @@ def test_workflow_loads_without_missing_nodes(session, object_info, path):
     assert strip == {k: {"class_type": v["class_type"], "inputs": v["inputs"]}
                      for k, v in expected.items()}
     assert session.our_errors() == []
-    if path.stem not in RENDERED_THUMBNAILS:
-        _graph_thumbnail(session.page, path)
+    _graph_thumbnail(session.page, path)
 
 
 def _graph_thumbnail(page, path: Path) -> None:
