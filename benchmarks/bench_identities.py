@@ -5,8 +5,9 @@
     python benchmarks/bench_identities.py --merge DIR_SEED0 DIR_SEED1 --out DIR
 
 For each number of erased identities N (the first N of the erasable half; the other half is kept
-and is the retain set), one UnHype network with the UnHype Trainer's proving-ground defaults but
-eta `ETA` and one static ESD-x LoRA (rank 4, the same eta) are trained for the first --steps
+and is the retain set), one UnHype network with the UnHype Trainer's proving-ground defaults
+(removal draws following the concept count) and one static ESD-x LoRA (rank 4, the same eta)
+are trained for the first --steps
 (default 1000; 0: the Trainer's); at the largest N the network is also trained for every other
 --steps, to show how steps must grow with concepts.
 Judged against the base model on the same prompts and noise (unhype/world/identities.py:
@@ -24,9 +25,6 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-#: the ESD push of the committed results (results/identities/), the proving ground's default
-#: until 2026-12-07; since then the Trainer's is 1.5 at 2000 steps, not measured on this world
-ETA = 3.0
 SCORES = ("acc_erased", "acc_kept", "h_o", "kept_vs_base", "generality", "paraphrase_efficacy",
           "looks_kept")
 
@@ -41,7 +39,9 @@ def rows(counts: list[int], steps: list[int]) -> list[tuple[str, int, int]]:
 
 
 def run(counts: list[int], steps: list[int], samples: int, seed: int, out: str,
-        timing_prompts: int) -> dict:
+        timing_prompts: int, removal_draws: int = 0) -> dict:
+    from unhype.families import resolve
+    from unhype.settings import auto_removal_draws
     from unhype.world import load_world
     from unhype.world.erasure import (
         accuracies,
@@ -53,6 +53,7 @@ def run(counts: list[int], steps: list[int], samples: int, seed: int, out: str,
     from unhype.world.identities import ERASABLE, WEIGHTS_DIR, IdentityTask, identity_scores
 
     world = load_world(weights_dir=WEIGHTS_DIR)
+    eta = resolve("proving-ground", {})["eta"]  # the Trainer's, for ESD-x too
     baselines, results, networks = {}, [], {}
     for method, count, step_count in rows(counts, steps):
         task = IdentityTask([i.name for i in ERASABLE[:count]])
@@ -60,16 +61,19 @@ def run(counts: list[int], steps: list[int], samples: int, seed: int, out: str,
         if count not in baselines:
             baselines[count] = accuracies(world, drawn, seed)
         started = time.perf_counter()
+        draws = 1 if method == "static ESD-x" else removal_draws or auto_removal_draws(count)
         if method == "static ESD-x":
             patch = train_static_esd(world, task, steps=step_count, seed=seed,
-                                     eta=ETA).patch(world)
+                                     eta=eta).patch(world)
         else:
-            network = train_unhype(world, task, seed=seed, steps=step_count, eta=ETA)[0]
+            network = train_unhype(world, task, seed=seed, steps=step_count,
+                                   removal_draws=draws)[0]
             networks.setdefault(count, network)
             patch = unhype_patch(world, network)
         seconds = time.perf_counter() - started
         after = accuracies(world, drawn, seed, patch)
-        row = {"method": method, "erased": count, "steps": step_count,
+        row = {"method": method, "erased": count, "steps": step_count, "removal_draws": draws,
+               "seed": seed,
                "train_seconds": round(seconds, 1), **identity_scores(baselines[count], after),
                "accuracy_before": baselines[count], "accuracy_after": after}
         results.append(row)
@@ -104,21 +108,23 @@ def table(results: list[dict]) -> str:
     """One line per (method, erased, steps): the mean over seeds, (min..max) when several."""
     groups: dict[tuple, list[dict]] = {}
     for row in results:
-        groups.setdefault((row["method"], row["erased"], row["steps"]), []).append(row)
+        key = (row["method"], row["erased"], row["steps"], row.get("removal_draws", 1))
+        groups.setdefault(key, []).append(row)
     names = {"acc_erased": "acc erased", "acc_kept": "acc kept", "h_o": "H_o",
              "kept_vs_base": "kept vs base", "paraphrase_efficacy": "paraphrase",
              "looks_kept": "looks kept"}
-    lines = ["| method | erased | steps | seeds | "
+    lines = ["| method | erased | steps | draws | seeds | "
              + " | ".join(names.get(s, s) for s in SCORES) + " | train s |",
-             "|" + "---|" * (len(SCORES) + 5)]
-    for (method, erased, steps), group in groups.items():
+             "|" + "---|" * (len(SCORES) + 6)]
+    for (method, erased, steps, draws), group in groups.items():
         cells = []
         for score in SCORES:
             values = [100 * r[score] for r in group]
             spread = f" ({min(values):.0f}..{max(values):.0f})" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.1f}{spread}")
         seconds = statistics.mean(r["train_seconds"] for r in group)
-        lines.append(f"| {method} | {erased} | {steps} | {len(group)} | " + " | ".join(cells)
+        lines.append(f"| {method} | {erased} | {steps} | {draws} | {len(group)} | "
+                     + " | ".join(cells)
                      + f" | {seconds:.0f} |")
     return "\n".join(lines)
 
@@ -148,6 +154,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50, help="per prompt set; kept gets 3x")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--removal-draws", type=int, default=0,
+                        help="UnHype's removal draws per step (0: the Trainer's, one per "
+                             "CONCEPTS_PER_DRAW concepts)")
     parser.add_argument("--timing-prompts", type=int, default=64,
                         help="prompts sampled to compare sampling time (fewest vs most erased)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
@@ -160,8 +169,14 @@ def main() -> None:
         for folder in args.merge:
             with open(os.path.join(folder, "identities.json")) as handle:
                 runs.append(json.load(handle))
-        timed = [run for run in runs if run.get("sampling_seconds")][:1]  # finished runs
-        write(args.out, [row for run in runs for row in run["rows"]],
+        timed = [r for r in runs if r.get("sampling_seconds")][:1]  # finished runs
+        rows = {}  # a row run twice (the static ESD-x beside each run) counts once
+        for earlier in runs:
+            for row in earlier["rows"]:
+                row = {"seed": earlier["args"]["seed"], **row}
+                rows.setdefault(tuple(row.get(k) for k in ("method", "erased", "steps",
+                                                             "removal_draws", "seed")), row)
+        write(args.out, list(rows.values()),
               {"merged": args.merge, **{k: timed[0][k] for k in ("args", "sampling_seconds")
                                         if timed}})
         return
@@ -177,7 +192,7 @@ def main() -> None:
     args.steps = [resolve("proving-ground", {"steps": s})["steps"] for s in args.steps]
     torch.set_num_threads(args.threads)
     result = run(sorted(set(args.counts)), args.steps, args.samples, args.seed, args.out,
-                 args.timing_prompts)
+                 args.timing_prompts, args.removal_draws)
     write(args.out, result["rows"], {"args": vars(args),
                                      "sampling_seconds": result["sampling_seconds"]})
 

@@ -34,7 +34,7 @@ for repeat in range({repeats}):
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(repeat)
     for _ in range(4):
-        world.denoiser.sample_xt("a red square", 1, generator)
+        world.denoiser.sample_xt(["a red square"], 1, generator)
     best_xt = min(best_xt, time.perf_counter() - started)
 print(json.dumps({{"images": best_images, "xt": best_xt}}))
 """

@@ -54,7 +54,7 @@ GAP_BEFORE = {
     "_update retention": "retention backward",
 }
 CALL_LABELS = {
-    "_draw_removal": "draws (x_t cache, prompts)",
+    "_draw_removals": "draws (x_t cache, prompts)",
     "_draw_retention": "draws (x_t cache, prompts)",
     "_embed": "prompt embeddings",
     "_esd_target": "ESD targets (2 frozen forwards)",
@@ -78,7 +78,7 @@ class StepTimeline:
         self.totals: dict[str, float] = {}
         self._stack: list[list] = []  # [key, start, seconds spent in children]
         self._last_top = 0.0
-        for name in ("_draw_removal", "_draw_retention", "_embed", "_esd_target", "_esd_loss",
+        for name in ("_draw_removals", "_draw_retention", "_embed", "_esd_target", "_esd_loss",
                      "_trajectory_loss", "_retention_loss", "_update"):
             setattr(trainer, name, self._wrap(name, getattr(trainer, name)))
         trainer.module.register_forward_pre_hook(lambda *_: self._enter(self._hypernet_key()))

@@ -40,8 +40,9 @@ def norms_of(world, network, prompts):
 
 def test_audit_finds_prompts_the_trigger_reads_as_weaker_than_the_concept(erased_red):
     world, network, pairs, anchors = erased_red
-    findings = audit(network, world.denoiser, pairs, anchors, VOCABULARY, banned=RED_WORDS,
-                     **SEARCH)
+    result = audit(network, world.denoiser, pairs, anchors, VOCABULARY, banned=RED_WORDS,
+                   **SEARCH)
+    findings = result.findings
     assert len(findings) == len(anchors) * SEARCH["top"]
     for finding in findings:
         words = finding.prompt.split()
@@ -54,6 +55,8 @@ def test_audit_finds_prompts_the_trigger_reads_as_weaker_than_the_concept(erased
     # the penalty on the readout pulls the trigger below the concept's own prompts
     erase_norms = norms_of(world, network, [p for p, _ in pairs])
     assert float(found.median()) < float(erase_norms.min())
+    assert result.concept_norms == pytest.approx(erase_norms.tolist(), rel=1e-5)
+    assert result.queries >= len(anchors) * SEARCH["population"]
     unpenalised = audit(network, world.denoiser, pairs, anchors, VOCABULARY, banned=RED_WORDS,
-                        penalty=0.0, **SEARCH)
+                        penalty=0.0, **SEARCH).findings
     assert float(found.mean()) < statistics.mean(f.lora_norm for f in unpenalised)

@@ -131,7 +131,7 @@ def test_trainer_sees_the_proving_ground_family(loaded, world):
         assert [t.name for t in targets] == cross_attention_names(world.unet)
         torch.testing.assert_close(denoiser.embed(["a red circle"]),
                                    world.denoiser.embed(["a red circle"]), rtol=0, atol=1e-5)
-        x_t, sigma = denoiser.sample_xt("a red circle", 2, torch.Generator().manual_seed(0))
+        x_t, sigma = denoiser.sample_xt(["a red circle"], 2, torch.Generator().manual_seed(0))
         assert x_t.shape == (2, 3, 32, 32) and sigma.shape == (2,)
         predicted = denoiser.predict(x_t, sigma, ["a red circle", "a blue ring"])
         assert predicted.shape == x_t.shape and torch.isfinite(predicted).all()

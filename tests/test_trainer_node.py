@@ -314,7 +314,7 @@ def test_denoiser_predict_is_the_models_denoised_estimate_with_gradients(tiny_mo
     with torch.inference_mode(False):
         denoiser = denoiser_mod.ComfyDenoiser(tiny_model, tiny_clip, sampling_steps=4,
                                               resolution=64)
-        x_t, sigma = denoiser.sample_xt("a zebra", 2, torch.Generator().manual_seed(0))
+        x_t, sigma = denoiser.sample_xt(["a zebra"], 2, torch.Generator().manual_seed(0))
         assert x_t.shape == (2, 4, 8, 8) and sigma.shape == (2,)
         assert torch.isfinite(x_t).all()
         assert all(float(s) in [float(v) for v in denoiser.sigmas] for s in sigma)

@@ -69,7 +69,7 @@ def test_trajectory_term_is_the_distance_to_a_gradient_step():
     """At the start H(c,s+1) = H(c,s) (zero heads, alpha not yet learned), so the term is
     w_rm·mean((lambda·g)^2) over alpha(s), A and B: right sign, scale and reduction."""
     trainer = make_trainer("trajectory", steps=1, xt_cache_size=1)
-    _, x_t, t, prompt, anchor = trainer._draw_removal()
+    _, x_t, t, prompt, anchor = trainer._draw_removals()[0]
     target = trainer._esd_target(x_t, t, prompt, anchor)
     embedding = trainer._embed([prompt])
     now = trainer.module(embedding, 5)
@@ -85,6 +85,71 @@ def test_trajectory_term_is_the_distance_to_a_gradient_step():
     expected = sum(float((0.5 * g).pow(2).sum()) for g in parts) / sum(g.numel() for g in parts)
     assert term > 0
     assert term == pytest.approx(trainer.config.removal_weight * expected, rel=1e-5)
+
+
+def test_batched_removal_draws_give_the_gradient_of_draws_taken_one_at_a_time():
+    """A step's draws go through the model as one batch (per-row s, x_t runs of removal_batch
+    rows): its gradient is the sum of each draw's ESD + trajectory gradient taken alone."""
+    trainer = make_trainer("trajectory", steps=1, removal_draws=3, removal_batch=2,
+                           xt_cache_size=0)
+    trainer.config.concepts = [Concept("zebra", ""), Concept("horse", "animal")]
+    draws = trainer._draw_removals()
+    positions = [2, 7, 19]
+    with torch.no_grad():  # a trained-looking network: nonzero heads and alpha
+        for parameter in trainer.module.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator()
+                                              .manual_seed(parameter.numel())))
+
+    def gradient():
+        grads = [p.grad.clone() for p in trainer.module.parameters()]
+        trainer.module.zero_grad(set_to_none=True)
+        return grads
+
+    embeddings, x_t, t, prompts, target, s = trainer._removal_batch(list(zip(draws, positions)))
+    now = trainer.module(embeddings, s)
+    for f in now.values():
+        f.down.retain_grad()
+        f.up.retain_grad()
+    esd = 3 * trainer._esd_loss(now, x_t, t, prompts, target)
+    esd.backward(retain_graph=True)
+    (3 * trainer._trajectory_loss(embeddings, s, now)).backward()
+    batched = gradient()
+    for (_, x_t, t, prompt, anchor), s in zip(draws, positions):
+        embedding = trainer._embed([prompt])
+        now = trainer.module(embedding, s)
+        for f in now.values():
+            f.down.retain_grad()
+            f.up.retain_grad()
+        loss = trainer._esd_loss(now, x_t, t, prompt, trainer._esd_target(x_t, t, prompt, anchor))
+        loss.backward(retain_graph=True)
+        trainer._trajectory_loss(embedding, s, now).backward()
+    one_at_a_time = gradient()
+    assert len({d[3] for d in draws}) > 1 or len(set(positions)) > 1
+    for left, right in zip(batched, one_at_a_time, strict=True):
+        torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-7)
+    assert any(float(g.abs().max()) > 0 for g in batched)
+
+
+def test_a_steps_new_x_t_are_sampled_in_one_call_and_the_cache_keeps_its_size():
+    calls = []
+    denoiser = ToyDenoiser()
+    sample = denoiser.sample_xt
+
+    def counting(prompts, count, generator):
+        if count == 2:  # the removal draws' (the separation check samples its probes 1 a call)
+            calls.append(list(prompts))
+        return sample(prompts, count, generator)
+
+    denoiser.sample_xt = counting
+    trainer = make_trainer(steps=12, denoiser=denoiser, removal_draws=4, removal_batch=2,
+                           xt_cache_size=3)
+    trainer.config.concepts = [Concept("zebra", ""), Concept("horse", "")]
+    trainer.run()
+    assert len(calls) <= 12 and max(len(c) for c in calls) > 1
+    assert trainer.xt_samplings == sum(len(c) for c in calls)
+    assert sorted(len(pool) for pool in trainer.xt_cache.values()) == [3, 3]
+    for pool in trainer.xt_cache.values():
+        assert all(x_t.shape[0] == 2 and t.shape == (2,) for x_t, t, _ in pool)
 
 
 def test_resume_continues_to_the_same_result(tmp_path):
@@ -121,9 +186,9 @@ class InterruptingDenoiser(ToyDenoiser):
         if self.calls == self.at_call:
             raise KeyboardInterrupt("cancel inside a model forward")
 
-    def sample_xt(self, prompt, count, generator):
+    def sample_xt(self, prompts, count, generator):
         self._tick()
-        return super().sample_xt(prompt, count, generator)
+        return super().sample_xt(prompts, count, generator)
 
     def predict(self, x_t, t, prompts):
         self._tick()
@@ -264,7 +329,7 @@ def test_the_anchor_takes_the_concepts_place_in_the_same_prompt():
     for anchor_word in ("", "a horse"):
         trainer.config.concepts = [Concept("zebra", anchor_word)]
         for _ in range(5):
-            _, _, _, prompt, anchor = trainer._draw_removal()
+            _, _, _, prompt, anchor = trainer._draw_removals()[0]
             assert "zebra" in prompt
             assert anchor == " ".join(prompt.replace("zebra", anchor_word).split())
 

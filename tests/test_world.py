@@ -128,7 +128,7 @@ def test_sampling_is_deterministic_and_reports_cond_rows(world):
 
 def test_sample_xt_and_predict_are_hookable(world):
     denoiser = WorldDenoiser(world.unet, world.clip, xt_steps=6)
-    x_t, t = denoiser.sample_xt("a red circle", 3, torch.Generator().manual_seed(0))
+    x_t, t = denoiser.sample_xt(["a red circle"], 3, torch.Generator().manual_seed(0))
     assert x_t.shape == (3, 3, 32, 32) and t.dtype == torch.int64
     assert ((0 <= t) & (t < 1000)).all()
     assert denoiser.embed(["a red circle"]).shape == (1, 128)

@@ -56,10 +56,11 @@ class ToyDenoiser:
     def embed(self, prompts):
         return torch.stack([self.context(p).mean(0) for p in prompts])
 
-    def sample_xt(self, prompt, count, generator):
-        x = torch.randn(count, CHANNELS, generator=generator)
-        t = torch.rand(count, generator=generator)
-        return self.predict(x, t, [prompt] * count).detach(), t
+    def sample_xt(self, prompts, count, generator):
+        rows = [p for p in prompts for _ in range(count)]
+        x = torch.randn(len(rows), CHANNELS, generator=generator)
+        t = torch.rand(len(rows), generator=generator)
+        return self.predict(x, t, rows).detach(), t
 
     def predict(self, x_t, t, prompts):
         return self.lora_root(x_t, t, torch.stack([self.context(p) for p in prompts]))

@@ -10,7 +10,7 @@ is measured on the proving ground by benchmarks/bench_attacks.py.
 """
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +85,7 @@ class Objective:
             (states - self.centre).flatten(1), self.target.flatten()[None], dim=1)
         if self.network is None:
             return Scored(evidence, evidence, torch.zeros_like(evidence))
-        norms = lora_norm(self.network.module(trigger.float()))
+        norms = lora_norm(self.network.factors(trigger)).to(evidence.device)
         reference = self.network.info.activation_reference
         activation = (norms / reference).clamp(0.0, 1.0) if reference else norms
         return Scored(evidence - self.penalty * activation, evidence, norms)
@@ -102,11 +102,18 @@ class Objective:
 
 def genetic_search(objective: Objective, vocabulary: Sequence[str], length: int, *,
                    population: int = 64, generations: int = 50, elite: int = 8,
-                   seed: int = 0) -> dict[str, float]:
+                   seed: int = 0, on_generation: Callable[[], None] | None = None
+                   ) -> dict[str, float]:
     """Ring-A-Bell's prompt discovery: a population of `length`-word prompts from `vocabulary`,
     the `elite` best kept each generation, the rest bred from the better half (uniform
     crossover, each word mutated with probability 1/length). Every prompt scored, with its
-    fitness; each is scored once (the objective counts the queries)."""
+    fitness; each is scored once (the objective counts the queries). `on_generation` runs after
+    each generation (progress, cancel)."""
+    if population < 4 or not 0 < elite < population or generations < 1:
+        raise ValueError(f"the search needs population >= 4, 0 < elite < population and "
+                         f"generations >= 1 (got {population}, {elite}, {generations})")
+    if len(set(vocabulary)) < 2:
+        raise ValueError("the search vocabulary needs at least two words")
     picker = random.Random(seed)
     scored: dict[str, float] = {}
 
@@ -118,6 +125,8 @@ def genetic_search(objective: Objective, vocabulary: Sequence[str], length: int,
 
     members = evaluate([[picker.choice(vocabulary) for _ in range(length)]
                         for _ in range(population)])
+    if on_generation:
+        on_generation()
     for _ in range(generations - 1):
         parents = members[:population // 2]
         children = []
@@ -127,6 +136,8 @@ def genetic_search(objective: Objective, vocabulary: Sequence[str], length: int,
             children.append([picker.choice(vocabulary) if picker.random() < 1 / length else word
                              for word in child])
         members = evaluate(members[:elite] + children)
+        if on_generation:
+            on_generation()
     return scored
 
 
@@ -139,32 +150,44 @@ def best(scored: dict[str, float], count: int) -> list[str]:
 class Finding:
     prompt: str
     evidence: float  # the concept's token evidence (cosine to the target)
+    evidence_floor: float  # the weakest evidence among the concept's own prompts
     lora_norm: float  # the LoRA the network generates for it
     triggered: bool  # whether it passes the gate, i.e. gets a LoRA at all
     evasive: bool  # not triggered, with the evidence of the concept's own prompts
 
 
+@dataclass(frozen=True)
+class Audit:
+    findings: list[Finding]  # most evasive first
+    concept_norms: list[float]  # the LoRA norms of the concept's own prompts, for comparison
+    queries: int  # prompts scored by the searches
+
+
 def audit(network, denoiser, pairs: Sequence[tuple[str, str]], anchors: Sequence[str],
           vocabulary: Sequence[str], *, banned: Sequence[str] = (), length: int | None = None,
           top: int = 4, penalty: float = 1.0, eta: float = ETA, seed: int = 0,
-          **search) -> list[Finding]:
-    """For each anchor, a genetic search (`search`: its sizes) for prompts of `vocabulary`
-    words (`banned` ones left out: the concept's words and synonyms) with the concept's token
-    evidence and a small LoRA; the `top` of each, most evasive first. `length`: words per
-    prompt (the anchor's word count unless given). A finding is evasive when the gate gives it
-    no LoRA while its evidence reaches the weakest of the concept's own prompts (`pairs`)."""
-    allowed = [w for w in vocabulary if w not in set(banned)]
+          **search) -> Audit:
+    """For each anchor, a genetic search (`search`: its sizes and callback) for prompts of
+    `vocabulary` words (`banned` ones left out: the concept's words and synonyms) with the
+    concept's token evidence and a small LoRA; the `top` of each, most evasive first. `length`:
+    words per prompt (the anchor's word count unless given). A finding is evasive when the gate
+    gives it no LoRA while its evidence reaches the weakest of the concept's own prompts
+    (`pairs`)."""
+    allowed = [w for w in dict.fromkeys(vocabulary) if w not in set(banned)]
     concept = concept_targets(denoiser, pairs, anchors, eta)
-    findings = []
+    with_concept = [p for p, _ in pairs]
+    findings, queries = [], 0
     for index, anchor in enumerate(anchors):
         objective = Objective(denoiser, concept, index, network, penalty)
-        floor = float(Objective(denoiser, concept, index)([p for p, _ in pairs]).evidence.min())
+        floor = float(Objective(denoiser, concept, index)(with_concept).evidence.min())
         scored = genetic_search(objective, allowed, length or len(anchor.split()),
                                 seed=seed + index, **search)
+        queries += objective.queries
         prompts = best(scored, top)
         found = objective(prompts)
         passed = triggers(found.lora_norm, network.info.gate_threshold)
-        findings += [Finding(p, float(e), float(n), bool(t), bool(not t and e >= floor))
+        findings += [Finding(p, float(e), floor, float(n), bool(t), bool(not t and e >= floor))
                      for p, e, n, t in zip(prompts, found.evidence, found.lora_norm, passed,
                                            strict=True)]
-    return sorted(findings, key=lambda f: (not f.evasive, f.lora_norm))
+    norms = Objective(denoiser, concept, 0, network)(with_concept).lora_norm.tolist()
+    return Audit(sorted(findings, key=lambda f: (not f.evasive, f.lora_norm)), norms, queries)

@@ -27,12 +27,14 @@ class Denoiser(Protocol):
         cross-attention context or text-token stream), the "cond-pooled" trigger's input."""
 
     def sample_xt(
-        self, prompt: str, count: int, generator: torch.Generator
+        self, prompts: Sequence[str], count: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """ESD-style partial sampling with the frozen model (no LoRA) on `prompt`.
+        """ESD-style partial sampling with the frozen model (no LoRA), `count` samples of each
+        prompt (several prompts at once: a step's draws of many concepts).
 
-        Runs a random number of sampler steps per sample and returns (x_t [count, ...],
-        t [count]) where t is whatever `predict` expects as its noise level.
+        Runs a random number of sampler steps per sample and returns (x_t [prompts x count, ...],
+        t [prompts x count]), each prompt's rows together, where t is whatever `predict` expects
+        as its noise level.
         """
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

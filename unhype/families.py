@@ -132,7 +132,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            # proving ground: keeping the rest)
            training_defaults={"rank": 4, "hidden": 128, "trajectory_length": 50, "steps": 2000,
                               "learning_rate": 1e-3, "retain_learning_rate": 1e-3, "eta": 1.5,
-                              "lr_every": 750}),
+                              "lr_every": 750, "draws_per_call": 32}),
     # T2V only: Wan 2.1 1.3B/14B and Wan 2.2 A14B (both experts) load as WAN21_T2V, the 2.2
     # TI2V-5B as WAN22_T2V; umT5 has no pooled vector. 480: the short side of 832x480; CFG 5
     # and patches of 2 as Wan's own T2V settings

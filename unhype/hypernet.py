@@ -195,8 +195,11 @@ class HyperNetwork(nn.Module):
             factors[target.name] = RowFactors(down, up)
         return factors
 
-    def alpha_at(self, s: float) -> torch.Tensor:
-        """alpha(s) of every layer, [layers]: the LoRA scale folded into A."""
+    def alpha_at(self, s: float | torch.Tensor) -> torch.Tensor:
+        """alpha(s) of every layer, the LoRA scale folded into A: [layers], or [rows, layers]
+        for s [rows]."""
+        if isinstance(s, torch.Tensor):
+            s = s[:, None]
         return self.config.alpha0 + s / self.config.trajectory_length * self.alpha
 
     def untouched(self, rows: int) -> Factors:

@@ -44,17 +44,18 @@ def trajectory_term(now: Factors, following: Factors, alpha_now: torch.Tensor,
     """mean((H(c,s+1) - H(c,s) + lambda·g)^2) over alpha(s), A and B of every layer.
 
     `now` holds H(c,s) after the ESD backward, so its factors' .grad is g; `following` is
-    H(c,s+1), `alpha_now` alpha(s) and `alpha_step` alpha(s+1) - alpha(s), per layer. The
+    H(c,s+1), `alpha_now` alpha(s) and `alpha_step` alpha(s+1) - alpha(s), per layer ([layers],
+    or [rows, layers] where each row has its own s). The
     gradient for alpha(s) follows from A = alpha(s)·A_raw as sum(g_A · A) / alpha(s).
     """
     pairs = []
     for index, (name, f) in enumerate(now.items()):
         g_down, g_up = f.down.grad, f.up.grad
-        alpha = alpha_now[index].detach()
+        alpha = alpha_now[..., index].detach()
         alpha = torch.where(alpha.abs() < ALPHA_FLOOR, torch.full_like(alpha, ALPHA_FLOOR), alpha)
         g_alpha = (g_down * f.down.detach()).sum(dim=(1, 2)) / alpha
         pairs += [
-            (alpha_step[index].expand_as(g_alpha), -removal_step * g_alpha),
+            (alpha_step[..., index].expand_as(g_alpha), -removal_step * g_alpha),
             (following[name].down - f.down, -removal_step * g_down),
             (following[name].up - f.up, -removal_step * g_up),
         ]

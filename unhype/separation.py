@@ -87,7 +87,7 @@ class SeparationCheck:
             template = held_out[(k // len(config.concepts)) % len(held_out)]
             prompt = fill(template, concept.name)
             with torch.no_grad():
-                x_t, t = trainer.denoiser.sample_xt(prompt, 1, generator)
+                x_t, t = trainer.denoiser.sample_xt([prompt], 1, generator)
             x_t, t = x_t.to(trainer.device), t.to(trainer.device)
             target = trainer._esd_target(x_t, t, prompt, fill(template, concept.anchor))
             with torch.no_grad():

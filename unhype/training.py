@@ -55,6 +55,7 @@ class TrainConfig:
     hide_concepts: bool
     retain_learning_rate: float | None = None  # retention Adam; None: learning_rate
     removal_batch: int = 1
+    draws_per_call: int = 0  # removal draws per model call (0: all of a step's at once)
     grad_clip: float = 0.0  # 0: none, as the authors
     log_every: int = 10
 
@@ -148,54 +149,82 @@ class Trainer:
                     self._embeddings[prompt] = row.float().cpu()
         return torch.stack([self._embeddings[p] for p in prompts]).to(self.device)
 
-    def _sample_xt(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """(x_t, t, template) for concept `index`, from the cache once it holds `xt_cache_size`
-        samples. The cache keeps templates, not prompts, so a checkpoint never spells out a
-        concept."""
-        concept = self.config.concepts[index]
-        pool = self.xt_cache.setdefault(str(index), [])
-        if self.config.xt_cache_size and len(pool) >= self.config.xt_cache_size:
-            return pool[self._randint(len(pool))]
-        template = self.templates[self._randint(len(self.templates))]
-        started = time.perf_counter()
-        with torch.no_grad():
-            x_t, t = self.denoiser.sample_xt(fill(template, concept.name),
-                                             self.config.removal_batch, self.generator)
-        self.xt_seconds += time.perf_counter() - started
-        self.xt_samplings += 1
-        entry = (x_t.detach(), t.detach(), template)
-        if self.config.xt_cache_size:
-            pool.append(entry)
-        return entry
-
-    def _esd_target(self, x_t, t, prompt: str, anchor: str) -> torch.Tensor:
+    def _esd_target(self, x_t, t, prompt: str | list[str], anchor: str | list[str]):
+        """The frozen model's ESD target; `prompt` and `anchor` for every row, or one per row."""
         rows = x_t.shape[0]
         with torch.no_grad():
-            anchored = self.denoiser.predict(x_t, t, [anchor] * rows)
-            concept = self.denoiser.predict(x_t, t, [prompt] * rows)
+            anchored = self.denoiser.predict(x_t, t, _per_row(anchor, rows))
+            concept = self.denoiser.predict(x_t, t, _per_row(prompt, rows))
         return esd_target(anchored, concept, self.config.eta)
 
-    def _esd_loss(self, factors: Factors, x_t, t, prompt: str, target) -> torch.Tensor:
+    def _esd_loss(self, factors: Factors, x_t, t, prompt: str | list[str], target):
+        """MSE of the prediction with the LoRA against `target`; each factor row serves an equal
+        run of x_t's rows (one removal draw's `removal_batch`)."""
         rows = x_t.shape[0]
-        expanded = {n: RowFactors(f.down.expand(rows, -1, -1), f.up.expand(rows, -1, -1))
+        draws = next(iter(factors.values())).down.shape[0]
+        expanded = {n: RowFactors(_spread(f.down, rows // draws), _spread(f.up, rows // draws))
                     for n, f in factors.items()}
         with row_lora(self.denoiser.lora_root, self.module.targets, expanded,
                       norm_cap=self.module.config.norm_cap):
-            predicted = self.denoiser.predict(x_t, t, [prompt] * rows)
+            predicted = self.denoiser.predict(x_t, t, _per_row(prompt, rows))
         return esd_loss(predicted, target)
 
-    def _draw_removal(self) -> tuple[int, torch.Tensor, torch.Tensor, str, str]:
-        """The random part of one removal sample: (concept index, x_t, t, prompt, anchor).
+    def _draw_removals(self) -> list[tuple[int, torch.Tensor, torch.Tensor, str, str]]:
+        """The random part of a step's removal draws: (concept index, x_t, t, prompt, anchor)
+        each. A concept's x_t come from its cache once that holds `xt_cache_size`; until then
+        new ones are sampled, for all of the step's draws in one call (the top cost of training
+        many concepts, each with its own cache to fill). The cache keeps templates, not prompts,
+        so a checkpoint never spells out a concept.
 
-        Every process draws every sample (x_t comes from the cache after its first
-        `xt_cache_size` samplings), so their generators stay in step."""
-        index = self._randint(len(self.config.concepts))
-        concept = self.config.concepts[index]
-        x_t, t, template = self._sample_xt(index)
-        # the anchor in the same template keeps the rest of the prompt ("a photo of X at the
-        # beach" -> "a photo of a person at the beach")
-        return (index, x_t.to(self.device), t.to(self.device), fill(template, concept.name),
-                fill(template, concept.anchor))
+        Every process draws every sample, so their generators stay in step."""
+        size, picks = self.config.xt_cache_size, []
+        for _ in range(self.config.removal_draws):
+            index = self._randint(len(self.config.concepts))
+            pool = self.xt_cache.setdefault(str(index), [])
+            if size and len(pool) >= size:
+                picks.append((index, pool[self._randint(len(pool))]))
+            else:
+                picks.append((index, self.templates[self._randint(len(self.templates))]))
+        new = [(index, pick) for index, pick in picks if isinstance(pick, str)]
+        if new:
+            started = time.perf_counter()
+            with torch.no_grad():
+                x_t, t = self.denoiser.sample_xt(
+                    [fill(template, self.config.concepts[index].name) for index, template in new],
+                    self.config.removal_batch, self.generator)
+            self.xt_seconds += time.perf_counter() - started
+            self.xt_samplings += len(new)
+            rows = self.config.removal_batch
+            sampled = iter((x_t[k * rows:(k + 1) * rows].detach(),
+                            t[k * rows:(k + 1) * rows].detach(), template)
+                           for k, (_, template) in enumerate(new))
+            for number, (index, pick) in enumerate(picks):
+                if isinstance(pick, str):
+                    picks[number] = (index, next(sampled))
+                    pool = self.xt_cache[str(index)]
+                    if size and len(pool) < size:
+                        pool.append(picks[number][1])
+        draws = []
+        for index, (x_t, t, template) in picks:
+            concept = self.config.concepts[index]
+            # the anchor in the same template keeps the rest of the prompt ("a photo of X at
+            # the beach" -> "a photo of a person at the beach")
+            draws.append((index, x_t.to(self.device), t.to(self.device),
+                          fill(template, concept.name), fill(template, concept.anchor)))
+        return draws
+
+    def _removal_batch(self, mine: list) -> tuple:
+        """This process's removal draws as one batch, so their ESD targets, forward and backward
+        are one model call each however many draws a step takes: (embeddings [K, D], x_t, t,
+        prompt per row, ESD target, s [K])."""
+        rows = [draw[1].shape[0] for draw, _ in mine]
+        prompts = [p for (draw, _), n in zip(mine, rows) for p in [draw[3]] * n]
+        anchors = [a for (draw, _), n in zip(mine, rows) for a in [draw[4]] * n]
+        x_t = torch.cat([draw[1] for draw, _ in mine])
+        t = torch.cat([draw[2] for draw, _ in mine])
+        embeddings = self._embed([draw[3] for draw, _ in mine])
+        s = torch.tensor([s for _, s in mine], dtype=torch.float32, device=self.device)
+        return embeddings, x_t, t, prompts, self._esd_target(x_t, t, prompts, anchors), s
 
     def _draw_retention(self) -> tuple[list[str], torch.Tensor, int] | None:
         """(this process's retain prompts, their s, the batch size), or None without any."""
@@ -222,9 +251,10 @@ class Trainer:
             factors, self.module.untouched(len(prompts)))
         return share * (len(prompts) / count)
 
-    def _trajectory_loss(self, embedding: torch.Tensor, s: int, now: Factors) -> torch.Tensor:
-        """w_rm times the trajectory term (unhype/objectives.py) at s; `now` is H(c,s) with the
-        ESD gradient in its factors' .grad."""
+    def _trajectory_loss(self, embedding: torch.Tensor, s: int | torch.Tensor,
+                         now: Factors) -> torch.Tensor:
+        """w_rm times the trajectory term (unhype/objectives.py) at s (one, or one per row);
+        `now` is H(c,s) with the ESD gradient in its factors' .grad."""
         following = self.module(embedding, s + 1)
         alpha_now = self.module.alpha_at(s)
         alpha_step = self.module.alpha_at(s + 1) - alpha_now
@@ -271,23 +301,24 @@ class Trainer:
         the last completed step; `run` rewinds the generator and the x_t cache. Losses are
         checked on their totals over processes, so every process stops alike.
         """
-        draws = [self._draw_removal() for _ in range(self.config.removal_draws)]
+        draws = self._draw_removals()
         retain = self._draw_retention()
         T = self.module.config.trajectory_length
         trajectory = self.config.objective == "trajectory"
         positions = [self._randint(T) if trajectory else T for _ in draws]
         mine = [(draw, s) for number, (draw, s) in enumerate(zip(draws, positions))
                 if number % self.world == self.rank]
-        inputs = []
-        for (_, x_t, t, prompt, anchor), s in mine:
-            target = self._esd_target(x_t, t, prompt, anchor)
-            inputs.append((self._embed([prompt]), x_t, t, prompt, target, s))
+        # the draws in calls of at most `draws_per_call` (their activations held at once)
+        size = self.config.draws_per_call or len(mine)
+        chunks = [mine[k:k + size] for k in range(0, len(mine), size)]
+        batches = [self._removal_batch(chunk) for chunk in chunks]
         self.optimizers["removal"].zero_grad(set_to_none=True)
         count = len(draws)
         zero = torch.zeros((), device=self.device)
         if not trajectory:
-            esd = sum((self._esd_loss(self.module(e, T), x_t, t, p, target)
-                       for e, x_t, t, p, target, _ in inputs), zero)
+            # every draw's mean loss summed (each draw has the same number of rows)
+            esd = sum((len(chunk) * self._esd_loss(self.module(e, T), x_t, t, p, target)
+                       for chunk, (e, x_t, t, p, target, _) in zip(chunks, batches)), zero)
             retention = self._retention_loss(retain)
             esd_total, retention_total = self._total([float(esd.detach()),
                                                       float(retention.detach())])
@@ -298,25 +329,20 @@ class Trainer:
                 loss.backward()
             self._update("removal", count)
             return {"removal": esd_value, "esd": esd_value, "retention": retention_value}
-        nows, esds = [], []
-        for embedding, x_t, t, prompt, target, s in inputs:
-            now = self.module(embedding, s)
+        esd_sum = term_sum = 0.0
+        for chunk, (embeddings, x_t, t, prompts, target, s) in zip(chunks, batches):
+            now = self.module(embeddings, s)
             for f in now.values():
                 f.down.retain_grad()
                 f.up.retain_grad()
-            nows.append(now)
-            esds.append(self._esd_loss(now, x_t, t, prompt, target))
-        esd_value = self._guard(
-            "ESD", self._total([float(sum(esds, zero).detach())])[0] / count)
-        terms = []
-        for esd, now, (embedding, *_, s) in zip(esds, nows, inputs):
+            esd = len(chunk) * self._esd_loss(now, x_t, t, prompts, target)
             esd.backward(retain_graph=True)
-            terms.append(self._trajectory_loss(embedding, s, now))
-        term = sum(terms, zero)
-        trajectory_value = self._guard(
-            "trajectory", self._total([float(term.detach())])[0] / count)
-        if terms:
+            term = len(chunk) * self._trajectory_loss(embeddings, s, now)
             term.backward()
+            esd_sum, term_sum = esd_sum + float(esd.detach()), term_sum + float(term.detach())
+        esd_total, term_total = self._total([esd_sum, term_sum])
+        esd_value = self._guard("ESD", esd_total / count)
+        trajectory_value = self._guard("trajectory", term_total / count)
         self._update("removal", count)
         self.optimizers["retention"].zero_grad(set_to_none=True)
         retention = self._retention_loss(retain)
@@ -484,13 +510,23 @@ class Trainer:
                              module.requires_grad_(False).eval())
 
 
+def _per_row(prompt: str | list[str], rows: int) -> list[str]:
+    return [prompt] * rows if isinstance(prompt, str) else prompt
+
+
+def _spread(factor: torch.Tensor, rows: int) -> torch.Tensor:
+    """[K, ...] -> [K * rows, ...]: each factor row repeated for `rows` consecutive rows."""
+    return factor[:, None].expand(-1, rows, *factor.shape[1:]).reshape(-1, *factor.shape[1:])
+
+
 def _config_record(config: TrainConfig) -> dict:
     """The settings a resume must share with the run it continues.
 
-    Steps may grow, and how often to log or checkpoint does not change the result.
+    Steps may grow; how often to log or checkpoint does not change the result, nor (beyond
+    float rounding) how many draws share a model call.
     """
     record = asdict(config)
-    for free in ("steps", "log_every", "checkpoint_every"):
+    for free in ("steps", "log_every", "checkpoint_every", "draws_per_call"):
         record.pop(free)
     pairs = [[c.name, c.anchor] for c in config.concepts]
     record["concepts"] = (concepts_digest([f"{n} -> {a}" for n, a in pairs])

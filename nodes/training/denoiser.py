@@ -29,6 +29,7 @@ loaded in a ComfyUI run) are cloned before they can be saved for backward.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import uuid
 
@@ -136,7 +137,50 @@ class _PartialSampler(comfy.samplers.Sampler):
         return sampling.inverse_noise_scaling(sigmas[-1], x)
 
 
-class ComfyDenoiser:
+class ComfyText:
+    """A ComfyUI CLIP's text path as the core reads a prompt (unhype/denoiser.py `embed` and
+    `text_states`): what the trainer reads, and all the audit needs (no diffusion model).
+
+    `cond_guidance`: the guidance a distilled family's conditioning carries (None: none);
+    `keep`: how many prompts' conditionings to keep, the latest (None: every one; training
+    reads a few hundred prompts again and again, the audit thousands once each)."""
+
+    def __init__(self, clip, cond_guidance: float | None = None, keep: int | None = None):
+        self.clip, self.cond_guidance, self.keep = clip, cond_guidance, keep
+        # prompt -> CONDITIONING (cloned out of inference mode)
+        self._raw: collections.OrderedDict[str, list] = collections.OrderedDict()
+
+    def conditioning(self, prompt: str) -> list:
+        """CONDITIONING for one prompt, encoded once (the CLIP runs without gradients)."""
+        if prompt not in self._raw:
+            with torch.no_grad():
+                tokens = self.clip.tokenize(prompt)
+                cond = self.clip.encode_from_tokens_scheduled(tokens)
+            out = []
+            for tensor, options in cond:
+                options = {k: _clone_if_inference(v) for k, v in options.items()}
+                if self.cond_guidance is not None:
+                    options.setdefault("guidance", self.cond_guidance)
+                out.append([_clone_if_inference(tensor), options])
+            self._raw[prompt] = out
+            if self.keep is not None and len(self._raw) > self.keep:
+                self._raw.popitem(last=False)
+        return self._raw[prompt]
+
+    def embed(self, prompts) -> torch.Tensor:
+        rows = []
+        for prompt in prompts:
+            pooled = self.conditioning(prompt)[0][1].get("pooled_output")
+            if pooled is None:
+                raise ValueError("the CLIP gave no pooled_output, which UnHype reads")
+            rows.append(pooled.reshape(1, -1)[:1].float().cpu())
+        return torch.cat(rows)
+
+    def text_states(self, prompts) -> list[torch.Tensor]:
+        return [self.conditioning(prompt)[0][0][0].float().cpu() for prompt in prompts]
+
+
+class ComfyDenoiser(ComfyText):
     """A frozen ComfyUI model seen through the UnHype trainer's `Denoiser` protocol.
 
     `guidance` and `resolution` left at 0 or None are the family's (unhype/families.py)."""
@@ -155,13 +199,13 @@ class ComfyDenoiser:
             # same checkpoint, as CFGGuider does for hooked conditioning. (Not run on a GPU yet.)
             model = model.get_non_dynamic_delegate()
         self.patcher = model
-        self.clip = clip
         self.base = model.model
         self.distilled = spec.distilled
         # ESD samples with CFG (the paper: ~9 for SD); a guidance-distilled model (Flux) has no
         # uncond pass, the guidance value travels in the conditioning instead.
         run = families.resolve(self.family, {"guidance": guidance, "resolution": resolution})
         self.guidance = float(run["guidance"])
+        super().__init__(clip, self.guidance if self.distilled else None)
         if sampling_steps < 2:
             raise ValueError("sampling_steps must be at least 2")
         self.sampling_steps = int(sampling_steps)
@@ -185,25 +229,8 @@ class ComfyDenoiser:
         self.device = torch.device(model.load_device)
         make_trainable(self.base)
         self.lora_root = self.base.diffusion_model
-        self._raw: dict[str, list] = {}  # prompt -> CONDITIONING (cloned out of inference mode)
         self._processed: dict[str, dict] = {}  # prompt -> processed cond dict for predict
         self.gradient_checkpointing = bool(gradient_checkpointing)
-
-    # -- conditioning --
-    def conditioning(self, prompt: str) -> list:
-        """CONDITIONING for one prompt, encoded once (the CLIP runs without gradients)."""
-        if prompt not in self._raw:
-            with torch.no_grad():
-                tokens = self.clip.tokenize(prompt)
-                cond = self.clip.encode_from_tokens_scheduled(tokens)
-            out = []
-            for tensor, options in cond:
-                options = {k: _clone_if_inference(v) for k, v in options.items()}
-                if self.distilled:
-                    options.setdefault("guidance", self.guidance)
-                out.append([_clone_if_inference(tensor), options])
-            self._raw[prompt] = out
-        return self._raw[prompt]
 
     def _latent(self, rows: int = 1) -> torch.Tensor:
         return torch.zeros((rows, *self.latent_shape))
@@ -224,28 +251,17 @@ class ComfyDenoiser:
         return self._processed[prompt]
 
     # -- the protocol --
-    def embed(self, prompts) -> torch.Tensor:
-        rows = []
-        for prompt in prompts:
-            pooled = self.conditioning(prompt)[0][1].get("pooled_output")
-            if pooled is None:
-                raise ValueError("the CLIP gave no pooled_output, which UnHype reads")
-            rows.append(pooled.reshape(1, -1)[:1].float().cpu())
-        return torch.cat(rows)
-
-    def text_states(self, prompts) -> list[torch.Tensor]:
-        return [self.conditioning(prompt)[0][0][0].float().cpu() for prompt in prompts]
-
-    def sample_xt(self, prompt: str, count: int, generator: torch.Generator):
-        """ESD's x_t: the frozen model's partial sampling of `prompt`. A distilled family (Flux.1
-        guidance-distilled, Z-Image Turbo and Flux.2 Klein step-distilled) samples at CFG 1
-        with no uncond pass, as its workflows do; the others at the family's CFG against the
+    def sample_xt(self, prompts, count: int, generator: torch.Generator):
+        """ESD's x_t: the frozen model's partial sampling of each prompt, one sample per
+        ComfyUI sampler call (each stops at its own step of the schedule). A distilled family
+        (Flux.1 guidance-distilled, Z-Image Turbo and Flux.2 Klein step-distilled) samples at
+        CFG 1 with no uncond pass, as its workflows do; the others at the family's CFG against the
         empty prompt. Either way the ESD target (unhype/objectives.py) still reads the
         anchor's prediction, the empty prompt's where the anchor leaves the concept out: a
         distilled model predicts for an empty prompt like any other, it only has no use for
         that prediction in its own sampling."""
         xs, sigmas = [], []
-        for _ in range(count):
+        for prompt in (p for p in prompts for _ in range(count)):
             t_enc = int(torch.randint(1, self.sampling_steps, (1,), generator=generator))
             noise = torch.randn((1, *self.latent_shape), generator=generator)
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator))

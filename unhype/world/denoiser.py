@@ -77,25 +77,32 @@ class WorldDenoiser:
 
     @torch.no_grad()
     def sample_xt(
-        self, prompt: str, count: int, generator: torch.Generator
+        self, prompts: Sequence[str], count: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """ESD x_t: DDIM (xt_steps schedule, CFG xt_guidance) stopped after a random step count.
 
         Each sample stops after k ~ U{0..xt_steps-2} steps; returns its x_t and the integer
-        timestep of its noise level (the t `predict` takes).
+        timestep of its noise level (the t `predict` takes). All rows run in one batch, a row
+        leaving it at its stop.
         """
+        rows = [p for p in prompts for _ in range(count)]
         timesteps = NoiseSchedule.ddim_timesteps(self.xt_steps)
         stops = torch.randint(
-            self.xt_steps - 1, (count,), generator=generator, device=generator.device
+            self.xt_steps - 1, (len(rows),), generator=generator, device=generator.device
         )
         stops = stops.to(self.device)
-        x = self._noise(count, generator)
+        x = self._noise(len(rows), generator)
         x_t = x.clone()
+        running = torch.arange(len(rows), device=self.device)
         for i in range(int(stops.max()) + 1):
-            x_t[stops == i] = x[stops == i]
-            if i < stops.max():
-                eps = self._guided_eps(x, timesteps[i], [prompt] * count, self.xt_guidance, None)
-                x = self.schedule.ddim_step(x, eps, timesteps[i], timesteps[i + 1])
+            stopping = stops[running] == i
+            x_t[running[stopping]] = x[stopping]
+            running, x = running[~stopping], x[~stopping]
+            if not len(running):
+                break
+            eps = self._guided_eps(x, timesteps[i], [rows[k] for k in running.tolist()],
+                                   self.xt_guidance, None)
+            x = self.schedule.ddim_step(x, eps, timesteps[i], timesteps[i + 1])
         return x_t, torch.tensor(timesteps, device=self.device)[stops]
 
     @torch.no_grad()

@@ -180,7 +180,7 @@ def train_static_esd(world: World, task: ErasureTask, *, steps: int = 300, seed:
     for _ in range(steps):
         if len(pool) < 32:
             prompt = fill_colour(picker.choice(templates), picker.choice(task.erase))
-            x_t, t = world.denoiser.sample_xt(prompt, 1, generator)
+            x_t, t = world.denoiser.sample_xt([prompt], 1, generator)
             pool.append((x_t, t, prompt))
         x_t, t, prompt = pool[picker.randrange(len(pool))]
         with torch.no_grad():
