@@ -5,7 +5,7 @@ import { app } from "../../scripts/app.js";
 
 const REPORT_NODES = new Set([
   "UnHypeLoader", "UnHypeConditioner", "UnHypeTextEncode", "UnHypeBakeLoRA",
-  "UnHypeErasureCheck",
+  "UnHypeErasureCheck", "UnHypeAudit",
 ]);
 const REPORT = "unhype_report";
 
