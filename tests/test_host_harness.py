@@ -3,6 +3,7 @@ checkpoint, the pack loader, and the real server."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -85,7 +86,9 @@ def test_pack_loads_in_process_as_v3(unhype_pack, pack_nodes):
     assert unhype_pack.__name__ == comfy_host.PACK_MODULE_NAME
     assert callable(unhype_pack.comfy_entrypoint)
     assert not hasattr(unhype_pack, "NODE_CLASS_MAPPINGS")  # V1 would win and hide every node
-    assert len(pack_nodes) == 8
+    assert sorted(pack_nodes) == sorted(
+        n.define_schema().node_id for n in sys.modules[unhype_pack.__name__ + ".nodes"].NODES)
+    assert len(pack_nodes) == 9
 
 
 def test_server_answers_object_info(comfy_server):
